@@ -1,0 +1,211 @@
+from rewind.tensor.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BufferSettings(_message.Message):
+    __slots__ = ("buffer_size", "batch_size", "min_history", "horizon")
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    buffer_size: int
+    batch_size: int
+    min_history: int
+    horizon: int
+    def __init__(self, buffer_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ...) -> None: ...
+
+class FieldSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: _tensor_pb2.Dtype
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BufferStats(_message.Message):
+    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: BufferSettings
+    transitions: int
+    episodes: int
+    ready: bool
+    device: str
+    bytes: int
+    episodes_added: int
+    episodes_evicted: int
+    batches_sampled: int
+    schema: _containers.RepeatedCompositeFieldContainer[FieldSpec]
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ...) -> None: ...
+
+class Episode(_message.Message):
+    __slots__ = ("fields",)
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    def __init__(self, fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("obs", "action", "reward", "done", "sequence_number")
+    OBS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    obs: _tensor_pb2.Tensor
+    action: _tensor_pb2.Tensor
+    reward: _tensor_pb2.Tensor
+    done: _tensor_pb2.Tensor
+    sequence_number: int
+    def __init__(self, obs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., reward: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., done: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sequence_number: _Optional[int] = ...) -> None: ...
+
+class ListBuffersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBuffersResponse(_message.Message):
+    __slots__ = ("buffers",)
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    buffers: _containers.RepeatedCompositeFieldContainer[BufferStats]
+    def __init__(self, buffers: _Optional[_Iterable[_Union[BufferStats, _Mapping]]] = ...) -> None: ...
+
+class CreateBufferRequest(_message.Message):
+    __slots__ = ("buffer", "settings")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    settings: BufferSettings
+    def __init__(self, buffer: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ...) -> None: ...
+
+class CreateBufferResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: BufferStats
+    def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    def __init__(self, buffer: _Optional[str] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: BufferStats
+    def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
+
+class AddEpisodeRequest(_message.Message):
+    __slots__ = ("buffer", "episode")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    episode: Episode
+    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ...) -> None: ...
+
+class AddEpisodeResponse(_message.Message):
+    __slots__ = ("num_episodes", "episode_id")
+    NUM_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    num_episodes: int
+    episode_id: int
+    def __init__(self, num_episodes: _Optional[int] = ..., episode_id: _Optional[int] = ...) -> None: ...
+
+class LoadEpisodesRequest(_message.Message):
+    __slots__ = ("buffer", "episodes")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    episodes: _containers.RepeatedCompositeFieldContainer[Episode]
+    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ...) -> None: ...
+
+class LoadEpisodesResponse(_message.Message):
+    __slots__ = ("num_episodes", "episodes_loaded")
+    NUM_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_LOADED_FIELD_NUMBER: _ClassVar[int]
+    num_episodes: int
+    episodes_loaded: int
+    def __init__(self, num_episodes: _Optional[int] = ..., episodes_loaded: _Optional[int] = ...) -> None: ...
+
+class SampleRequest(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    def __init__(self, buffer: _Optional[str] = ...) -> None: ...
+
+class SampleResponse(_message.Message):
+    __slots__ = ("batch",)
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    batch: Batch
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class SampleStreamRequest(_message.Message):
+    __slots__ = ("buffer", "prefetch", "num_batches")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    prefetch: int
+    num_batches: int
+    def __init__(self, buffer: _Optional[str] = ..., prefetch: _Optional[int] = ..., num_batches: _Optional[int] = ...) -> None: ...
+
+class SampleStreamResponse(_message.Message):
+    __slots__ = ("batch",)
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    batch: Batch
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("buffer", "chunk_bytes")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    chunk_bytes: int
+    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("chunk", "offset", "total_bytes")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    offset: int
+    total_bytes: int
+    def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("buffer", "chunk")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    chunk: bytes
+    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: BufferStats
+    def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...

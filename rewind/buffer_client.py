@@ -1,0 +1,312 @@
+"""BufferClient: TD-MPC2's replay-buffer API, served by the buffer service.
+
+    from rewind import BufferClient
+    buffer = BufferClient("127.0.0.1:50051")         # the service's `buffer`
+    buffer.add(episode)                               # TensorDict (L, ...)
+    if buffer.ready():
+        obs, action, reward, done = buffer.sample()   # (H+1, B, ...), (H, B, ...)
+    for obs, action, reward, done in buffer.batches(prefetch=4):
+        ...                                           # streamed, sampled ahead
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO
+
+import grpc
+import torch
+
+from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
+from rewind.buffer_messages import BatchTuple, decode_batch, encode_episode
+from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
+from rewind.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, from_rpc_error
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 30.0
+TRANSFER_TIMEOUT_S = 600.0
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
+def _episodes_of(data) -> list[Mapping[str, torch.Tensor]]:
+    """Split load()'s input into episodes: a (N, L) TensorDict/mapping, or a sequence of episodes."""
+    if isinstance(data, Mapping) or hasattr(data, "batch_size"):
+        keys = list(data.keys())
+        if not keys:
+            raise InvalidArgument("episodes: no fields; expected obs, action, reward, done")
+        n = data[keys[0]].shape[0]
+        return [{k: data[k][i] for k in keys} for i in range(n)]
+    return list(data)
+
+
+class BatchStream:
+    """An iterator over streamed batches, decoded ahead in a background thread.
+
+    Close it (or use it as a context manager) to cancel the stream.
+    """
+
+    def __init__(self, call, prefetch: int, stall_timeout: float) -> None:
+        self._call = call
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stall_timeout = stall_timeout
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="rewind-batches", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for response in self._call:
+                item = decode_batch(response.batch)
+                while not self._done.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._done.is_set():
+                    return
+            self._queue.put(StopIteration())
+        except grpc.RpcError as exc:
+            if not self._done.is_set():
+                self._queue.put(from_rpc_error(exc))
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> BatchTuple:
+        if self._done.is_set():
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=self._stall_timeout)
+        except queue.Empty:
+            self.close()
+            raise DeadlineExceeded(
+                f"no batch arrived for {self._stall_timeout:.0f}s; is the buffer service overloaded?"
+            ) from None
+        if isinstance(item, BaseException):
+            self._done.set()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Cancel the stream and stop the background reader."""
+        self._done.set()
+        self._call.cancel()
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BufferClient:
+    """Client of one named buffer in a buffer service, with TD-MPC2's API.
+
+    Args:
+        address: "host:port" of the buffer service.
+        buffer: which named buffer this client uses ("buffer", "test_buffer").
+        timeout: deadline in seconds for each unary call.
+        max_message_bytes: message limit; keep it equal to the service's.
+
+    Every call has a deadline; calls are retried only when the service is
+    UNAVAILABLE. Failures raise rewind.errors classes (NotFound, ...).
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        buffer: str = "buffer",
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.buffer = buffer
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._channel = make_channel(address, max_message_bytes=max_message_bytes)
+        self._stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
+        self._owned_host = None
+
+    @classmethod
+    def in_process(cls, config=None, buffer: str = "buffer", **kwargs) -> BufferClient:
+        """Start a buffer service inside this process on a free loopback port.
+
+        Handy for tests and notebooks; the service stops when the client closes.
+
+        Args:
+            config: a rewind_buffer.ServiceConfig (its port is replaced by 0).
+            buffer: the buffer this client uses.
+        """
+        from rewind_buffer.config import ServiceConfig
+        from rewind_buffer.server import serve
+
+        config = (config or ServiceConfig()).replace(host="127.0.0.1", port=0)
+        host = serve(config)
+        client = cls(host.address, buffer, max_message_bytes=config.max_message_bytes, **kwargs)
+        client._owned_host = host
+        return client
+
+    def using(self, buffer: str) -> BufferClient:
+        """A client for another named buffer of the same service (shares nothing)."""
+        return BufferClient(self.address, buffer, timeout=self.timeout, max_message_bytes=self.max_message_bytes)
+
+    # -- TD-MPC2's API -------------------------------------------------------
+
+    def add(self, td) -> int:
+        """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps."""
+        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer)
+        encode_episode(td, request.episode)
+        self._check_size(request.ByteSize(), "episode")
+        return _call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
+
+    def load(self, td) -> int:
+        """Add many episodes at once: a (N, L, ...) TensorDict, or a sequence of episodes.
+
+        All are validated before any is stored. Returns num_eps.
+        """
+        episodes = _episodes_of(td)
+        requests = self._load_requests(episodes)
+        return _call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
+
+    def _load_requests(self, episodes: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
+        # Several episodes per message, each message under the size limit.
+        request = buffer_pb2.LoadEpisodesRequest(buffer=self.buffer)
+        budget = self.max_message_bytes - 1024
+        for i, episode in enumerate(episodes):
+            encoded = encode_episode(episode)
+            size = encoded.ByteSize()
+            self._check_size(size, f"episodes[{i}]")
+            if request.episodes and request.ByteSize() + size > budget:
+                yield request
+                request = buffer_pb2.LoadEpisodesRequest()
+            request.episodes.append(encoded)
+        yield request
+
+    def sample(self) -> BatchTuple:
+        """One batch: obs (H+1, B, ...), action (H, B, ...), reward (H, B, 1), done (H, B, 1)."""
+        response = _call(self._stub.Sample, buffer_pb2.SampleRequest(buffer=self.buffer), timeout=self.timeout)
+        return decode_batch(response.batch)
+
+    def ready(self) -> bool:
+        """True once the buffer holds min_history transitions."""
+        return self.stats().ready
+
+    @property
+    def capacity(self) -> int:
+        """Capacity in transitions."""
+        return self.stats().settings.buffer_size
+
+    @property
+    def num_eps(self) -> int:
+        """Episodes currently stored."""
+        return self.stats().episodes
+
+    # -- beyond the seed -----------------------------------------------------
+
+    def batches(self, prefetch: int = 4, num_batches: int = 0) -> BatchStream:
+        """Stream batches, sampled `prefetch` ahead on the server and decoded ahead here.
+
+        Args:
+            prefetch: batches kept in flight (1..64).
+            num_batches: stop after this many; 0 streams until closed.
+
+        Raises:
+            FailedPrecondition: on the first next() if the buffer is not ready.
+            DeadlineExceeded: no batch arrived within `timeout` seconds.
+        """
+        request = buffer_pb2.SampleStreamRequest(buffer=self.buffer, prefetch=prefetch, num_batches=num_batches)
+        # The stream itself may run for hours; a stall longer than `timeout` is the deadline.
+        call = self._stub.SampleStream(request)
+        return BatchStream(call, prefetch, self.timeout)
+
+    def __iter__(self) -> Iterator[BatchTuple]:
+        return self.batches()
+
+    def stats(self) -> buffer_pb2.BufferStats:
+        """Capacity, transitions, episodes, readiness, device, bytes and counters."""
+        return _call(self._stub.GetStats, buffer_pb2.GetStatsRequest(buffer=self.buffer), timeout=self.timeout).stats
+
+    def list_buffers(self) -> list[buffer_pb2.BufferStats]:
+        """Stats of every buffer in the service."""
+        return list(_call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout).buffers)
+
+    def create(self, **settings: int) -> buffer_pb2.BufferStats:
+        """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon."""
+        request = buffer_pb2.CreateBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
+        return _call(self._stub.CreateBuffer, request, timeout=self.timeout).stats
+
+    def snapshot(self, dest: str | os.PathLike | IO[bytes], timeout: float = TRANSFER_TIMEOUT_S) -> int:
+        """Write the buffer's full contents to a file path or binary file; returns bytes written."""
+        call = self._stub.Snapshot(buffer_pb2.SnapshotRequest(buffer=self.buffer), timeout=timeout)
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, "wb") as f:
+                return self._write_chunks(call, f)
+        return self._write_chunks(call, dest)
+
+    @staticmethod
+    def _write_chunks(call, f: IO[bytes]) -> int:
+        written = 0
+        try:
+            for response in call:
+                f.write(response.chunk)
+                written += len(response.chunk)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return written
+
+    def restore(self, src: str | os.PathLike | IO[bytes] | bytes, timeout: float = TRANSFER_TIMEOUT_S):
+        """Replace (or create) this buffer from a snapshot; returns its new stats."""
+
+        def requests(f: IO[bytes]) -> Iterable[buffer_pb2.RestoreRequest]:
+            yield buffer_pb2.RestoreRequest(buffer=self.buffer, chunk=f.read(SNAPSHOT_CHUNK_BYTES))
+            while chunk := f.read(SNAPSHOT_CHUNK_BYTES):
+                yield buffer_pb2.RestoreRequest(chunk=chunk)
+
+        if isinstance(src, bytes):
+            import io
+
+            src = io.BytesIO(src)
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                return _call(self._stub.Restore, requests(f), timeout=timeout).stats
+        return _call(self._stub.Restore, requests(src), timeout=timeout).stats
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _check_size(self, size: int, field: str) -> None:
+        if size > self.max_message_bytes:
+            raise ResourceExhausted(
+                f"{field}: encodes to {size / 2**20:.1f} MiB, over the {self.max_message_bytes / 2**20:.0f} MiB "
+                "message limit; split it, or raise max_message_mb on the service and client"
+            )
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Block until the service's health check reports SERVING."""
+        from rewind.health import wait_until_serving
+
+        wait_until_serving(self._channel, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the channel (and stop an in-process service)."""
+        self._channel.close()
+        if self._owned_host is not None:
+            self._owned_host.stop(grace_s=1.0)
+            self._owned_host = None
+
+    def __enter__(self) -> BufferClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""BufferRegistry: the named buffers of one service."""
+
+from __future__ import annotations
+
+import threading
+
+from rewind.errors import AlreadyExists, NotFound
+from rewind_buffer.config import BufferSettings, check_buffer_name
+from rewind_buffer.episode_buffer import EpisodeBuffer
+
+
+class BufferRegistry:
+    """Named EpisodeBuffers, created from shared defaults."""
+
+    def __init__(self, defaults: BufferSettings, *, storage_device: str = "auto", seed: int = 1) -> None:
+        self.defaults = defaults
+        self.storage_device = storage_device
+        self.seed = seed
+        self._buffers: dict[str, EpisodeBuffer] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._buffers)
+
+    def get(self, name: str) -> EpisodeBuffer:
+        """The buffer called `name`.
+
+        Raises:
+            InvalidArgument: the name is empty or malformed.
+            NotFound: no such buffer.
+        """
+        check_buffer_name(name)
+        with self._lock:
+            buffer = self._buffers.get(name)
+            if buffer is None:
+                known = ", ".join(self._buffers) or "none"
+                raise NotFound(f"buffer: no buffer named {name!r} (existing: {known}); create it with CreateBuffer")
+            return buffer
+
+    def create(self, name: str, settings: BufferSettings | None = None) -> EpisodeBuffer:
+        """Create a buffer; raises AlreadyExists if the name is taken."""
+        check_buffer_name(name)
+        with self._lock:
+            if name in self._buffers:
+                raise AlreadyExists(f"buffer: {name!r} exists already")
+            buffer = EpisodeBuffer(
+                name, settings or self.defaults, storage_device=self.storage_device, seed=self.seed
+            )
+            self._buffers[name] = buffer
+            return buffer
+
+    def put(self, buffer: EpisodeBuffer) -> None:
+        """Install `buffer` under its name, replacing any buffer of that name."""
+        check_buffer_name(buffer.name)
+        with self._lock:
+            self._buffers[buffer.name] = buffer

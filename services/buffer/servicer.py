@@ -1,0 +1,209 @@
+"""BufferServicer: gRPC glue between rewind.buffer.v1 and the BufferRegistry."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
+from rewind.buffer_messages import decode_episode, encode_batch
+from rewind.errors import DataLoss, Internal, InvalidArgument, RewindError
+from rewind.serving import handle_errors
+from rewind_buffer import snapshot
+from rewind_buffer.config import BufferSettings, check_buffer_name
+from rewind_buffer.episode_buffer import EpisodeBuffer
+from rewind_buffer.registry import BufferRegistry
+
+log = logging.getLogger(__name__)
+
+MAX_PREFETCH = 64
+DEFAULT_PREFETCH = 2
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+_END = object()
+
+
+def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
+    stats = buffer.stats()
+    settings: BufferSettings = stats["settings"]
+    out.name = stats["name"]
+    out.settings.buffer_size = settings.buffer_size
+    out.settings.batch_size = settings.batch_size
+    out.settings.min_history = settings.min_history
+    out.settings.horizon = settings.horizon
+    for key in ("transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted",
+                "batches_sampled"):
+        setattr(out, key, stats[key])
+    if stats["schema"] is not None:
+        stats["schema"].to_proto(out.schema)
+
+
+class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
+    """Implements rewind.buffer.v1.BufferService over a BufferRegistry."""
+
+    def __init__(self, registry: BufferRegistry) -> None:
+        self.registry = registry
+
+    @handle_errors
+    def ListBuffers(self, request, context):
+        response = buffer_pb2.ListBuffersResponse()
+        for name in self.registry.names():
+            stats_to_proto(self.registry.get(name), response.buffers.add())
+        return response
+
+    @handle_errors
+    def CreateBuffer(self, request, context):
+        s = request.settings
+        settings = self.registry.defaults.replace(
+            buffer_size=s.buffer_size or None,
+            batch_size=s.batch_size or None,
+            min_history=s.min_history or None,
+            horizon=s.horizon or None,
+        )
+        response = buffer_pb2.CreateBufferResponse()
+        stats_to_proto(self.registry.create(request.buffer, settings), response.stats)
+        return response
+
+    @handle_errors
+    def GetStats(self, request, context):
+        response = buffer_pb2.GetStatsResponse()
+        stats_to_proto(self.registry.get(request.buffer), response.stats)
+        return response
+
+    @handle_errors
+    def AddEpisode(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        episode = decode_episode(request.episode, "episode")
+        num = buffer.add(episode)
+        return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
+
+    @handle_errors
+    def LoadEpisodes(self, request_iterator, context):
+        buffer, episodes, first = None, [], None
+        for request in request_iterator:
+            if first is None:
+                first = request
+                buffer = self.registry.get(request.buffer)
+            elif request.buffer and request.buffer != buffer.name:
+                raise InvalidArgument(
+                    f"buffer: message names {request.buffer!r} but the stream started with {buffer.name!r}"
+                )
+            for msg in request.episodes:
+                episodes.append(decode_episode(msg, f"episodes[{len(episodes)}]"))
+        if not episodes:
+            raise InvalidArgument("episodes: the stream carried no episodes")
+        num = buffer.load(episodes)
+        return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
+
+    @handle_errors
+    def Sample(self, request, context):
+        batch = self.registry.get(request.buffer).sample()
+        response = buffer_pb2.SampleResponse()
+        encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
+        return response
+
+    @handle_errors
+    def SampleStream(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        prefetch = request.prefetch or DEFAULT_PREFETCH
+        if not 1 <= prefetch <= MAX_PREFETCH:
+            raise InvalidArgument(f"prefetch: {request.prefetch} is outside 1..{MAX_PREFETCH}")
+        if request.num_batches < 0:
+            raise InvalidArgument(f"num_batches: {request.num_batches} is negative (0 streams until cancelled)")
+        # Refuse up front rather than mid-stream: the client sees the reason at once.
+        if not buffer.ready():
+            buffer.sample()
+        yield from _stream_batches(buffer, prefetch, request.num_batches, context)
+
+    @handle_errors
+    def Snapshot(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
+        if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
+            raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
+        header, tensors = buffer.export_state()
+        total, pieces = snapshot.encode(header, tensors)
+        offset = 0
+        for chunk in snapshot.chunked(pieces, chunk_bytes):
+            if not context.is_active():
+                return
+            yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total)
+            offset += len(chunk)
+
+    @handle_errors
+    def Restore(self, request_iterator, context):
+        name, blob, first = None, bytearray(), None
+        for request in request_iterator:
+            if first is None:
+                first = request
+                name = check_buffer_name(request.buffer)
+            elif request.buffer and request.buffer != name:
+                raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+            blob += request.chunk
+        if first is None:
+            raise InvalidArgument("request: the stream carried no messages")
+        header, tensors = snapshot.decode(blob)
+        try:
+            restored = EpisodeBuffer.from_state(name, header, tensors, storage_device=self.registry.storage_device)
+        except RewindError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise DataLoss(f"snapshot: contents are inconsistent ({type(exc).__name__}: {exc})") from None
+        self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
+        response = buffer_pb2.RestoreResponse()
+        stats_to_proto(restored, response.stats)
+        return response
+
+
+def _stream_batches(
+    buffer: EpisodeBuffer, prefetch: int, num_batches: int, context: grpc.ServicerContext
+) -> Iterator[buffer_pb2.SampleStreamResponse]:
+    """Sample in a producer thread, up to `prefetch` batches ahead of the sender."""
+    ready: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    context.add_callback(stop.set)  # fires on cancel, deadline and completion
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            sent = 0
+            while num_batches == 0 or sent < num_batches:
+                batch = buffer.sample()
+                response = buffer_pb2.SampleStreamResponse()
+                encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
+                if not offer(response):
+                    return
+                sent += 1
+            offer(_END)
+        except RewindError as exc:
+            offer(exc)
+        except Exception as exc:  # noqa: BLE001 - reported to the client as INTERNAL
+            log.error("sampling failed", exc_info=exc)
+            offer(Internal(f"sampling failed ({type(exc).__name__}); the server log has details"))
+
+    producer = threading.Thread(target=produce, name=f"sample-{buffer.name}", daemon=True)
+    producer.start()
+    try:
+        while not stop.is_set():
+            try:
+                item = ready.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()

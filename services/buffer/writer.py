@@ -1,0 +1,100 @@
+"""EpisodeWriter: a torchrl Writer that keeps episodes whole.
+
+torchrl's RoundRobinWriter overwrites the oldest transitions one by one, which
+leaves fragments of evicted episodes behind and lets an episode wrap around the
+end of the storage. This writer instead places each episode in one contiguous
+run of slots and evicts the oldest *whole* episodes (FIFO) to make room.
+
+Slots that hold no live episode (fragments of evicted episodes, the unused
+tail after a wrap) get a distinct negative id each in the `episode` column, so
+that SliceSampler sees them as length-1 trajectories and, with
+`strict_length=True`, never samples them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import torch
+from torchrl.data.replay_buffers.writers import Writer
+
+TRAJ_KEY = "episode"
+
+
+class EpisodeWriter(Writer):
+    """Writes whole episodes contiguously; evicts the oldest whole episodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cursor = 0
+        # (episode id, first slot, length), oldest first.
+        self._episodes: deque[tuple[int, int, int]] = deque()
+        self.evicted = 0
+
+    @property
+    def episodes(self) -> list[tuple[int, int, int]]:
+        """Live episodes as (id, first slot, length), oldest first."""
+        return list(self._episodes)
+
+    @property
+    def transitions(self) -> int:
+        return sum(length for _, _, length in self._episodes)
+
+    def add(self, data: Any) -> int:
+        raise NotImplementedError("EpisodeWriter stores whole episodes: use extend() with one episode")
+
+    def extend(self, data: Any) -> torch.Tensor:
+        """Write one episode (a TensorDict of shape (L,) with an `episode` column)."""
+        length = data.shape[0]
+        capacity = self._storage.max_size
+        start = self._cursor if self._cursor + length <= capacity else 0
+        end = start + length
+        if start == 0 and self._cursor > 0:
+            # Wrapping: the tail [cursor, capacity) is older than anything at 0.
+            self._evict_overlapping(self._cursor, capacity)
+            if self._storage.initialized:
+                self._invalidate(self._cursor, capacity)
+        self._evict_overlapping(start, end)
+        index = torch.arange(start, end)
+        self._storage.set(index, data)
+        self._episodes.append((int(data[TRAJ_KEY][0]), start, length))
+        self._cursor = end
+        return index
+
+    def _evict_overlapping(self, start: int, end: int) -> None:
+        # Slots ahead of the cursor hold the oldest data in age order, so the
+        # episodes in the way are always a prefix of the deque.
+        while self._episodes:
+            _, first, length = self._episodes[0]
+            if first >= end or first + length <= start:
+                break
+            self._episodes.popleft()
+            self._invalidate(first, first + length)
+            self.evicted += 1
+
+    def _invalidate(self, start: int, end: int) -> None:
+        column = self._storage._storage.get(TRAJ_KEY)
+        column[start:end] = -1 - torch.arange(start, end, device=column.device)
+
+    def _empty(self, empty_write_count: bool = True) -> None:
+        self._cursor = 0
+        self._episodes.clear()
+        self.evicted = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": self._cursor, "episodes": [list(e) for e in self._episodes], "evicted": self.evicted}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._cursor = int(state_dict["cursor"])
+        self._episodes = deque(tuple(int(x) for x in e) for e in state_dict["episodes"])
+        self.evicted = int(state_dict["evicted"])
+
+    def dumps(self, path):  # torchrl's on-disk checkpointing is replaced by rewind_buffer.snapshot
+        raise NotImplementedError("use rewind_buffer.snapshot")
+
+    def loads(self, path):
+        raise NotImplementedError("use rewind_buffer.snapshot")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cursor={self._cursor}, episodes={len(self._episodes)})"
