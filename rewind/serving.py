@@ -123,8 +123,12 @@ class ServiceHost:
         for name in ("", *(b.name for b in self.bindings)):
             self.health.set(name, status)
 
-    def start(self) -> int:
-        """Bind, start serving and report SERVING; returns the bound port.
+    def start(self, serving: bool = True) -> int:
+        """Bind and start; returns the bound port.
+
+        Args:
+            serving: report SERVING at once; pass False when the service still
+                has start-up work to do, then call `set_serving()` after it.
 
         Raises:
             Unavailable: the address cannot be bound (in use, or bad host).
@@ -138,9 +142,14 @@ class ServiceHost:
             raise Unavailable(f"cannot listen on {target}; is another server using the port?")
         self.port = port
         self._server.start()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if serving:
+            self.set_serving()
         log.info("serving %s on %s", ", ".join(b.name for b in self.bindings), self.address)
         return port
+
+    def set_serving(self) -> None:
+        """Report SERVING on the health service (for every hosted service)."""
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace."""

@@ -1,0 +1,41 @@
+# Two entry points: `make run` (the main job) and `make test` (every test).
+# Both create their own virtual environment in .venv on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
+
+.PHONY: run test lint proto bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Pinned first and alone: the CPU build of this exact version, never the CUDA wheels.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/rewind buffer demo
+
+test: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/ruff check .
+	node_modules/.bin/buf lint
+
+proto: $(STAMP)
+	$(PY) scripts/protogen.py
+
+bench: $(STAMP)
+	$(PY) bench/buffer.py
+
+clean:
+	rm -rf $(VENV) node_modules rewind-data .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from rewind.cli import main
+
+sys.exit(main())
