@@ -23,7 +23,14 @@ import torch
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import BatchTuple, decode_batch, encode_episode
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
-from rewind.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, from_rpc_error
+from rewind.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    RewindError,
+    Unavailable,
+    from_rpc_error,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -31,11 +38,11 @@ TRANSFER_TIMEOUT_S = 600.0
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 
 
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
+def _error(exc: grpc.RpcError, address: str) -> RewindError:
+    error = from_rpc_error(exc)
+    if isinstance(error, Unavailable):
+        error.message = f"buffer service at {address} is unavailable ({error.message}); is it running?"
+    return error
 
 
 def _episodes_of(data) -> list[Mapping[str, torch.Tensor]]:
@@ -169,7 +176,7 @@ class BufferClient:
         request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer)
         encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
-        return _call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
+        return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
 
     def load(self, td) -> int:
         """Add many episodes at once: a (N, L, ...) TensorDict, or a sequence of episodes.
@@ -178,7 +185,7 @@ class BufferClient:
         """
         episodes = _episodes_of(td)
         requests = self._load_requests(episodes)
-        return _call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
+        return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
     def _load_requests(self, episodes: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
         # Several episodes per message, each message under the size limit.
@@ -196,7 +203,7 @@ class BufferClient:
 
     def sample(self) -> BatchTuple:
         """One batch: obs (H+1, B, ...), action (H, B, ...), reward (H, B, 1), done (H, B, 1)."""
-        response = _call(self._stub.Sample, buffer_pb2.SampleRequest(buffer=self.buffer), timeout=self.timeout)
+        response = self._call(self._stub.Sample, buffer_pb2.SampleRequest(buffer=self.buffer), timeout=self.timeout)
         return decode_batch(response.batch)
 
     def ready(self) -> bool:
@@ -236,16 +243,17 @@ class BufferClient:
 
     def stats(self) -> buffer_pb2.BufferStats:
         """Capacity, transitions, episodes, readiness, device, bytes and counters."""
-        return _call(self._stub.GetStats, buffer_pb2.GetStatsRequest(buffer=self.buffer), timeout=self.timeout).stats
+        request = buffer_pb2.GetStatsRequest(buffer=self.buffer)
+        return self._call(self._stub.GetStats, request, timeout=self.timeout).stats
 
     def list_buffers(self) -> list[buffer_pb2.BufferStats]:
         """Stats of every buffer in the service."""
-        return list(_call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout).buffers)
+        return list(self._call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout).buffers)
 
     def create(self, **settings: int) -> buffer_pb2.BufferStats:
         """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon."""
         request = buffer_pb2.CreateBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
-        return _call(self._stub.CreateBuffer, request, timeout=self.timeout).stats
+        return self._call(self._stub.CreateBuffer, request, timeout=self.timeout).stats
 
     def snapshot(self, dest: str | os.PathLike | IO[bytes], timeout: float = TRANSFER_TIMEOUT_S) -> int:
         """Write the buffer's full contents to a file path or binary file; returns bytes written."""
@@ -255,15 +263,14 @@ class BufferClient:
                 return self._write_chunks(call, f)
         return self._write_chunks(call, dest)
 
-    @staticmethod
-    def _write_chunks(call, f: IO[bytes]) -> int:
+    def _write_chunks(self, call, f: IO[bytes]) -> int:
         written = 0
         try:
             for response in call:
                 f.write(response.chunk)
                 written += len(response.chunk)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise _error(exc, self.address) from None
         return written
 
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes, timeout: float = TRANSFER_TIMEOUT_S):
@@ -280,10 +287,16 @@ class BufferClient:
             src = io.BytesIO(src)
         if isinstance(src, (str, os.PathLike)):
             with open(src, "rb") as f:
-                return _call(self._stub.Restore, requests(f), timeout=timeout).stats
-        return _call(self._stub.Restore, requests(src), timeout=timeout).stats
+                return self._call(self._stub.Restore, requests(f), timeout=timeout).stats
+        return self._call(self._stub.Restore, requests(src), timeout=timeout).stats
 
     # -- lifecycle -----------------------------------------------------------
+
+    def _call(self, method, request, timeout: float):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.address) from None
 
     def _check_size(self, size: int, field: str) -> None:
         if size > self.max_message_bytes:

@@ -88,12 +88,20 @@ def decode(msg: tensor_pb2.Tensor, field: str = "tensor") -> torch.Tensor:
     dtype = WIRE_TO_TORCH.get(msg.dtype)
     if dtype is None:
         raise InvalidArgument(f"{field}.dtype: unknown or unspecified dtype {msg.dtype}")
-    shape = tuple(int(d) for d in msg.shape)
+    return view_bytes(msg.data, dtype, tuple(msg.shape), field)
+
+
+def view_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: tuple[int, ...],
+               field: str = "tensor") -> torch.Tensor:
+    """View raw little-endian bytes as a tensor of `dtype` and `shape`, sharing memory.
+
+    Raises:
+        InvalidArgument: a negative dimension, or a byte count that does not match.
+    """
+    shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{field}.shape: negative dimension in {list(shape)}")
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = math.prod(shape) * itemsize
-    data = msg.data
+    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if len(data) != expected:
         raise InvalidArgument(
             f"{field}.data: {len(data)} bytes, but shape {list(shape)} of "

@@ -22,7 +22,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def health_status(address: str, service: str = "") -> int:
     with make_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 
 
 def test_health_is_not_serving_until_startup_work_is_done():

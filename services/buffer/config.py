@@ -141,14 +141,18 @@ def load_config(path: str | Path | None = None) -> ServiceConfig:
         raise InvalidArgument(f"config: {source} is not valid TOML: {exc}") from None
     unknown_tables = set(data) - {"config", "service"}
     if unknown_tables:
-        raise InvalidArgument(f"config: unknown table(s) {sorted(unknown_tables)} in {source}; expected [config] and [service]")
+        raise InvalidArgument(
+            f"config: unknown table(s) {sorted(unknown_tables)} in {source}; expected [config] and [service]"
+        )
     settings_keys = {f.name for f in dataclasses.fields(BufferSettings)}
     service_keys = {f.name for f in dataclasses.fields(ServiceConfig)} - {"settings"}
     cfg, svc = data.get("config", {}), data.get("service", {})
     for table, keys, allowed in (("config", cfg, settings_keys), ("service", svc, service_keys)):
         unknown = set(keys) - allowed
         if unknown:
-            raise InvalidArgument(f"config: unknown key(s) {sorted(unknown)} in [{table}] of {source}; allowed: {sorted(allowed)}")
+            raise InvalidArgument(
+                f"config: unknown key(s) {sorted(unknown)} in [{table}] of {source}; allowed: {sorted(allowed)}"
+            )
     if "buffers" in svc:
         svc = {**svc, "buffers": tuple(svc["buffers"])}
     return ServiceConfig(settings=BufferSettings(**cfg), **svc)

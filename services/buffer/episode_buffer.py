@@ -17,7 +17,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
 
-from rewind.errors import FailedPrecondition, InvalidArgument
+from rewind.errors import FailedPrecondition
 from rewind_buffer.config import BufferSettings
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.writer import TRAJ_KEY, EpisodeWriter

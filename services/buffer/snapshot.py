@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
-from rewind.codec import dtype_name
+from rewind.codec import dtype_name, view_bytes
 from rewind.errors import DataLoss, InvalidArgument
 
 MAGIC = b"RWNDBUF1"
@@ -108,11 +108,11 @@ def decode(blob: bytearray | bytes) -> tuple[dict, dict[str, torch.Tensor]]:
         end = offset + spec["nbytes"]
         if end > len(body):
             raise DataLoss(f"snapshot: tensor {spec['key']!r} runs past the end of the data")
-        dtype = getattr(torch, spec["dtype"])
-        raw = body[offset:end]
-        tensors[spec["key"]] = (
-            torch.frombuffer(raw, dtype=dtype).view(spec["shape"]) if spec["nbytes"] else torch.empty(spec["shape"], dtype=dtype)
-        )
+        try:
+            dtype = getattr(torch, spec["dtype"])
+            tensors[spec["key"]] = view_bytes(body[offset:end], dtype, spec["shape"], spec["key"])
+        except InvalidArgument as exc:
+            raise DataLoss(f"snapshot: {exc}") from None
         offset = end
     if offset != len(body):
         raise DataLoss(f"snapshot: {len(body) - offset} unexpected trailing bytes")
