@@ -36,6 +36,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 600.0
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+LOAD_MESSAGE_BYTES = 1024 * 1024
 
 
 def _error(exc: grpc.RpcError, address: str) -> RewindError:
@@ -188,17 +189,19 @@ class BufferClient:
         return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
     def _load_requests(self, episodes: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
-        # Several episodes per message, each message under the size limit.
+        # About LOAD_MESSAGE_BYTES per message: small enough that the service
+        # decodes one while this side encodes the next, large enough that
+        # per-message overhead stays small for short episodes.
         request = buffer_pb2.LoadEpisodesRequest(buffer=self.buffer)
-        budget = self.max_message_bytes - 1024
+        pending = 0
         for i, episode in enumerate(episodes):
-            encoded = encode_episode(episode)
-            size = encoded.ByteSize()
+            size = sum(t.numel() * t.element_size() for t in episode.values())
             self._check_size(size, f"episodes[{i}]")
-            if request.episodes and request.ByteSize() + size > budget:
+            if request.episodes and pending + size > min(LOAD_MESSAGE_BYTES, self.max_message_bytes // 2):
                 yield request
-                request = buffer_pb2.LoadEpisodesRequest()
-            request.episodes.append(encoded)
+                request, pending = buffer_pb2.LoadEpisodesRequest(), 0
+            encode_episode(episode, request.episodes.add())
+            pending += size
         yield request
 
     def sample(self) -> BatchTuple:

@@ -141,10 +141,11 @@ class EpisodeBuffer:
                 )
                 if schema is None:
                     schema = EpisodeSchema.from_tensors(episode)
-            if self._rb is None and episodes:
+            if not episodes:
+                return self.num_eps
+            if self._rb is None:
                 self._init_storage(schema)
-            for episode in episodes:
-                self._write(episode)
+            self._write(episodes)
             return self.num_eps
 
     def _init_storage(self, schema: EpisodeSchema) -> None:
@@ -173,12 +174,14 @@ class EpisodeBuffer:
             generator=self._generator,
         )
 
-    def _write(self, episode: Mapping[str, torch.Tensor]) -> None:
-        length = episode["obs"].shape[0]
-        data = {k: episode[k] for k in FIELDS}
-        data[TRAJ_KEY] = torch.full((length,), self.episodes_added, dtype=torch.int64)
-        self._rb.extend(TensorDict(data, batch_size=[length]))
-        self.episodes_added += 1
+    def _write(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        # One extend for the lot: the writer places them and batches the copies.
+        lengths = [episode["obs"].shape[0] for episode in episodes]
+        data = {k: torch.cat([episode[k] for episode in episodes]) for k in FIELDS}
+        ids = torch.arange(self.episodes_added, self.episodes_added + len(episodes))
+        data[TRAJ_KEY] = torch.repeat_interleave(ids, torch.tensor(lengths))
+        self._rb.extend(TensorDict(data, batch_size=[sum(lengths)]))
+        self.episodes_added += len(episodes)
 
     # -- sampling ------------------------------------------------------------
 
@@ -194,18 +197,23 @@ class EpisodeBuffer:
                     f"buffer {self.name!r} is not ready: {self.transitions} of "
                     f"min_history={self.settings.min_history} transitions stored; add more episodes first"
                 )
-            td = self._rb.sample()
+            # The sampler picks the slices (torchrl's SliceSampler, strict
+            # length); gathering them time-major straight from the storage
+            # columns skips ReplayBuffer.sample's generic TensorDict path and
+            # the transpose-then-copy that TD-MPC2 does after it.
+            (index,), _ = self._rb.sampler.sample(self._rb.storage, self._rb.batch_size)
             number = self.batches_sampled
             self.batches_sampled += 1
-        horizon = self.settings.horizon
-        td = td.view(-1, horizon + 1).transpose(0, 1)
-        return Batch(
-            obs=td["obs"].contiguous(),
-            action=td["action"][1:].contiguous(),
-            reward=td["reward"][1:].unsqueeze(-1).contiguous(),
-            done=td["done"][1:].unsqueeze(-1).contiguous(),
-            sequence_number=number,
-        )
+            steps = index.view(self.settings.batch_size, self.settings.horizon + 1).t()
+            columns = self._rb.storage._storage
+            after_first = steps[1:]
+            return Batch(
+                obs=columns.get("obs")[steps],
+                action=columns.get("action")[after_first],
+                reward=columns.get("reward")[after_first].unsqueeze(-1),
+                done=columns.get("done")[after_first].unsqueeze(-1),
+                sequence_number=number,
+            )
 
     # -- snapshot support ----------------------------------------------------
 

@@ -45,22 +45,35 @@ class EpisodeWriter(Writer):
         raise NotImplementedError("EpisodeWriter stores whole episodes: use extend() with one episode")
 
     def extend(self, data: Any) -> torch.Tensor:
-        """Write one episode (a TensorDict of shape (L,) with an `episode` column)."""
-        length = data.shape[0]
+        """Write consecutive whole episodes (a TensorDict (N,) with an `episode` column).
+
+        Episodes that fit side by side from the cursor go in one storage write.
+        """
+        ids, lengths = torch.unique_consecutive(data[TRAJ_KEY], return_counts=True)
+        ids, lengths = ids.tolist(), lengths.tolist()
         capacity = self._storage.max_size
-        start = self._cursor if self._cursor + length <= capacity else 0
-        end = start + length
-        if start == 0 and self._cursor > 0:
-            # Wrapping: the tail [cursor, capacity) is older than anything at 0.
-            self._evict_overlapping(self._cursor, capacity)
-            if self._storage.initialized:
-                self._invalidate(self._cursor, capacity)
-        self._evict_overlapping(start, end)
-        index = torch.arange(start, end)
-        self._storage.set(index, data)
-        self._episodes.append((int(data[TRAJ_KEY][0]), start, length))
-        self._cursor = end
-        return index
+        written, first, offset = [], 0, 0
+        while first < len(ids):
+            start = self._cursor if self._cursor + lengths[first] <= capacity else 0
+            if start == 0 and self._cursor > 0:
+                # Wrapping: the tail [cursor, capacity) is older than anything at 0.
+                self._evict_overlapping(self._cursor, capacity)
+                if self._storage.initialized:
+                    self._invalidate(self._cursor, capacity)
+            end, last = start, first
+            while last < len(ids) and end + lengths[last] <= capacity:
+                end += lengths[last]
+                last += 1
+            self._evict_overlapping(start, end)
+            index = torch.arange(start, end)
+            self._storage.set(index, data[offset : offset + end - start])
+            slot = start
+            for eid, length in zip(ids[first:last], lengths[first:last], strict=True):
+                self._episodes.append((eid, slot, length))
+                slot += length
+            written.append(index)
+            self._cursor, offset, first = end, offset + end - start, last
+        return torch.cat(written)
 
     def _evict_overlapping(self, start: int, end: int) -> None:
         # Slots ahead of the cursor hold the oldest data in age order, so the
