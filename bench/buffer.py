@@ -14,7 +14,7 @@ is noisy; medians are reported):
 
 Targets: remote sampling >= 0.9 x in-process; remote insert >= 0.8 x in-process.
 
-    python bench/buffer.py [--rounds 3] [--batches 300] [--storage-device cpu|cuda]
+    python bench/buffer.py [--rounds 5] [--batches 300] [--storage-device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def start_service(device: str) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--storage-device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default="bench/results/buffer.json")

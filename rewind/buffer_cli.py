@@ -42,6 +42,7 @@ def serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_message_mb=args.max_message_mb,
         grace_s=args.grace_s,
+        torch_threads=args.torch_threads,
     )
     host = start(config, handle_signals=True)
     if args.port_file:

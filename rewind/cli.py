@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, help="seed of the sampling generators")
     serve.add_argument("--max-message-mb", type=_positive, help="largest message, in MiB")
     serve.add_argument("--grace-s", type=float, help="seconds in-flight calls get on SIGTERM")
+    serve.add_argument("--torch-threads", type=_non_negative, help="torch intra-op threads (0: torch's default)")
     serve.add_argument("--print-config", action="store_true", help="print the packaged default TOML and exit")
 
     def client_args(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ under `[config]`; the service's own options live under `[service]`.
     storage_device = "auto"    # "auto" (the 2.5x rule), "cpu" or "cuda"
     seed = 1
     max_message_mb = 64
+    torch_threads = 1          # intra-op threads; 0 keeps torch's default
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class ServiceConfig:
     max_message_mb: int = 64
     grace_s: float = 10.0
     workers: int = 16
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.storage_device not in STORAGE_DEVICES:
@@ -85,6 +87,8 @@ class ServiceConfig:
             )
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port: {self.port} is not a TCP port")
+        if self.torch_threads < 0:
+            raise InvalidArgument(f"torch_threads: {self.torch_threads} is negative (0 keeps torch's default)")
         if not 1 <= self.max_message_mb <= 2047:
             raise InvalidArgument(f"max_message_mb: {self.max_message_mb} is outside 1..2047")
         for name in self.buffers:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.serving import ServiceBinding, ServiceHost
 from rewind_buffer.config import ServiceConfig
@@ -43,6 +45,10 @@ def serve(config: ServiceConfig, *, handle_signals: bool = False) -> ServiceHost
         config: the service configuration.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
     """
+    if config.torch_threads:
+        # Small gathers gain nothing from intra-op threads, which would only
+        # contend with the gRPC threads for the same cores.
+        torch.set_num_threads(config.torch_threads)
     host, _ = build(config)
     if handle_signals:
         host.install_signal_handlers()

@@ -30,6 +30,7 @@ class EpisodeWriter(Writer):
         self._cursor = 0
         # (episode id, first slot, length), oldest first.
         self._episodes: deque[tuple[int, int, int]] = deque()
+        self._transitions = 0
         self.evicted = 0
 
     @property
@@ -39,7 +40,7 @@ class EpisodeWriter(Writer):
 
     @property
     def transitions(self) -> int:
-        return sum(length for _, _, length in self._episodes)
+        return self._transitions
 
     def add(self, data: Any) -> int:
         raise NotImplementedError("EpisodeWriter stores whole episodes: use extend() with one episode")
@@ -70,6 +71,7 @@ class EpisodeWriter(Writer):
             slot = start
             for eid, length in zip(ids[first:last], lengths[first:last], strict=True):
                 self._episodes.append((eid, slot, length))
+                self._transitions += length
                 slot += length
             written.append(index)
             self._cursor, offset, first = end, offset + end - start, last
@@ -83,6 +85,7 @@ class EpisodeWriter(Writer):
             if first >= end or first + length <= start:
                 break
             self._episodes.popleft()
+            self._transitions -= length
             self._invalidate(first, first + length)
             self.evicted += 1
 
@@ -93,6 +96,7 @@ class EpisodeWriter(Writer):
     def _empty(self, empty_write_count: bool = True) -> None:
         self._cursor = 0
         self._episodes.clear()
+        self._transitions = 0
         self.evicted = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,6 +105,7 @@ class EpisodeWriter(Writer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._cursor = int(state_dict["cursor"])
         self._episodes = deque(tuple(int(x) for x in e) for e in state_dict["episodes"])
+        self._transitions = sum(length for _, _, length in self._episodes)
         self.evicted = int(state_dict["evicted"])
 
     def dumps(self, path):  # torchrl's on-disk checkpointing is replaced by rewind_buffer.snapshot
