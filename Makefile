@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	# `npm install`, not `npm ci`: npm 11 wants every platform's optional buf binary in
+	# the lock file before `ci` accepts it; the exact version is pinned in package.json.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: $(STAMP)

@@ -179,3 +179,22 @@ def test_restore_rejects_garbage_and_corruption_and_keeps_the_buffer(seeded):
         seeded.restore(before[:-100] + before[-32:])  # truncated
     assert snapshot_bytes(seeded) == before
     assert seeded.using("buffer").restore(before).episodes == 2
+
+
+def test_load_larger_than_the_buffer_is_resource_exhausted(seeded):
+    before = snapshot_bytes(seeded)
+    with pytest.raises(ResourceExhausted, match="more than 2,000 transitions"):
+        seeded.load([episode(10 + i, 500) for i in range(5)])
+    assert snapshot_bytes(seeded) == before
+
+
+def test_scalar_fields_are_invalid_argument_not_internal(seeded, stub):
+    fields = {**episode(5, 20), "obs": torch.tensor(1.0)}
+    with pytest.raises(grpc.RpcError) as info:
+        stub.AddEpisode(add_request(fields))
+    assert info.value.code() == INVALID and "episode.obs: shape [] lacks the leading (L,) dims" in info.value.details()
+    request = buffer_pb2.LoadEpisodesRequest(buffer="buffer")
+    encode_episode(fields, request.episodes.add())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LoadEpisodes(iter([request]))
+    assert info.value.code() == INVALID and "episodes[0].obs" in info.value.details()

@@ -136,12 +136,23 @@ class EpisodeBuffer:
         """True once min_history transitions (and at least one episode) are stored."""
         return self.num_eps > 0 and self.transitions >= self.settings.min_history
 
+    def require_ready(self) -> None:
+        """Raise FailedPrecondition unless ready()."""
+        if not self.ready():
+            raise FailedPrecondition(
+                f"buffer {self.name!r} is not ready: {self.transitions} of "
+                f"min_history={self.settings.min_history} transitions stored; add more episodes first"
+            )
+
     # -- writing -------------------------------------------------------------
 
     def add(self, episode: Mapping[str, torch.Tensor]) -> int:
-        """Validate and store one episode of shape (L, ...); returns num_eps."""
-        self.load([episode])
-        return self.num_eps
+        """Validate and store one episode of shape (L, ...); returns num_eps.
+
+        Raises:
+            InvalidArgument: the episode is malformed; nothing is stored then.
+        """
+        return self._store([episode], ["episode"])
 
     def load(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> int:
         """Validate every episode first, then store them all; returns num_eps.
@@ -149,10 +160,12 @@ class EpisodeBuffer:
         Raises:
             InvalidArgument: any episode is malformed; nothing is stored then.
         """
+        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))])
+
+    def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str]) -> int:
         with self.lock:
             schema = self.schema
-            for i, episode in enumerate(episodes):
-                where = "episode" if len(episodes) == 1 else f"episodes[{i}]"
+            for episode, where in zip(episodes, names, strict=True):
                 validate_episodes(
                     episode, schema=schema, horizon=self.settings.horizon, capacity=self.capacity, where=where
                 )
@@ -209,11 +222,7 @@ class EpisodeBuffer:
             FailedPrecondition: fewer than min_history transitions are stored.
         """
         with self.lock:
-            if not self.ready():
-                raise FailedPrecondition(
-                    f"buffer {self.name!r} is not ready: {self.transitions} of "
-                    f"min_history={self.settings.min_history} transitions stored; add more episodes first"
-                )
+            self.require_ready()
             # The sampler picks the slices (torchrl's SliceSampler, strict
             # length); gathering them time-major straight from the storage
             # columns skips ReplayBuffer.sample's generic TensorDict path and
@@ -284,7 +293,6 @@ class EpisodeBuffer:
         if used:
             buffer._rb.storage.set(torch.arange(used), data)
         buffer._writer.load_state_dict(header["writer"])
-        buffer._rb.sampler.extend(torch.arange(used))  # drops the sampler's boundary cache
         state = tensors["generator_state"]
         if buffer.device.type == header["device_type"]:
             buffer._generator.set_state(state)

@@ -11,7 +11,7 @@ import grpc
 
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
-from rewind.errors import DataLoss, Internal, InvalidArgument, RewindError
+from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.serving import handle_errors
 from rewind_buffer import snapshot
 from rewind_buffer.config import BufferSettings, check_buffer_name
@@ -82,7 +82,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     @handle_errors
     def LoadEpisodes(self, request_iterator, context):
-        buffer, episodes, first = None, [], None
+        buffer, episodes, first, transitions = None, [], None, 0
         for request in request_iterator:
             if first is None:
                 first = request
@@ -92,7 +92,16 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                     f"buffer: message names {request.buffer!r} but the stream started with {buffer.name!r}"
                 )
             for msg in request.episodes:
-                episodes.append(decode_episode(msg, f"episodes[{len(episodes)}]"))
+                episode = decode_episode(msg, f"episodes[{len(episodes)}]")
+                obs = episode.get("obs")
+                transitions += obs.shape[0] if obs is not None and obs.dim() else 0
+                if transitions > buffer.capacity:
+                    # Bounds the memory a load holds before it commits; more would only evict itself.
+                    raise ResourceExhausted(
+                        f"episodes: more than {buffer.capacity:,} transitions (buffer_size) in one load; "
+                        "load fewer episodes at a time"
+                    )
+                episodes.append(episode)
         if not episodes:
             raise InvalidArgument("episodes: the stream carried no episodes")
         num = buffer.load(episodes)
@@ -113,9 +122,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             raise InvalidArgument(f"prefetch: {request.prefetch} is outside 1..{MAX_PREFETCH}")
         if request.num_batches < 0:
             raise InvalidArgument(f"num_batches: {request.num_batches} is negative (0 streams until cancelled)")
-        # Refuse up front rather than mid-stream: the client sees the reason at once.
-        if not buffer.ready():
-            buffer.sample()
+        buffer.require_ready()  # up front, not mid-stream: the client sees the reason at once
         yield from _stream_batches(buffer, prefetch, request.num_batches, context)
 
     @handle_errors
