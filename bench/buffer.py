@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
 
 from rewind import BufferClient
+from rewind.local_service import LocalService
 from rewind_buffer import BufferSettings, EpisodeBuffer
 
 EPISODES, STEPS, OBS, ACT = 100, 500, 64, 8
@@ -96,21 +94,6 @@ def timed(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def start_service(device: str) -> tuple[subprocess.Popen, str]:
-    port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rewind", "--log-level", "WARNING", "buffer", "serve", "--port", "0",
-         "--port-file", str(port_file), "--buffer-size", str(CAPACITY), "--batch-size", str(BATCH),
-         "--horizon", str(HORIZON), "--min-history", "0", "--storage-device", device, "--buffers", "warmup"],
-    )
-    deadline = time.monotonic() + 60
-    while not (port_file.exists() and port_file.read_text()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("bench: the buffer service did not start")
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{port_file.read_text()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -120,7 +103,11 @@ def main() -> None:
     args = parser.parse_args()
     device = args.storage_device
     episodes = make_episodes()
-    proc, address = start_service(device)
+    service = LocalService(
+        ["--log-level", "WARNING", "buffer", "serve", "--buffer-size", str(CAPACITY), "--batch-size", str(BATCH),
+         "--horizon", str(HORIZON), "--min-history", "0", "--storage-device", device, "--buffers", "warmup"]
+    )
+    address = service.address
     results: dict[str, list[float]] = {}
 
     def record(name: str, value: float) -> None:
@@ -155,8 +142,7 @@ def main() -> None:
             remote.close()
             unary.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        service.terminate()
 
     med = {k: statistics.median(v) for k, v in results.items()}
     unit = {"insert": "episodes/s", "sample": "batches/s"}

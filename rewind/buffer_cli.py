@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +11,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from rewind.buffer_client import BufferClient
-from rewind.errors import Unavailable
+from rewind.local_service import LocalService
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,37 +100,18 @@ def _synthetic_episode(index: int, steps: int, obs_dim: int = 16, action_dim: in
 def demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    server = None
-    address = args.address
-    if address is None:
-        port_file = Path(tempfile.mkdtemp()) / "port"
-        min_history = args.episodes * args.steps // 2
-        cmd = [sys.executable, "-m", "rewind", "--log-level", "WARNING", "buffer", "serve", "--port", "0",
-               "--port-file", str(port_file), "--min-history", str(min_history),
-               "--buffer-size", str(args.episodes * args.steps), "--batch-size", "256", "--horizon", "3"]
-        print(f"starting the buffer service: {' '.join(cmd[1:])}")
-        server = subprocess.Popen(cmd)
-        address = _wait_for_port(server, port_file)
+    if args.address is not None:
+        _exercise(args.address, args, out_dir)
+        return 0
+    serve_args = ["--log-level", "WARNING", "buffer", "serve", "--min-history", str(args.episodes * args.steps // 2),
+                  "--buffer-size", str(args.episodes * args.steps), "--batch-size", "256", "--horizon", "3"]
+    print(f"starting the buffer service: rewind {' '.join(serve_args)}")
+    service = LocalService(serve_args)
     try:
-        _exercise(address, args, out_dir)
+        _exercise(service.address, args, out_dir)
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            code = server.wait(timeout=30)
-            print(f"buffer service drained and exited with code {code}")
+        print(f"buffer service drained and exited with code {service.terminate()}")
     return 0
-
-
-def _wait_for_port(server: subprocess.Popen, port_file: Path, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise Unavailable(f"the buffer service exited with code {server.returncode} before serving")
-        if port_file.exists() and port_file.read_text():
-            return f"127.0.0.1:{port_file.read_text()}"
-        time.sleep(0.05)  # polling a file the child writes; no event to wait on
-    server.kill()
-    raise Unavailable(f"the buffer service did not start within {timeout:.0f}s")
 
 
 def _exercise(address: str, args: argparse.Namespace, out_dir: Path) -> None:

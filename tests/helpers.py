@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+
+from rewind.local_service import LocalService
 
 REPO = Path(__file__).resolve().parent.parent
 OBS_DIM = 3
@@ -45,36 +42,13 @@ def check_batch_against(batch, episodes: dict[int, dict[str, torch.Tensor]], hor
         torch.testing.assert_close(done[:, b, 0], ep["done"][t0 + 1 : t0 + horizon + 1], rtol=0, atol=0)
 
 
-class ServiceProcess:
-    """`rewind buffer serve` in a subprocess on a free loopback port."""
+class ServiceProcess(LocalService):
+    """`rewind buffer serve <args>` in a subprocess, its output in tmp_path/service.log."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.port_file = tmp_path / f"port-{time.monotonic_ns()}"
         self.log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewind", "buffer", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--port-file", str(self.port_file), *args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.address = self._wait_for_port()
-
-    def _wait_for_port(self, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited early with {self.proc.returncode}")
-            if self.port_file.exists() and self.port_file.read_text():
-                return f"127.0.0.1:{self.port_file.read_text()}"
-            time.sleep(0.02)  # polls a file the child writes once SERVING
-        self.proc.kill()
-        raise RuntimeError("service did not start")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        super().__init__(["buffer", "serve", *args], stdout=self.log, cwd=tmp_path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        self.kill()
         self.log.close()
