@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -110,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # torchrl logs every storage allocation at INFO through its own handler.
-    logging.getLogger("torchrl").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    # torchrl logs every storage allocation at INFO through its own handler,
+    # and sets that level from RL_LOGGING_LEVEL when it is first imported.
+    os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")
     try:
         if args.group == "health":
             return _health(args)
