@@ -199,7 +199,9 @@ def test_closing_a_stream_cancels_it(service):
     client.close()
 
 
-def test_raw_episode_message_roundtrip(stub):
-    request = buffer_pb2.AddEpisodeRequest(buffer="buffer")
-    encode_episode(episode(0, 20), request.episode)
-    assert stub.AddEpisode(request).num_episodes == 1
+def test_add_reports_num_episodes_and_the_new_episode_id(stub):
+    for i in range(3):
+        request = buffer_pb2.AddEpisodeRequest(buffer="buffer")
+        encode_episode(episode(i, 20), request.episode)
+        response = stub.AddEpisode(request)
+        assert (response.num_episodes, response.episode_id) == (i + 1, i)

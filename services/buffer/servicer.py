@@ -77,8 +77,9 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     def AddEpisode(self, request, context):
         buffer = self.registry.get(request.buffer)
         episode = decode_episode(request.episode, "episode")
-        num = buffer.add(episode)
-        return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
+        with buffer.lock:  # the id must be this add's, not a concurrent one's
+            num = buffer.add(episode)
+            return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
 
     @handle_errors
     def LoadEpisodes(self, request_iterator, context):
