@@ -115,7 +115,7 @@ class EpisodeBuffer:
 
     @property
     def num_eps(self) -> int:
-        return len(self._writer.episodes)
+        return self._writer.num_episodes
 
     @property
     def transitions(self) -> int:

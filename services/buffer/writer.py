@@ -39,6 +39,10 @@ class EpisodeWriter(Writer):
         return list(self._episodes)
 
     @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
     def transitions(self) -> int:
         return self._transitions
 
