@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import threading
@@ -63,8 +64,9 @@ class BatchStream:
     Close it (or use it as a context manager) to cancel the stream.
     """
 
-    def __init__(self, call, prefetch: int, stall_timeout: float) -> None:
+    def __init__(self, call, prefetch: int, stall_timeout: float, address: str) -> None:
         self._call = call
+        self._address = address
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stall_timeout = stall_timeout
         self._done = threading.Event()
@@ -86,7 +88,7 @@ class BatchStream:
             self._queue.put(StopIteration())
         except grpc.RpcError as exc:
             if not self._done.is_set():
-                self._queue.put(from_rpc_error(exc))
+                self._queue.put(_error(exc, self._address))
 
     def __iter__(self) -> BatchStream:
         return self
@@ -239,7 +241,7 @@ class BufferClient:
         request = buffer_pb2.SampleStreamRequest(buffer=self.buffer, prefetch=prefetch, num_batches=num_batches)
         # The stream itself may run for hours; a stall longer than `timeout` is the deadline.
         call = self._stub.SampleStream(request)
-        return BatchStream(call, prefetch, self.timeout)
+        return BatchStream(call, prefetch, self.timeout, self.address)
 
     def __iter__(self) -> Iterator[BatchTuple]:
         return self.batches()
@@ -285,8 +287,6 @@ class BufferClient:
                 yield buffer_pb2.RestoreRequest(chunk=chunk)
 
         if isinstance(src, bytes):
-            import io
-
             src = io.BytesIO(src)
         if isinstance(src, (str, os.PathLike)):
             with open(src, "rb") as f:
@@ -312,7 +312,7 @@ class BufferClient:
         """Block until the service's health check reports SERVING."""
         from rewind.health import wait_until_serving
 
-        wait_until_serving(self._channel, timeout=timeout)
+        wait_until_serving(self._channel, timeout=timeout, target=self.address)
 
     def close(self) -> None:
         """Close the channel (and stop an in-process service)."""

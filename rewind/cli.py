@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -143,9 +142,6 @@ def _health(args: argparse.Namespace) -> int:
     print(status)
     return 0 if status == "SERVING" else 1
 
-
-def print_json(data: dict) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,8 +24,6 @@ if sys.byteorder != "little":  # pragma: no cover - every supported platform is 
 # zero-copy view is the point, and the module docstring states the contract.
 warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
-Dtype = tensor_pb2.Dtype
-
 TORCH_TO_WIRE: dict[torch.dtype, int] = {
     torch.float32: tensor_pb2.DTYPE_FLOAT32,
     torch.float64: tensor_pb2.DTYPE_FLOAT64,
@@ -101,7 +99,7 @@ def view_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: 
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{field}.shape: negative dimension in {list(shape)}")
-    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise InvalidArgument(
             f"{field}.data: {len(data)} bytes, but shape {list(shape)} of "
