@@ -262,21 +262,36 @@ class BufferClient:
 
     def snapshot(self, dest: str | os.PathLike | IO[bytes], timeout: float = TRANSFER_TIMEOUT_S) -> int:
         """Write the buffer's full contents to a file path or binary file; returns bytes written."""
-        call = self._stub.Snapshot(buffer_pb2.SnapshotRequest(buffer=self.buffer), timeout=timeout)
         if isinstance(dest, (str, os.PathLike)):
             with open(dest, "wb") as f:
-                return self._write_chunks(call, f)
-        return self._write_chunks(call, dest)
-
-    def _write_chunks(self, call, f: IO[bytes]) -> int:
+                return self.snapshot(f, timeout=timeout)
         written = 0
+        for response in self.snapshot_stream(timeout=timeout):
+            dest.write(response.chunk)
+            written += len(response.chunk)
+        return written
+
+    def snapshot_stream(
+        self, expect_episodes_added: int = 0, timeout: float = TRANSFER_TIMEOUT_S
+    ) -> Iterator[buffer_pb2.SnapshotResponse]:
+        """Stream the buffer's snapshot: consecutive chunks, each with the blob's size and episode count.
+
+        Args:
+            expect_episodes_added: when > 0, refuse unless the buffer has seen
+                exactly this many episodes (so the snapshot matches a step).
+            timeout: deadline for the whole stream, seconds.
+
+        Raises:
+            FailedPrecondition: expect_episodes_added did not match.
+        """
+        request = buffer_pb2.SnapshotRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added)
+        call = self._stub.Snapshot(request, timeout=timeout)
         try:
-            for response in call:
-                f.write(response.chunk)
-                written += len(response.chunk)
+            yield from call
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from None
-        return written
+        finally:
+            call.cancel()
 
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes, timeout: float = TRANSFER_TIMEOUT_S):
         """Replace (or create) this buffer from a snapshot; returns its new stats."""

@@ -243,9 +243,22 @@ class EpisodeBuffer:
 
     # -- snapshot support ----------------------------------------------------
 
-    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """A consistent copy of everything a snapshot needs: (header, tensors)."""
+    def export_state(self, expect_episodes_added: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A consistent copy of everything a snapshot needs: (header, tensors).
+
+        Args:
+            expect_episodes_added: when > 0, the copy is refused unless exactly
+                this many episodes have been added (checked under the lock).
+
+        Raises:
+            FailedPrecondition: the buffer has seen a different number of episodes.
+        """
         with self.lock:
+            if expect_episodes_added > 0 and expect_episodes_added != self.episodes_added:
+                raise FailedPrecondition(
+                    f"expect_episodes_added: buffer {self.name!r} has seen {self.episodes_added} episodes, "
+                    f"not {expect_episodes_added}; the snapshot would not match the caller's step"
+                )
             header = {
                 "name": self.name,
                 "settings": {

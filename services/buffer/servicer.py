@@ -132,13 +132,14 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
             raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
-        header, tensors = buffer.export_state()
+        header, tensors = buffer.export_state(request.expect_episodes_added)
         total, pieces = snapshot.encode(header, tensors)
         offset = 0
         for chunk in snapshot.chunked(pieces, chunk_bytes):
             if not context.is_active():
                 return
-            yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total)
+            yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total,
+                                              episodes_added=header["episodes_added"])
             offset += len(chunk)
 
     @handle_errors

@@ -179,22 +179,26 @@ class SampleStreamResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("buffer", "chunk_bytes")
+    __slots__ = ("buffer", "chunk_bytes", "expect_episodes_added")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk_bytes: int
-    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    expect_episodes_added: int
+    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., expect_episodes_added: _Optional[int] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
-    __slots__ = ("chunk", "offset", "total_bytes")
+    __slots__ = ("chunk", "offset", "total_bytes", "episodes_added")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
     offset: int
     total_bytes: int
-    def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    episodes_added: int
+    def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
     __slots__ = ("buffer", "chunk")

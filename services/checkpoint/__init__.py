@@ -1,0 +1,1 @@
+"""The Rewind checkpoint service (installed as `rewind_checkpoint`)."""

@@ -1,0 +1,322 @@
+"""Checkpoints on top of a Store: listing, lookup, verification, deletion,
+retention and staging clean-up.
+
+A checkpoint exists once its manifest.json exists; everything else under a
+step directory is staging (an upload in progress, or left by a crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rewind.errors import DataLoss, InvalidArgument, NotFound
+from rewind_checkpoint.layout import (
+    MANIFEST,
+    CheckpointKey,
+    RunKey,
+    check_id,
+    parse_path,
+    parse_step_dir,
+    step_dir,
+)
+from rewind_checkpoint.manifest import Manifest
+from rewind_checkpoint.retention import RetentionPolicy, commit_order, rank_best, to_delete
+from rewind_checkpoint.store import ObjectInfo, ObjectMissing, Store, age_s
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """The checkpoint found, and the ones passed over on the way (path, reason)."""
+
+    manifest: Manifest
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class Catalog:
+    """The checkpoints in one store.
+
+    Args:
+        store: where the checkpoints live.
+        staging_max_age_s: uncommitted files older than this, outside any
+            upload in progress, are removed by `clean_staging`.
+    """
+
+    def __init__(self, store: Store, staging_max_age_s: float = 3600.0) -> None:
+        self.store = store
+        self.staging_max_age_s = staging_max_age_s
+        self._run_locks: dict[RunKey, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+        self._active: set[CheckpointKey] = set()
+        # (file key, size, modified) of files whose sha256 was checked.
+        self._verified: set[tuple[str, int, float]] = set()
+
+    def path(self, key: CheckpointKey) -> str:
+        return self.store.location(key.prefix.rstrip("/"))
+
+    def run_lock(self, run: RunKey) -> threading.Lock:
+        """Serialises commits, retention and deletes within a run."""
+        with self._locks_guard:
+            return self._run_locks[run]
+
+    # -- uploads in progress -------------------------------------------------
+
+    def begin_upload(self, key: CheckpointKey) -> None:
+        """Reserve a step for an upload; stale staging in its directory is dropped.
+
+        Raises:
+            AlreadyExists: the step is committed, or another upload is writing it.
+        """
+        from rewind.errors import AlreadyExists
+
+        with self.run_lock(key.run):
+            if key in self._active:
+                raise AlreadyExists(f"step: an upload of {key} is already in progress")
+            objects = self.store.list(key.prefix)
+            if any(o.key == key.manifest_key for o in objects):
+                raise AlreadyExists(f"step: {key} is already committed; delete it first or save another step")
+            if objects:
+                log.info("dropping %d uncommitted objects of %s left by an earlier upload", len(objects), key)
+                self.store.delete([o.key for o in objects])
+            self._active.add(key)
+
+    def end_upload(self, key: CheckpointKey) -> None:
+        with self.run_lock(key.run):
+            self._active.discard(key)
+
+    @property
+    def active_uploads(self) -> set[CheckpointKey]:
+        return set(self._active)
+
+    # -- reading -------------------------------------------------------------
+
+    def list_runs(self, agent_id: str = "") -> list[tuple[RunKey, list[Manifest]]]:
+        agents = [check_id(agent_id, "agent_id")] if agent_id else self.store.list_dirs("")
+        runs = []
+        for agent in agents:
+            for run_id in self.store.list_dirs(f"{agent}/"):
+                try:
+                    run = RunKey.checked(agent, run_id)
+                except InvalidArgument:
+                    continue  # not ours: something else shares the bucket
+                runs.append((run, self.manifests(run)))
+        if agent_id and not runs:
+            raise NotFound(f"agent_id: no runs of agent {agent_id!r} in {self.store.url}")
+        return runs
+
+    def manifests(self, run: RunKey, objects: list[ObjectInfo] | None = None) -> list[Manifest]:
+        """A run's committed checkpoints, oldest commit first. Unreadable manifests are logged and skipped."""
+        objects = self.store.list(run.prefix) if objects is None else objects
+        found = []
+        for obj in objects:
+            rest = obj.key[len(run.prefix):].split("/")
+            if len(rest) != 2 or rest[1] != MANIFEST or parse_step_dir(rest[0]) is None:
+                continue
+            try:
+                found.append(Manifest.from_json(self.store.get(obj.key), self.store.location(obj.key)))
+            except ObjectMissing:
+                continue  # deleted while listing
+            except DataLoss as exc:
+                log.warning("skipping %s", exc)
+        return commit_order(found)
+
+    def run_manifests(self, run: RunKey) -> list[Manifest]:
+        """Like manifests(), but NOT_FOUND for a run that has never existed."""
+        objects = self.store.list(run.prefix)
+        if not objects:
+            raise NotFound(f"run_id: no run {run} in {self.store.url}")
+        return self.manifests(run, objects)
+
+    def manifest(self, key: CheckpointKey) -> Manifest:
+        """One committed checkpoint's manifest.
+
+        Raises:
+            NotFound: the step has no committed checkpoint (listing the ones that exist).
+        """
+        try:
+            data = self.store.get(key.manifest_key)
+        except ObjectMissing:
+            steps = [m.step for m in self.manifests(key.run)]
+            if not steps and not self.store.list(key.run.prefix):
+                raise NotFound(f"run_id: no run {key.run} in {self.store.url}") from None
+            shown = ", ".join(str(s) for s in steps[-10:]) or "none"
+            raise NotFound(f"step: {key} has no committed checkpoint (committed steps: {shown})") from None
+        return Manifest.from_json(data, self.path(key))
+
+    def resolve(self, agent_id: str, run_id: str, step: int, path: str) -> CheckpointKey:
+        """A CheckpointRef's fields -> a key (path wins when given)."""
+        if path:
+            return parse_path(path, self.store.url)
+        return CheckpointKey.checked(agent_id, run_id, step)
+
+    def read_file(self, manifest: Manifest, name: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Stream one file, checking its size and sha256 as it goes.
+
+        Raises:
+            NotFound: the checkpoint has no such file.
+            DataLoss: the stored bytes do not match the manifest (raised after
+                the last chunk, or as soon as the size overflows).
+        """
+        entry = manifest.file(name)
+        if entry is None:
+            names = ", ".join(f.name for f in manifest.files)
+            raise NotFound(f"file: {manifest.key} has no file {name!r} (files: {names})")
+        key = manifest.key.file_key(name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in self.store.read(key, chunk_bytes):
+                size += len(chunk)
+                if size > entry.size:
+                    raise DataLoss(f"file {name} of {manifest.key} is larger than its manifest says "
+                                   f"({entry.size} bytes); the stored object was modified")
+                digest.update(chunk)
+                yield chunk
+        except ObjectMissing:
+            raise DataLoss(f"file {name} of {manifest.key} is missing from the store") from None
+        if size != entry.size:
+            raise DataLoss(f"file {name} of {manifest.key} is {size} bytes, not {entry.size}: it was truncated")
+        if digest.hexdigest() != entry.sha256:
+            raise DataLoss(f"file {name} of {manifest.key} failed its sha256 check (expected {entry.sha256[:12]}..., "
+                           f"got {digest.hexdigest()[:12]}...); the stored object is corrupt")
+
+    def verify(self, manifest: Manifest, full: bool = True) -> None:
+        """Check every file's size and (when `full`) its sha256.
+
+        Raises:
+            DataLoss: naming the first file that does not match.
+        """
+        stored = {o.key: o for o in self.store.list(manifest.key.prefix)}
+        for entry in manifest.files:
+            obj = stored.get(manifest.key.file_key(entry.name))
+            if obj is None:
+                raise DataLoss(f"file {entry.name} of {manifest.key} is missing from the store")
+            if obj.size != entry.size:
+                raise DataLoss(f"file {entry.name} of {manifest.key} is {obj.size} bytes, not {entry.size}")
+            stamp = (obj.key, obj.size, obj.modified)
+            if not full or stamp in self._verified:
+                continue
+            for _ in self.read_file(manifest, entry.name):
+                pass
+            self._verified.add(stamp)
+
+    def lookup_latest(self, run: RunKey, verify: bool = True) -> LookupResult:
+        """The newest committed checkpoint that verifies; newer corrupt ones are skipped and reported."""
+        manifests = self.run_manifests(run)
+        if not manifests:
+            raise NotFound(f"run_id: run {run} has no committed checkpoints yet in {self.store.url}")
+        return self._first_good(manifests[::-1], verify, f"run {run}")
+
+    def lookup_best(self, run: RunKey, metric: str, mode: str, verify: bool = True) -> LookupResult:
+        """The best checkpoint by metric that verifies."""
+        policy = self.retention(run)
+        metric = metric or policy.metric
+        mode = mode or policy.mode
+        if not metric:
+            raise InvalidArgument("best.metric: name the metric to rank by (the run's retention policy sets none)")
+        if mode not in ("max", "min"):
+            raise InvalidArgument(f"best.mode: must be 'max' or 'min', got {mode!r}")
+        manifests = self.run_manifests(run)
+        ranked = rank_best(manifests, metric, mode)
+        if not ranked:
+            known = sorted({k for m in manifests for k in m.metrics})
+            raise NotFound(f"best.metric: no checkpoint of run {run} reports {metric!r} "
+                           f"(metrics present: {', '.join(known) or 'none'})")
+        return self._first_good(ranked, verify, f"run {run} by {metric} ({mode})")
+
+    def lookup_exact(self, key: CheckpointKey, verify: bool = True) -> LookupResult:
+        """One named checkpoint; DataLoss if it does not verify (no fallback: it was asked for by name)."""
+        manifest = self.manifest(key)
+        self.verify(manifest, full=verify)
+        return LookupResult(manifest)
+
+    def _first_good(self, candidates: list[Manifest], verify: bool, what: str) -> LookupResult:
+        skipped = []
+        for manifest in candidates:
+            try:
+                self.verify(manifest, full=verify)
+            except DataLoss as exc:
+                log.warning("lookup skips %s: %s", manifest.key, exc.message)
+                skipped.append((self.path(manifest.key), exc.message))
+                continue
+            if skipped:
+                log.warning("lookup of %s fell back to %s after skipping %d corrupt checkpoint(s)",
+                            what, manifest.key, len(skipped))
+            return LookupResult(manifest, tuple(skipped))
+        raise DataLoss(f"every checkpoint of {what} failed verification; first: {skipped[0][1]}")
+
+    # -- retention -----------------------------------------------------------
+
+    def retention(self, run: RunKey) -> RetentionPolicy:
+        try:
+            return RetentionPolicy.from_json(self.store.get(run.retention_key))
+        except ObjectMissing:
+            return RetentionPolicy()
+        except (ValueError, TypeError) as exc:
+            raise DataLoss(f"{self.store.location(run.retention_key)} is unreadable ({exc}); "
+                           "set the retention policy again") from None
+
+    def set_retention(self, run: RunKey, policy: RetentionPolicy) -> None:
+        with self.run_lock(run):
+            self.store.put(run.retention_key, policy.to_json())
+
+    def apply_retention(self, run: RunKey) -> list[Manifest]:
+        """Delete the committed checkpoints no rule keeps; returns them. Call with the run's lock held."""
+        doomed = to_delete(self.manifests(run), self.retention(run))
+        for manifest in doomed:
+            self._delete_locked(manifest.key)
+        if doomed:
+            log.info("retention removed %s", ", ".join(step_dir(m.step) for m in doomed))
+        return doomed
+
+    # -- deleting ------------------------------------------------------------
+
+    def delete(self, key: CheckpointKey) -> None:
+        """Delete a committed checkpoint (NotFound if there is none)."""
+        with self.run_lock(key.run):
+            self.manifest(key)
+            self._delete_locked(key)
+
+    def _delete_locked(self, key: CheckpointKey) -> None:
+        # Manifest first: the checkpoint disappears atomically; a crash after
+        # that leaves only staging, which clean_staging removes.
+        self.store.delete([key.manifest_key])
+        self.store.delete([o.key for o in self.store.list(key.prefix)])
+
+    def clean_staging(self, run: RunKey | None = None) -> int:
+        """Remove uncommitted files older than staging_max_age_s outside active uploads; returns how many."""
+        runs = [run] if run else [r for r, _ in self._all_runs()]
+        removed = 0
+        for r in runs:
+            with self.run_lock(r):
+                by_step: dict[str, list[ObjectInfo]] = defaultdict(list)
+                for obj in self.store.list(r.prefix):
+                    rest = obj.key[len(r.prefix):].split("/")
+                    if len(rest) >= 2 and parse_step_dir(rest[0]) is not None:
+                        by_step[rest[0]].append(obj)
+                for name, objects in by_step.items():
+                    key = CheckpointKey(r, parse_step_dir(name))
+                    if key in self._active or any(o.key == key.manifest_key for o in objects):
+                        continue
+                    if min(age_s(o) for o in objects) < self.staging_max_age_s:
+                        continue
+                    self.store.delete([o.key for o in objects])
+                    removed += len(objects)
+                    log.info("removed %d stale staging objects of %s", len(objects), key)
+        return removed
+
+    def _all_runs(self) -> list[tuple[RunKey, None]]:
+        runs = []
+        for agent in self.store.list_dirs(""):
+            for run_id in self.store.list_dirs(f"{agent}/"):
+                try:
+                    runs.append((RunKey.checked(agent, run_id), None))
+                except InvalidArgument:
+                    continue
+        return runs

@@ -1,0 +1,147 @@
+"""Where checkpoints live in a store, and which names are allowed.
+
+    <root>/<agent_id>/<run_id>/retention.json
+    <root>/<agent_id>/<run_id>/step-0000001000/manifest.json   (written last)
+    <root>/<agent_id>/<run_id>/step-0000001000/<files...>
+
+Every id and file name is checked before it becomes part of a key, so no
+request can reach outside its run's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rewind.errors import InvalidArgument
+
+MANIFEST = "manifest.json"
+RETENTION = "retention.json"
+STEP_DIGITS = 10
+MAX_STEP = 10**STEP_DIGITS - 1
+MAX_ID_CHARS = 128
+# Letters, digits and . _ - ; must start with a letter or digit (so never '.' or '..').
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STEP_DIR = re.compile(rf"^step-(\d{{{STEP_DIGITS}}})$")
+
+
+def check_id(value: str, field: str) -> str:
+    """Validate an agent id, run id or file name.
+
+    Raises:
+        InvalidArgument: empty, too long, or not made of [A-Za-z0-9._-]
+            starting with a letter or digit (this rules out '..', '/', '\\'
+            and control characters).
+    """
+    if not value:
+        raise InvalidArgument(f"{field}: is empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(f"{field}: is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    if not _ID.match(value) or ".." in value:
+        raise InvalidArgument(
+            f"{field}: {value!r} is not allowed; use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit (no '/', '..' or control characters)"
+        )
+    return value
+
+
+def check_file_name(name: str, field: str = "file") -> str:
+    """Validate a checkpoint file name; manifest.json is reserved."""
+    check_id(name, field)
+    if name in (MANIFEST, RETENTION):
+        raise InvalidArgument(f"{field}: {name!r} is reserved for the service")
+    return name
+
+
+def check_step(step: int, field: str = "step") -> int:
+    if not 0 <= step <= MAX_STEP:
+        raise InvalidArgument(f"{field}: {step} is outside 0..{MAX_STEP}")
+    return step
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:0{STEP_DIGITS}d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step a 'step-NNNNNNNNNN' directory name holds, or None for other names."""
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """An agent's run: the unit of listing and retention."""
+
+    agent_id: str
+    run_id: str
+
+    @classmethod
+    def checked(cls, agent_id: str, run_id: str) -> RunKey:
+        return cls(check_id(agent_id, "agent_id"), check_id(run_id, "run_id"))
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.agent_id}/{self.run_id}/"
+
+    @property
+    def retention_key(self) -> str:
+        return f"{self.prefix}{RETENTION}"
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}/{self.run_id}"
+
+
+@dataclass(frozen=True, order=True)
+class CheckpointKey:
+    """One checkpoint: a run and a step."""
+
+    run: RunKey
+    step: int
+
+    @classmethod
+    def checked(cls, agent_id: str, run_id: str, step: int) -> CheckpointKey:
+        return cls(RunKey.checked(agent_id, run_id), check_step(step))
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.run.prefix}{step_dir(self.step)}/"
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.prefix}{MANIFEST}"
+
+    def file_key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def __str__(self) -> str:
+        return f"{self.run}/{step_dir(self.step)}"
+
+
+def parse_path(path: str, store_url: str) -> CheckpointKey:
+    """A checkpoint path (as in Checkpoint.path, or agent/run/step-N) -> its key.
+
+    Raises:
+        InvalidArgument: the path is outside this store or is not a checkpoint path.
+    """
+    rel = path.strip()
+    if "://" in rel:
+        root = store_url.rstrip("/") + "/"
+        if not rel.startswith(root):
+            raise InvalidArgument(f"path: {path!r} is not in this service's store {store_url}")
+        rel = rel[len(root):]
+    rel = rel.strip("/")
+    if rel.endswith("/" + MANIFEST):
+        rel = rel[: -len(MANIFEST) - 1]
+    parts = rel.split("/")
+    if len(parts) != 3:
+        raise InvalidArgument(f"path: {path!r} is not a checkpoint path; expected <agent_id>/<run_id>/step-<N> "
+                              f"or a full path under {store_url}")
+    agent_id, run_id, step_name = parts
+    step = parse_step_dir(step_name)
+    if step is None:
+        if step_name.isdigit():
+            step = int(step_name)
+        else:
+            raise InvalidArgument(f"path: {step_name!r} in {path!r} is not a step directory (step-{'0' * 9}1)")
+    return CheckpointKey.checked(agent_id, run_id, step)

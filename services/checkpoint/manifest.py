@@ -1,0 +1,115 @@
+"""manifest.json: what a committed checkpoint holds, as JSON and as proto.
+
+The manifest is the commit record. It is written after every file it lists,
+so its presence means the checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.errors import DataLoss
+from rewind_checkpoint.layout import CheckpointKey, RunKey
+
+FORMAT = "rewind.checkpoint/1"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BufferEntry:
+    buffer: str
+    file: str
+    address: str
+    episodes_added: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed checkpoint's record (manifest.json)."""
+
+    agent_id: str
+    run_id: str
+    step: int
+    episode: int
+    created: str
+    files: tuple[FileEntry, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str = ""
+    buffers: tuple[BufferEntry, ...] = ()
+
+    @property
+    def key(self) -> CheckpointKey:
+        return CheckpointKey(RunKey(self.agent_id, self.run_id), self.step)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, name: str) -> FileEntry | None:
+        return next((f for f in self.files if f.name == name), None)
+
+    def to_json(self) -> bytes:
+        body = {"format": FORMAT, **asdict(self), "total_bytes": self.total_bytes}
+        return json.dumps(body, indent=2, sort_keys=False).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Manifest:
+        """Parse manifest.json.
+
+        Raises:
+            DataLoss: the manifest is not valid JSON or misses fields.
+        """
+        try:
+            body = json.loads(data)
+            if body.get("format") != FORMAT:
+                raise ValueError(f"format {body.get('format')!r}")
+            return cls(
+                agent_id=body["agent_id"],
+                run_id=body["run_id"],
+                step=int(body["step"]),
+                episode=int(body["episode"]),
+                created=body["created"],
+                files=tuple(FileEntry(f["name"], int(f["size"]), f["sha256"]) for f in body["files"]),
+                metrics={k: float(v) for k, v in body.get("metrics", {}).items()},
+                config=body.get("config", {}),
+                extra=body.get("extra", {}),
+                resumed_from=body.get("resumed_from", ""),
+                buffers=tuple(BufferEntry(**b) for b in body.get("buffers", [])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataLoss(f"{where}: manifest.json is unreadable ({type(exc).__name__}: {exc})") from None
+
+    def to_proto(self, path: str) -> checkpoint_pb2.Checkpoint:
+        msg = checkpoint_pb2.Checkpoint(
+            agent_id=self.agent_id, run_id=self.run_id, step=self.step, episode=self.episode, path=path,
+            created=self.created, total_bytes=self.total_bytes, resumed_from=self.resumed_from,
+            files=[checkpoint_pb2.FileInfo(name=f.name, size=f.size, sha256=f.sha256) for f in self.files],
+            buffers=[checkpoint_pb2.BufferFile(**asdict(b)) for b in self.buffers],
+        )
+        msg.metrics.update(self.metrics)
+        msg.config.update(self.config)
+        msg.extra.update(self.extra)
+        return msg
+
+
+def now_rfc3339() -> str:
+    """UTC time with microseconds: commit order is the order of these strings."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(message)

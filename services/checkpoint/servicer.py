@@ -1,0 +1,112 @@
+"""CheckpointService: the gRPC glue between requests and the Catalog."""
+
+from __future__ import annotations
+
+from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
+from rewind.errors import InvalidArgument
+from rewind.serving import handle_errors
+from rewind_checkpoint.catalog import Catalog, LookupResult
+from rewind_checkpoint.layout import RunKey, check_file_name
+from rewind_checkpoint.manifest import Manifest
+from rewind_checkpoint.retention import RetentionPolicy
+from rewind_checkpoint.upload import Upload
+
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+
+
+class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
+    """Implements rewind.checkpoint.v1.CheckpointService over a Catalog."""
+
+    def __init__(self, catalog: Catalog, buffer_timeout_s: float = 600.0) -> None:
+        self.catalog = catalog
+        self.buffer_timeout_s = buffer_timeout_s
+
+    def _proto(self, manifest: Manifest) -> checkpoint_pb2.Checkpoint:
+        return manifest.to_proto(self.catalog.path(manifest.key))
+
+    @handle_errors
+    def Save(self, request_iterator, context):
+        manifest, deleted = Upload(self.catalog, timeout_s=self.buffer_timeout_s).run(request_iterator)
+        return checkpoint_pb2.SaveResponse(
+            checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted]
+        )
+
+    @handle_errors
+    def Download(self, request, context):
+        chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
+        if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
+            raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
+        ref = request.ref
+        manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
+        names = [f.name for f in manifest.files]
+        if request.file:
+            check_file_name(request.file)
+            names = [request.file]
+        yield checkpoint_pb2.DownloadResponse(checkpoint=self._proto(manifest))
+        for name in names:
+            for data in self.catalog.read_file(manifest, name, chunk_bytes):
+                if not context.is_active():
+                    return
+                yield checkpoint_pb2.DownloadResponse(chunk=checkpoint_pb2.FileChunk(file=name, data=data))
+
+    @handle_errors
+    def ListRuns(self, request, context):
+        response = checkpoint_pb2.ListRunsResponse()
+        for run, manifests in self.catalog.list_runs(request.agent_id):
+            summary = response.runs.add(agent_id=run.agent_id, run_id=run.run_id, checkpoints=len(manifests),
+                                         total_bytes=sum(m.total_bytes for m in manifests))
+            if manifests:
+                summary.latest_step = manifests[-1].step
+                summary.latest_created = manifests[-1].created
+        return response
+
+    @handle_errors
+    def ListCheckpoints(self, request, context):
+        run = RunKey.checked(request.agent_id, request.run_id)
+        return checkpoint_pb2.ListCheckpointsResponse(
+            checkpoints=[self._proto(m) for m in self.catalog.run_manifests(run)]
+        )
+
+    @handle_errors
+    def Lookup(self, request, context):
+        verify = not request.skip_verify
+        selector = request.WhichOneof("selector")
+        if selector == "path":
+            result = self.catalog.lookup_exact(self.catalog.resolve("", "", 0, request.path), verify)
+        else:
+            run = RunKey.checked(request.agent_id, request.run_id)
+            if selector == "best":
+                result = self.catalog.lookup_best(run, request.best.metric, request.best.mode, verify)
+            elif selector == "step":
+                result = self.catalog.lookup_exact(self.catalog.resolve(run.agent_id, run.run_id, request.step, ""),
+                                                   verify)
+            elif selector == "latest" and request.latest:
+                result = self.catalog.lookup_latest(run, verify)
+            else:
+                raise InvalidArgument("selector: set one of latest (true), best, step or path")
+        return self._lookup_response(result)
+
+    def _lookup_response(self, result: LookupResult) -> checkpoint_pb2.LookupResponse:
+        return checkpoint_pb2.LookupResponse(
+            checkpoint=self._proto(result.manifest),
+            skipped=[checkpoint_pb2.Skipped(path=p, reason=r) for p, r in result.skipped],
+        )
+
+    @handle_errors
+    def DeleteCheckpoint(self, request, context):
+        ref = request.ref
+        key = self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path)
+        self.catalog.delete(key)
+        return checkpoint_pb2.DeleteCheckpointResponse(path=self.catalog.path(key))
+
+    @handle_errors
+    def GetRetention(self, request, context):
+        run = RunKey.checked(request.agent_id, request.run_id)
+        return checkpoint_pb2.GetRetentionResponse(retention=self.catalog.retention(run).to_proto())
+
+    @handle_errors
+    def SetRetention(self, request, context):
+        run = RunKey.checked(request.agent_id, request.run_id)
+        policy = RetentionPolicy.from_proto(request.retention)
+        self.catalog.set_retention(run, policy)
+        return checkpoint_pb2.SetRetentionResponse(retention=policy.to_proto())

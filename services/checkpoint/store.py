@@ -1,0 +1,524 @@
+"""Object storage behind a URL: a local directory (file://) or S3 (s3://).
+
+Both stores speak in keys: '/'-separated paths relative to the store's root.
+Neither knows about checkpoints; `catalog.py` builds those on top.
+
+    store = open_store("s3://my-bucket/rewind")     # endpoint etc. from AWS_* env
+    with store.open_writer("a/r/step-0000000100/model.pt") as w:
+        w.write(data)
+    store.get("a/r/step-0000000100/model.pt")
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rewind.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "./rewind-data"
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest multipart part (except the last)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key, size in bytes and last-modified time (epoch seconds)."""
+
+    key: str
+    size: int
+    modified: float
+
+
+class ObjectMissing(NotFound):
+    """The key does not exist."""
+
+
+class ObjectWriter(ABC):
+    """Writes one object; it exists under its key only after `close()`."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the object (durably)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; never raises."""
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Store(ABC):
+    """Keys to bytes, with listing. `url` names the store in every error."""
+
+    url: str
+
+    def location(self, key: str) -> str:
+        """The full URL of a key (or key prefix)."""
+        return f"{self.url}/{key}" if key else self.url
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise Unavailable (or FailedPrecondition) unless the store is usable."""
+
+    @abstractmethod
+    def open_writer(self, key: str) -> ObjectWriter:
+        """A writer for a new object at key."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write a small object atomically: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def read(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Stream an object's bytes.
+
+        Raises:
+            ObjectMissing: no such key.
+        """
+
+    def get(self, key: str) -> bytes:
+        """An object's bytes.
+
+        Raises:
+            ObjectMissing: no such key.
+        """
+        return b"".join(self.read(key))
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with prefix (recursively)."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate 'sub-directories' under prefix (which ends in '/' or is empty)."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Remove objects; missing keys are ignored."""
+
+
+# -- file:// -----------------------------------------------------------------
+
+
+class _FileWriter(ObjectWriter):
+    def __init__(self, store: FileStore, key: str) -> None:
+        self._store = store
+        self._path = store.path_of(key)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary name, so a crash never leaves a truncated file under the final name.
+        self._tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex[:8]}.part")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+
+    def write(self, data: bytes | memoryview) -> None:
+        with self._store.errors("write", self._path):
+            self._file.write(data)
+
+    def close(self) -> None:
+        with self._store.errors("write", self._path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._path)
+            _fsync_dir(self._path.parent)
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore(Store):
+    """A directory on a local or mounted file system.
+
+    Args:
+        root: the directory; it is created if missing when `create` is true.
+        create: create the root now (the service does at start). After that a
+            missing root means the store went away, and calls fail with
+            Unavailable instead of silently recreating it.
+    """
+
+    def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.url = f"file://{self.root}"
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise Unavailable(f"store {self.url}: cannot create the directory ({exc.strerror})") from None
+
+    def path_of(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/")) if key else self.root
+
+    def errors(self, action: str, path: Path):
+        """Context manager: OSError -> Unavailable/ResourceExhausted naming the store."""
+        return _FileErrors(self, action, path)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise Unavailable(f"store {self.url} is unavailable: the directory is missing (unmounted or removed?)")
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        self.check()
+        with self.errors("write", self.path_of(key)):
+            return _FileWriter(self, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.open_writer(key) as w:
+            w.write(data)
+
+    def read(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        self.check()
+        path = self.path_of(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise ObjectMissing(f"{self.location(key)} does not exist") from None
+        except OSError as exc:
+            raise Unavailable(f"store {self.url}: cannot read {key} ({exc.strerror})") from None
+        with f, self.errors("read", path):
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        self.check()
+        base = self.path_of(prefix.rstrip("/")) if "/" in prefix or prefix else self.root
+        start = base if base.is_dir() else base.parent
+        found = []
+        with self.errors("list", start):
+            for dirpath, _dirs, files in os.walk(start):
+                for name in files:
+                    path = Path(dirpath, name)
+                    key = path.relative_to(self.root).as_posix()
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:  # removed while listing
+                        continue
+                    found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        return sorted(found, key=lambda o: o.key)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        self.check()
+        path = self.path_of(prefix.rstrip("/"))
+        if not path.is_dir():
+            return []
+        with self.errors("list", path):
+            return sorted(e.name for e in os.scandir(path) if e.is_dir())
+
+    def delete(self, keys: list[str]) -> None:
+        self.check()
+        parents = set()
+        for key in keys:
+            path = self.path_of(key)
+            with self.errors("delete", path):
+                path.unlink(missing_ok=True)
+            parents.add(path.parent)
+        # Drop directories the deletes emptied, so the tree stays browsable.
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            while parent != self.root and parent.is_relative_to(self.root):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+
+class _FileErrors:
+    def __init__(self, store: FileStore, action: str, path: Path) -> None:
+        self.store, self.action, self.path = store, action, path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not isinstance(exc, OSError):
+            return False
+        what = f"store {self.store.url}: cannot {self.action} {self.path}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(f"{what}: the disk is full; free space or lower keep_last") from None
+        if not self.store.root.is_dir():
+            raise Unavailable(f"store {self.store.url} is unavailable: the directory is missing") from None
+        raise Unavailable(f"{what} ({exc.strerror or exc})") from None
+
+
+# -- s3:// -------------------------------------------------------------------
+
+
+class _S3Writer(ObjectWriter):
+    """Small objects in one PUT; larger ones as a multipart upload whose parts
+    go up in background threads while the caller keeps writing."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self._store = store
+        self._key = store.key_of(key)
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[futures.Future] = []
+        # Bounds memory: at most this many parts in flight or waiting.
+        self._slots = threading.BoundedSemaphore(store.max_concurrency * 2)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._buf += data
+        part = self._store.part_bytes
+        while len(self._buf) >= part:
+            self._send_part(bytes(self._buf[:part]))
+            del self._buf[:part]
+
+    def _send_part(self, body: bytes) -> None:
+        s = self._store
+        if self._upload_id is None:
+            response = s.call("start an upload of", self._key, s.client.create_multipart_upload,
+                              Bucket=s.bucket, Key=self._key)
+            self._upload_id = response["UploadId"]
+        self._raise_failed_part()
+        self._slots.acquire()
+        number = len(self._parts) + 1
+
+        def upload() -> dict:
+            try:
+                r = s.call("upload a part of", self._key, s.client.upload_part, Bucket=s.bucket, Key=self._key,
+                           UploadId=self._upload_id, PartNumber=number, Body=body)
+                return {"PartNumber": number, "ETag": r["ETag"]}
+            finally:
+                self._slots.release()
+
+        self._parts.append(s.pool.submit(upload))
+
+    def _raise_failed_part(self) -> None:
+        for f in self._parts:
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+
+    def close(self) -> None:
+        s = self._store
+        if self._upload_id is None:
+            s.call("write", self._key, s.client.put_object, Bucket=s.bucket, Key=self._key, Body=bytes(self._buf))
+            return
+        if self._buf:
+            self._send_part(bytes(self._buf))
+            self._buf.clear()
+        parts = [f.result() for f in self._parts]
+        s.call("finish the upload of", self._key, s.client.complete_multipart_upload, Bucket=s.bucket,
+               Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
+
+    def abort(self) -> None:
+        self._buf.clear()
+        if self._upload_id is None:
+            return
+        for f in self._parts:
+            f.cancel()
+        try:
+            self._store.client.abort_multipart_upload(Bucket=self._store.bucket, Key=self._key,
+                                                      UploadId=self._upload_id)
+        except Exception:  # noqa: BLE001 - best effort; the store may be down
+            log.warning("could not abort the multipart upload of %s; S3 lifecycle rules will reap it", self._key)
+
+
+class S3Store(Store):
+    """A bucket (and optional prefix) on AWS S3, MinIO or another S3-compatible store.
+
+    The endpoint, region and credentials come from the standard AWS sources
+    (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws/...). Path-style
+    addressing is used when a custom endpoint is set (MinIO and most
+    S3-compatible stores need it); REWIND_S3_ADDRESSING_STYLE overrides.
+
+    Args:
+        bucket: the bucket name.
+        prefix: key prefix inside the bucket ('' for the bucket root).
+        timeout_s: connect and read timeout of every request.
+        retries: attempts per request, including the first.
+        part_bytes: multipart part size (at least 5 MiB).
+        max_concurrency: parts uploaded in parallel per object.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, timeout_s: float = 10.0, retries: int = 3,
+                 part_bytes: int = 16 * 1024 * 1024, max_concurrency: int = 4) -> None:
+        import boto3
+        from botocore.config import Config
+
+        if not bucket:
+            raise InvalidArgument("store: an s3:// URL needs a bucket, e.g. s3://my-bucket/rewind")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.part_bytes = max(part_bytes, MIN_PART_BYTES)
+        self.max_concurrency = max_concurrency
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        style = os.environ.get("REWIND_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
+        config = Config(
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": retries, "mode": "standard"},
+            s3={"addressing_style": style},
+            max_pool_connections=max(10, max_concurrency * 4),
+            # Only checksum when the operation requires it: some S3-compatible
+            # stores reject the newer default trailing checksums.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client = boto3.session.Session().client("s3", config=config)
+        self.endpoint = self.client.meta.endpoint_url
+        self.pool = futures.ThreadPoolExecutor(max_workers=max_concurrency * 2, thread_name_prefix="rewind-s3")
+
+    def key_of(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def call(self, action: str, key: str, fn, **kwargs):
+        """Run one boto3 call, mapping its failures to RewindErrors that name the store."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectMissing(f"s3://{self.bucket}/{key} does not exist") from None
+            if code == "NoSuchBucket":
+                raise FailedPrecondition(f"store {self.url}: bucket {self.bucket!r} does not exist at "
+                                         f"{self.endpoint}; create it first (aws s3 mb / mc mb)") from None
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                raise FailedPrecondition(f"store {self.url}: access denied ({code}); check AWS_ACCESS_KEY_ID "
+                                         "and AWS_SECRET_ACCESS_KEY") from None
+            if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
+                raise Unavailable(f"store {self.url} at {self.endpoint} failed to {action} {key}: {code}") from None
+            raise FailedPrecondition(f"store {self.url}: cannot {action} {key}: {code} {exc}") from None
+        except NoCredentialsError:
+            raise FailedPrecondition(f"store {self.url}: no AWS credentials; set AWS_ACCESS_KEY_ID and "
+                                     "AWS_SECRET_ACCESS_KEY (or a profile)") from None
+        except BotoCoreError as exc:
+            raise Unavailable(f"store {self.url} at {self.endpoint} is unavailable: cannot {action} {key} "
+                              f"({type(exc).__name__}: {exc})") from None
+
+    def check(self) -> None:
+        self.call("reach the bucket of", "", self.client.head_bucket, Bucket=self.bucket)
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        # A single PUT replaces an object atomically on S3.
+        self.call("write", key, self.client.put_object, Bucket=self.bucket, Key=self.key_of(key), Body=data)
+
+    def read(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError
+
+        response = self.call("read", key, self.client.get_object, Bucket=self.bucket, Key=self.key_of(key))
+        body = response["Body"]
+        try:
+            while chunk := body.read(chunk_bytes):
+                yield chunk
+        except (BotoCoreError, OSError) as exc:
+            raise Unavailable(f"store {self.url} at {self.endpoint} is unavailable: reading {key} failed "
+                              f"({type(exc).__name__}: {exc})") from None
+        finally:
+            body.close()
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        found = []
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": self.key_of(prefix)}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.call("list", prefix, self.client.list_objects_v2, **kwargs)
+            for obj in page.get("Contents", []):
+                found.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"].timestamp()))
+            if not page.get("IsTruncated"):
+                return found
+            token = page["NextContinuationToken"]
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        names = []
+        token = None
+        base = self.key_of(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.call("list", prefix, self.client.list_objects_v2, **kwargs)
+            names += [p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = page["NextContinuationToken"]
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            objects = [{"Key": self.key_of(k)} for k in keys[i:i + 1000]]
+            response = self.call("delete", keys[i], self.client.delete_objects, Bucket=self.bucket,
+                                 Delete={"Objects": objects, "Quiet": True})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise Unavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
+
+
+def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 10.0, retries: int = 3,
+               part_bytes: int = 16 * 1024 * 1024) -> Store:
+    """Open the store a URL names.
+
+    Args:
+        url: `file:///abs/path`, `file://./relative`, a plain path, or
+            `s3://bucket/prefix`. None or '' means ./rewind-data.
+        create: create a file:// root that does not exist yet.
+        timeout_s: S3 connect/read timeout per request.
+        retries: S3 attempts per request.
+        part_bytes: S3 multipart part size.
+
+    Raises:
+        InvalidArgument: an unsupported scheme or a malformed URL.
+    """
+    url = url or DEFAULT_ROOT
+    if "://" not in url:
+        return FileStore(url, create=create)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        # file:///abs is standard; file://./rel and file://rel are accepted for convenience.
+        path = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
+        if not path:
+            raise InvalidArgument(f"store: {url!r} has no path; use file:///absolute/path or file://./relative")
+        return FileStore(path, create=create)
+    if parsed.scheme == "s3":
+        return S3Store(parsed.netloc, parsed.path, timeout_s=timeout_s, retries=retries, part_bytes=part_bytes)
+    raise InvalidArgument(f"store: unsupported URL {url!r}; use file:///path or s3://bucket/prefix")
+
+
+def age_s(obj: ObjectInfo) -> float:
+    """Seconds since an object was last modified."""
+    return time.time() - obj.modified

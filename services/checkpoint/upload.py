@@ -1,0 +1,266 @@
+"""One checkpoint upload: header, announced files, buffer pulls, commit.
+
+The protocol is checked message by message; any failure (or a stream that
+ends without a Commit) aborts the upload and removes what it wrote, so
+nothing becomes visible. Buffer snapshots are pulled from the buffer service
+in background threads, started as soon as the header arrives, so they
+reflect the moment of the save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from rewind.buffer_client import BufferClient
+from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.errors import FailedPrecondition, InvalidArgument, RewindError
+from rewind_checkpoint.catalog import Catalog
+from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
+from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
+from rewind_checkpoint.retention import RetentionPolicy
+from rewind_checkpoint.store import ObjectWriter
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 1000
+
+
+@dataclass
+class _Written:
+    name: str
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+
+class _BufferPull(threading.Thread):
+    """Streams one buffer's snapshot from the buffer service into a store object."""
+
+    def __init__(self, source: checkpoint_pb2.BufferSource, file: str, writer: ObjectWriter, timeout_s: float) -> None:
+        super().__init__(name=f"rewind-pull-{source.buffer}", daemon=True)
+        self.source = source
+        self.file = file
+        self.writer = writer
+        self.timeout_s = timeout_s
+        self.written = _Written(file)
+        self.episodes_added = 0
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
+                for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s):
+                    if self.cancelled.is_set():
+                        self.writer.abort()
+                        return
+                    self.written.digest.update(response.chunk)
+                    self.written.size += len(response.chunk)
+                    self.episodes_added = response.episodes_added
+                    self.writer.write(response.chunk)
+                self.writer.close()
+        except BaseException as exc:  # noqa: BLE001 - reported at commit
+            self.error = exc
+            self.writer.abort()
+
+
+class Upload:
+    """Consumes a Save stream and commits it, or leaves nothing behind.
+
+    Args:
+        catalog: where the checkpoint goes.
+        timeout_s: deadline for pulling each buffer snapshot.
+    """
+
+    def __init__(self, catalog: Catalog, timeout_s: float = 600.0) -> None:
+        self.catalog = catalog
+        self.store = catalog.store
+        self.timeout_s = timeout_s
+        self.key: CheckpointKey | None = None
+        self.header: checkpoint_pb2.SaveHeader | None = None
+        self.announced: dict[str, int] = {}
+        self.written: dict[str, _Written] = {}
+        self.pulls: list[_BufferPull] = []
+        self._writer: ObjectWriter | None = None
+        self._current: _Written | None = None
+        self._written_keys: list[str] = []
+
+    def run(self, requests: Iterable[checkpoint_pb2.SaveRequest]) -> tuple[Manifest, list[Manifest]]:
+        """Process the whole stream; returns (committed manifest, checkpoints retention deleted)."""
+        try:
+            commit = None
+            for request in requests:
+                if commit is not None:
+                    raise InvalidArgument("commit: must be the last message of the stream")
+                kind = request.WhichOneof("item")
+                if kind == "header":
+                    self._on_header(request.header)
+                elif self.header is None:
+                    raise InvalidArgument("header: the first message must be a SaveHeader")
+                elif kind == "chunk":
+                    self._on_chunk(request.chunk)
+                elif kind == "commit":
+                    commit = request.commit
+                else:
+                    raise InvalidArgument("item: empty SaveRequest")
+            if self.header is None:
+                raise InvalidArgument("header: the stream carried no messages")
+            if commit is None:
+                raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
+            return self._commit(commit)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            if self.key is not None:
+                self.catalog.end_upload(self.key)
+
+    # -- stream handling -----------------------------------------------------
+
+    def _on_header(self, header: checkpoint_pb2.SaveHeader) -> None:
+        if self.header is not None:
+            raise InvalidArgument("header: sent twice; an upload has exactly one SaveHeader")
+        key = CheckpointKey.checked(header.agent_id, header.run_id, header.step)
+        if header.episode < 0:
+            raise InvalidArgument(f"episode: must be zero or more, got {header.episode}")
+        if len(header.files) + len(header.buffers) > MAX_FILES:
+            raise InvalidArgument(f"files: {len(header.files) + len(header.buffers)} files; the limit is {MAX_FILES}")
+        for i, f in enumerate(header.files):
+            check_file_name(f.name, f"files[{i}].name")
+            if f.size < 0:
+                raise InvalidArgument(f"files[{i}].size: must be zero or more, got {f.size}")
+            if f.name in self.announced:
+                raise InvalidArgument(f"files[{i}].name: {f.name!r} is announced twice")
+            self.announced[f.name] = f.size
+        buffer_files = []
+        for i, source in enumerate(header.buffers):
+            if not source.address:
+                raise InvalidArgument(f"buffers[{i}].address: is empty; give the buffer service's host:port")
+            check_id(source.buffer, f"buffers[{i}].buffer")
+            name = check_file_name(source.file or f"{source.buffer}.snapshot", f"buffers[{i}].file")
+            if name in self.announced or name in buffer_files:
+                raise InvalidArgument(f"buffers[{i}].file: {name!r} is already used by another file")
+            buffer_files.append(name)
+        if header.HasField("retention"):
+            RetentionPolicy.from_proto(header.retention)  # validate before anything is written
+        if header.resumed_from:
+            self.catalog.resolve("", "", 0, header.resumed_from)
+        self.catalog.begin_upload(key)
+        self.key, self.header = key, header
+        for source, name in zip(header.buffers, buffer_files, strict=True):
+            pull = _BufferPull(source, name, self._open(name), self.timeout_s)
+            self.pulls.append(pull)
+            pull.start()
+
+    def _open(self, name: str) -> ObjectWriter:
+        key = self.key.file_key(name)
+        self._written_keys.append(key)
+        return self.store.open_writer(key)
+
+    def _on_chunk(self, chunk: checkpoint_pb2.FileChunk) -> None:
+        name = chunk.file
+        if self._current is None or self._current.name != name:
+            if name not in self.announced:
+                raise InvalidArgument(f"chunk.file: {name!r} was not announced in the header")
+            if name in self.written:
+                raise InvalidArgument(f"chunk.file: {name!r} was already sent; send each file's chunks together")
+            self._finish_file()
+            self._current = _Written(name)
+            self._writer = self._open(name)
+        current = self._current
+        current.size += len(chunk.data)
+        if current.size > self.announced[name]:
+            raise InvalidArgument(f"chunk.file: {name!r} is longer than the {self.announced[name]} bytes announced")
+        current.digest.update(chunk.data)
+        self._writer.write(chunk.data)
+
+    def _finish_file(self) -> None:
+        if self._current is None:
+            return
+        self._writer.close()
+        self.written[self._current.name] = self._current
+        self._current, self._writer = None, None
+
+    # -- commit / abort ------------------------------------------------------
+
+    def _commit(self, commit: checkpoint_pb2.Commit) -> tuple[Manifest, list[Manifest]]:
+        self._finish_file()
+        for name, size in self.announced.items():
+            if name not in self.written:
+                if size:
+                    raise InvalidArgument(f"commit: file {name!r} was announced but never sent")
+                with self.store.open_writer(self.key.file_key(name)):  # an empty file
+                    self._written_keys.append(self.key.file_key(name))
+                self.written[name] = _Written(name)
+            elif self.written[name].size != size:
+                raise InvalidArgument(f"commit: file {name!r} is {self.written[name].size} bytes, "
+                                      f"not the {size} announced")
+        digests = {}
+        for i, f in enumerate(commit.files):
+            if f.name not in self.announced:
+                raise InvalidArgument(f"commit.files[{i}].name: {f.name!r} was not announced")
+            digests[f.name] = f.sha256.lower()
+        for name, written in self.written.items():
+            expected = digests.get(name)
+            if expected is None:
+                raise InvalidArgument(f"commit.files: no sha256 for {name!r}; the commit must list every file")
+            if written.digest.hexdigest() != expected:
+                raise InvalidArgument(f"commit.files: {name!r} arrived with sha256 {written.digest.hexdigest()[:12]}"
+                                      f"..., not the {expected[:12]}... announced; it was damaged in transit")
+        buffers = []
+        for pull in self.pulls:
+            pull.join(self.timeout_s)
+            if pull.is_alive():
+                raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
+                                         f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
+            if pull.error is not None:
+                if isinstance(pull.error, RewindError):
+                    pull.error.message = f"buffers: {pull.source.buffer!r} at {pull.source.address}: " \
+                                         f"{pull.error.message}"
+                raise pull.error
+            self.written[pull.file] = pull.written
+            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added))
+        header = self.header
+        manifest = Manifest(
+            agent_id=self.key.run.agent_id,
+            run_id=self.key.run.run_id,
+            step=self.key.step,
+            episode=header.episode,
+            created=now_rfc3339(),
+            files=tuple(FileEntry(w.name, w.size, w.digest.hexdigest()) for w in self.written.values()),
+            metrics=dict(header.metrics),
+            config=struct_to_dict(header.config),
+            extra=struct_to_dict(header.extra),
+            resumed_from=header.resumed_from,
+            buffers=tuple(buffers),
+        )
+        with self.catalog.run_lock(self.key.run):
+            if header.HasField("retention"):
+                self.store.put(self.key.run.retention_key, RetentionPolicy.from_proto(header.retention).to_json())
+            self.store.put(self.key.manifest_key, manifest.to_json())  # the commit point
+            self._written_keys.clear()
+            log.info("committed %s (%d files, %.1f MiB)", self.key, len(manifest.files), manifest.total_bytes / 2**20)
+            try:
+                deleted = self.catalog.apply_retention(self.key.run)
+            except RewindError as exc:
+                # The checkpoint is committed; retention will run again after the next one.
+                log.warning("retention for %s failed after commit: %s", self.key.run, exc)
+                deleted = []
+        return manifest, deleted
+
+    def _abort(self) -> None:
+        for pull in self.pulls:
+            pull.cancelled.set()
+        if self._writer is not None:
+            self._writer.abort()
+        for pull in self.pulls:
+            pull.join(5.0)
+        if self.key is None or not self._written_keys:
+            return
+        try:
+            self.store.delete(self._written_keys)
+        except RewindError as exc:
+            log.warning("could not remove the aborted upload of %s (%s); staging clean-up will", self.key, exc)
