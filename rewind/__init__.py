@@ -1,12 +1,14 @@
 """Rewind: preemption-proof TD-MPC2 training over gRPC.
 
 The SDK: `BufferClient` speaks to the buffer service with TD-MPC2's buffer
-API; `rewind.errors` holds the exceptions every call may raise.
+API; `CheckpointClient` saves, finds and downloads checkpoints through the
+checkpoint service; `rewind.errors` holds the exceptions every call may raise.
 """
 
 from rewind import errors
 from rewind.buffer_client import BatchStream, BufferClient
+from rewind.checkpoint_client import CheckpointClient, buffer_source
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchStream", "BufferClient", "__version__", "errors"]
+__all__ = ["BatchStream", "BufferClient", "CheckpointClient", "__version__", "buffer_source", "errors"]

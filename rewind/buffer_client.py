@@ -29,8 +29,7 @@ from rewind.errors import (
     InvalidArgument,
     ResourceExhausted,
     RewindError,
-    Unavailable,
-    from_rpc_error,
+    from_rpc_error_at,
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -41,10 +40,7 @@ LOAD_MESSAGE_BYTES = 1024 * 1024
 
 
 def _error(exc: grpc.RpcError, address: str) -> RewindError:
-    error = from_rpc_error(exc)
-    if isinstance(error, Unavailable):
-        error.message = f"buffer service at {address} is unavailable ({error.message}); is it running?"
-    return error
+    return from_rpc_error_at(exc, "buffer service", address)
 
 
 def _episodes_of(data) -> list[Mapping[str, torch.Tensor]]:

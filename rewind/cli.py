@@ -3,6 +3,8 @@
     rewind buffer serve --config buffer.toml --port 50051
     rewind buffer stats --address 127.0.0.1:50051
     rewind buffer demo                 # starts a service, exercises it, stops it
+    rewind ckpt serve --store s3://my-bucket/rewind
+    rewind ckpt ls tdmpc2/run-1
     rewind health --address 127.0.0.1:50051
 """
 
@@ -25,6 +27,9 @@ EXAMPLES = """examples:
   rewind buffer snapshot --buffer buffer --out buffer.snap
   rewind buffer restore --buffer buffer --in buffer.snap
   rewind buffer demo
+  rewind ckpt serve --store file://./rewind-data
+  rewind ckpt ls tdmpc2/run-1
+  rewind ckpt latest tdmpc2/run-1
   rewind health --address 127.0.0.1:50051
 """
 
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,health}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,health}")
 
     buffer = groups.add_parser("buffer", help="the replay-buffer service", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batches", type=_positive, default=300, help="batches to stream (default 300)")
     demo.add_argument("--out-dir", default="rewind-data", help="where the demo writes its snapshot")
 
+    from rewind import checkpoint_cli
+
+    checkpoint_cli.add_parser(groups)
+
     health = groups.add_parser("health", help="probe a service's gRPC health (exit 0 when SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the service")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
@@ -116,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group == "health":
             return _health(args)
+        if args.group in ("ckpt", "checkpoint"):
+            from rewind import checkpoint_cli
+
+            return checkpoint_cli.run(args)
         from rewind import buffer_cli
 
         return buffer_cli.run(args)

@@ -116,3 +116,11 @@ def from_rpc_error(error: grpc.RpcError) -> RewindError:
     if cls is RewindError:
         exc.code = code
     return exc
+
+
+def from_rpc_error_at(error: grpc.RpcError, service: str, address: str) -> RewindError:
+    """Like from_rpc_error, but an unreachable server's message names the service and its address."""
+    exc = from_rpc_error(error)
+    if isinstance(exc, Unavailable) and not exc.message.startswith("store "):
+        exc.message = f"{service} at {address} is unavailable ({exc.message}); is it running?"
+    return exc

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    # A status the service chose is an answer, not a lost connection: a
+    # negative pushback tells the client's retry policy not to retry it (gRFC
+    # A6), so an UNAVAILABLE store is reported at once, within the deadline.
+    context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
     if isinstance(exc, RewindError):
         context.abort(exc.code, exc.message)
     log.error("unexpected error in %s", method, exc_info=exc)

@@ -1,0 +1,367 @@
+"""CheckpointClient: save, list, look up and download checkpoints.
+
+    from rewind import CheckpointClient
+    ckpt = CheckpointClient("127.0.0.1:50052")
+    saved = ckpt.save("tdmpc2", "run-1", step=1000, files={"model.pt": model_bytes},
+                      metrics={"eval_return": -180.0},
+                      buffers=[("127.0.0.1:50051", "buffer"), ("127.0.0.1:50051", "test_buffer")])
+    found = ckpt.lookup("tdmpc2", "run-1", "latest")      # or "best", a step, or a path
+    ckpt.download(found.checkpoint.path, "restore/")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
+from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
+from rewind.errors import DataLoss, InvalidArgument, from_rpc_error_at
+
+DEFAULT_ADDRESS = "127.0.0.1:50052"
+DEFAULT_TIMEOUT_S = 30.0
+TRANSFER_TIMEOUT_S = 3600.0
+CHUNK_BYTES = 1024 * 1024
+
+Checkpoint = checkpoint_pb2.Checkpoint
+FileSource = bytes | str | os.PathLike | IO[bytes]
+RefLike = str | checkpoint_pb2.CheckpointRef | checkpoint_pb2.Checkpoint
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What save() committed, and the checkpoints the run's retention then deleted."""
+
+    checkpoint: checkpoint_pb2.Checkpoint
+    deleted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What lookup() found, and the newer (or better) checkpoints it skipped as corrupt: (path, reason)."""
+
+    checkpoint: checkpoint_pb2.Checkpoint
+    skipped: tuple[tuple[str, str], ...]
+
+
+def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_added: int = 0):
+    """A buffer whose snapshot the checkpoint service pulls into the checkpoint."""
+    return checkpoint_pb2.BufferSource(address=address, buffer=buffer, file=file,
+                                       expect_episodes_added=expect_episodes_added)
+
+
+def make_ref(ref: RefLike) -> checkpoint_pb2.CheckpointRef:
+    """A path (file://, s3:// or agent/run/step-N), a Checkpoint, or a CheckpointRef -> CheckpointRef."""
+    if isinstance(ref, checkpoint_pb2.CheckpointRef):
+        return ref
+    if isinstance(ref, checkpoint_pb2.Checkpoint):
+        return checkpoint_pb2.CheckpointRef(path=ref.path)
+    if isinstance(ref, str) and ref:
+        return checkpoint_pb2.CheckpointRef(path=ref)
+    raise InvalidArgument(f"ref: expected a checkpoint path, Checkpoint or CheckpointRef, got {ref!r}")
+
+
+def _open_source(source: FileSource) -> tuple[IO[bytes], int, bool]:
+    """(readable file, size, whether we opened it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source), len(source), True
+    if isinstance(source, (str, os.PathLike)):
+        f = open(source, "rb")  # noqa: SIM115 - closed by the caller
+        return f, os.fstat(f.fileno()).st_size, True
+    pos = source.tell()
+    size = source.seek(0, os.SEEK_END) - pos
+    source.seek(pos)
+    return source, size, False
+
+
+class CheckpointClient:
+    """Client of the checkpoint service.
+
+    Args:
+        address: "host:port" of the checkpoint service.
+        timeout: deadline in seconds for each unary call.
+        max_message_bytes: message limit; keep it equal to the service's.
+
+    Failures raise rewind.errors classes: InvalidArgument, NotFound,
+    AlreadyExists, DataLoss, Unavailable (naming the service or the store).
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT_S,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = make_channel(address, max_message_bytes=max_message_bytes)
+        self._stub = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
+        self._owned_host = None
+
+    @classmethod
+    def in_process(cls, store: str = "", config=None, **kwargs) -> CheckpointClient:
+        """Start a checkpoint service inside this process on a free loopback port.
+
+        Args:
+            store: the store URL (default: $REWIND_STORE, else ./rewind-data).
+            config: a rewind_checkpoint.config.CheckpointConfig (host and port are replaced).
+        """
+        from rewind_checkpoint.config import CheckpointConfig
+        from rewind_checkpoint.server import serve
+
+        config = (config or CheckpointConfig()).replace(host="127.0.0.1", port=0, store=store or None)
+        host = serve(config)
+        client = cls(host.address, max_message_bytes=config.max_message_bytes, **kwargs)
+        client._owned_host = host
+        return client
+
+    # -- saving --------------------------------------------------------------
+
+    def save(
+        self,
+        agent_id: str,
+        run_id: str,
+        step: int,
+        files: Mapping[str, FileSource],
+        *,
+        episode: int = 0,
+        metrics: Mapping[str, float] | None = None,
+        config: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        resumed_from: str = "",
+        buffers: Sequence[checkpoint_pb2.BufferSource | tuple[str, str]] = (),
+        retention: checkpoint_pb2.RetentionPolicy | Mapping[str, Any] | None = None,
+        timeout: float = TRANSFER_TIMEOUT_S,
+    ) -> Saved:
+        """Upload files (and buffer snapshots) as one checkpoint, then commit it.
+
+        Args:
+            agent_id: the agent (a folder in the store).
+            run_id: the run (a folder under the agent).
+            step: the environment step; the checkpoint's directory is step-<step>.
+            files: file name -> bytes, a path, or a binary file object.
+            episode: the episode counter at this step.
+            metrics: numbers to rank by (retention's keep_best, lookup's best).
+            config: the training config (JSON-like).
+            extra: any other JSON-like state.
+            resumed_from: path of the checkpoint this run resumed from.
+            buffers: buffer snapshots for the service to pull: buffer_source(...)
+                or (address, buffer) pairs.
+            retention: set the run's retention policy with this commit.
+            timeout: deadline for the whole upload, seconds.
+
+        Raises:
+            InvalidArgument: a bad id, file name or value (nothing is saved).
+            AlreadyExists: the step is already committed.
+            Unavailable: the service or its store is down (nothing is saved).
+        """
+        opened = {name: _open_source(src) for name, src in files.items()}
+        header = checkpoint_pb2.SaveHeader(
+            agent_id=agent_id, run_id=run_id, step=step, episode=episode, resumed_from=resumed_from,
+            files=[checkpoint_pb2.FileAnnouncement(name=n, size=size) for n, (_, size, _) in opened.items()],
+            buffers=[b if isinstance(b, checkpoint_pb2.BufferSource) else buffer_source(*b) for b in buffers],
+        )
+        header.metrics.update(metrics or {})
+        header.config.update(dict(config or {}))
+        header.extra.update(dict(extra or {}))
+        if retention is not None:
+            header.retention.CopyFrom(retention if isinstance(retention, checkpoint_pb2.RetentionPolicy)
+                                      else checkpoint_pb2.RetentionPolicy(**retention))
+
+        def requests() -> Iterator[checkpoint_pb2.SaveRequest]:
+            yield checkpoint_pb2.SaveRequest(header=header)
+            digests = []
+            for name, (f, _, _) in opened.items():
+                digest = hashlib.sha256()
+                while chunk := f.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    yield checkpoint_pb2.SaveRequest(chunk=checkpoint_pb2.FileChunk(file=name, data=chunk))
+                digests.append(checkpoint_pb2.FileInfo(name=name, sha256=digest.hexdigest()))
+            yield checkpoint_pb2.SaveRequest(commit=checkpoint_pb2.Commit(files=digests))
+
+        try:
+            response = self._call(self._stub.Save, requests(), timeout)
+        finally:
+            for f, _, ours in opened.values():
+                if ours:
+                    f.close()
+        return Saved(response.checkpoint, tuple(response.deleted))
+
+    # -- finding -------------------------------------------------------------
+
+    def list_runs(self, agent_id: str = "") -> list[checkpoint_pb2.RunSummary]:
+        """Every run in the store (or one agent's)."""
+        return list(self._call(self._stub.ListRuns, checkpoint_pb2.ListRunsRequest(agent_id=agent_id)).runs)
+
+    def list(self, agent_id: str, run_id: str) -> list[checkpoint_pb2.Checkpoint]:
+        """A run's committed checkpoints, oldest commit first."""
+        request = checkpoint_pb2.ListCheckpointsRequest(agent_id=agent_id, run_id=run_id)
+        return list(self._call(self._stub.ListCheckpoints, request).checkpoints)
+
+    def lookup(self, agent_id: str = "", run_id: str = "", which: str | int = "latest", *, metric: str = "",
+               mode: str = "", verify: bool = True) -> Found:
+        """Find the checkpoint to resume from.
+
+        Args:
+            agent_id: the agent (not needed when `which` is a path).
+            run_id: the run (not needed when `which` is a path).
+            which: "latest", "best", a step number, or a checkpoint path.
+            metric: for "best": the metric (default: the run's retention metric).
+            mode: for "best": "max" or "min" (default: the run's retention mode).
+            verify: read every file and check its sha256 (recommended).
+
+        Raises:
+            NotFound: no such run, step, or no committed checkpoint yet.
+            DataLoss: the named checkpoint (or every one, for latest/best) is corrupt.
+        """
+        request = checkpoint_pb2.LookupRequest(agent_id=agent_id, run_id=run_id, skip_verify=not verify)
+        if which == "latest":
+            request.latest = True
+        elif which == "best":
+            request.best.metric, request.best.mode = metric, mode
+            request.best.SetInParent()
+        elif isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+            request.step = int(which)
+        else:
+            request.path = which
+        response = self._call(self._stub.Lookup, request, timeout=max(self.timeout, TRANSFER_TIMEOUT_S / 6))
+        return Found(response.checkpoint, tuple((s.path, s.reason) for s in response.skipped))
+
+    # -- downloading ---------------------------------------------------------
+
+    def download(self, ref: RefLike, dest: str | os.PathLike, *, file: str = "",
+                 progress: Callable[[checkpoint_pb2.Checkpoint, int], None] | None = None,
+                 timeout: float = TRANSFER_TIMEOUT_S) -> checkpoint_pb2.Checkpoint:
+        """Download a checkpoint's files (or one file) into directory `dest`.
+
+        Each file is written under a temporary name and renamed only once its
+        sha256 matches, so `dest` never holds a damaged file.
+
+        Args:
+            ref: a checkpoint path, Checkpoint or CheckpointRef.
+            dest: the directory to write into (created if missing).
+            file: one file only (default: all).
+            progress: called with (checkpoint, bytes just received) per chunk.
+            timeout: deadline for the whole download, seconds.
+
+        Raises:
+            NotFound: no such checkpoint or file.
+            DataLoss: a stored file failed its checksum (nothing of it is kept).
+        """
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        checkpoint = None
+        sizes: dict[str, tuple[int, str]] = {}
+        current: tuple[str, IO[bytes], Any, str] | None = None
+
+        def finish() -> None:
+            name, f, digest, tmp = current
+            f.close()
+            size, expected = sizes[name]
+            if digest.hexdigest() != expected:
+                os.unlink(tmp)
+                raise DataLoss(f"file {name}: the downloaded bytes fail their sha256 check; try again")
+            os.replace(tmp, dest / name)
+
+        try:
+            for response in self._stream(self._stub.Download,
+                                         checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file), timeout):
+                if response.HasField("checkpoint"):
+                    checkpoint = response.checkpoint
+                    sizes = {f.name: (f.size, f.sha256) for f in checkpoint.files}
+                    continue
+                name = response.chunk.file
+                if current is None or current[0] != name:
+                    if current is not None:
+                        finish()
+                    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+                    current = (name, os.fdopen(fd, "wb"), hashlib.sha256(), tmp)
+                current[1].write(response.chunk.data)
+                current[2].update(response.chunk.data)
+                if progress is not None:
+                    progress(checkpoint, len(response.chunk.data))
+            if current is not None:
+                finish()
+                current = None
+        finally:
+            if current is not None:
+                current[1].close()
+                Path(current[3]).unlink(missing_ok=True)
+        # Files of size zero send no chunks.
+        for name, (size, _) in sizes.items():
+            if size == 0 and (not file or file == name):
+                (dest / name).write_bytes(b"")
+        return checkpoint
+
+    def read(self, ref: RefLike, file: str, timeout: float = TRANSFER_TIMEOUT_S) -> bytes:
+        """One file's bytes, checked against its sha256."""
+        data = bytearray()
+        expected = None
+        for response in self._stream(self._stub.Download,
+                                     checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file), timeout):
+            if response.HasField("checkpoint"):
+                expected = next((f.sha256 for f in response.checkpoint.files if f.name == file), None)
+            else:
+                data += response.chunk.data
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise DataLoss(f"file {file}: the downloaded bytes fail their sha256 check; try again")
+        return bytes(data)
+
+    # -- managing ------------------------------------------------------------
+
+    def delete(self, ref: RefLike) -> str:
+        """Delete one committed checkpoint; returns its path."""
+        return self._call(self._stub.DeleteCheckpoint, checkpoint_pb2.DeleteCheckpointRequest(ref=make_ref(ref))).path
+
+    def get_retention(self, agent_id: str, run_id: str) -> checkpoint_pb2.RetentionPolicy:
+        request = checkpoint_pb2.GetRetentionRequest(agent_id=agent_id, run_id=run_id)
+        return self._call(self._stub.GetRetention, request).retention
+
+    def set_retention(self, agent_id: str, run_id: str, **policy: Any) -> checkpoint_pb2.RetentionPolicy:
+        """Set a run's retention (keep_last, keep_every, keep_best, metric, mode); applied after the next commit."""
+        request = checkpoint_pb2.SetRetentionRequest(agent_id=agent_id, run_id=run_id,
+                                                     retention=checkpoint_pb2.RetentionPolicy(**policy))
+        return self._call(self._stub.SetRetention, request).retention
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error_at(exc, "checkpoint service", self.address) from None
+
+    def _stream(self, method, request, timeout: float) -> Iterator:
+        call = method(request, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error_at(exc, "checkpoint service", self.address) from None
+        finally:
+            call.cancel()
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Block until the service's health check reports SERVING."""
+        from rewind.health import wait_until_serving
+
+        wait_until_serving(self._channel, timeout=timeout, target=self.address)
+
+    def close(self) -> None:
+        """Close the channel (and stop an in-process service)."""
+        self._channel.close()
+        if self._owned_host is not None:
+            self._owned_host.stop(grace_s=1.0)
+            self._owned_host = None
+
+    def __enter__(self) -> CheckpointClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["CheckpointClient", "Found", "Saved", "buffer_source", "make_ref"]
