@@ -44,7 +44,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     serve.add_argument("--grace-s", type=float, help="seconds in-flight calls get on SIGTERM (default 10)")
     serve.add_argument("--staging-max-age-s", type=float,
                        help="remove uncommitted uploads older than this (default 3600)")
-    serve.add_argument("--store-timeout-s", type=float, help="S3 connect/read timeout per request (default 10)")
+    serve.add_argument("--store-timeout-s", type=float, help="S3 connect/read timeout per request (default 5)")
     serve.add_argument("--store-retries", type=int, help="S3 attempts per request (default 3)")
     serve.add_argument("--part-mb", type=int, help="S3 multipart part size in MiB (default 16)")
 

@@ -26,6 +26,7 @@ class LocalService:
         args: the command after `rewind`, e.g. ["buffer", "serve", "--min-history", "0"].
         stdout: where the service's output goes (default: inherited).
         cwd: working directory of the service.
+        env: extra environment variables.
         timeout: seconds to wait for it to serve.
 
     Raises:
@@ -38,6 +39,7 @@ class LocalService:
         *,
         stdout: IO | int | None = None,
         cwd: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
         timeout: float = 60.0,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="rewind-service-")
@@ -48,7 +50,7 @@ class LocalService:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text()):

@@ -43,11 +43,11 @@ def check_batch_against(batch, episodes: dict[int, dict[str, torch.Tensor]], hor
 
 
 class ServiceProcess(LocalService):
-    """`rewind buffer serve <args>` in a subprocess, its output in tmp_path/service.log."""
+    """`rewind <group> serve <args>` in a subprocess, its output in tmp_path/<group>.log."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - closed in stop()
-        super().__init__(["buffer", "serve", *args], stdout=self.log, cwd=tmp_path)
+    def __init__(self, tmp_path: Path, *args: str, group: str = "buffer", env: dict[str, str] | None = None) -> None:
+        self.log = open(tmp_path / f"{group}.log", "ab")  # noqa: SIM115 - closed in stop()
+        super().__init__([group, "serve", *args], stdout=self.log, cwd=tmp_path, env=env)
 
     def stop(self) -> None:
         self.kill()

@@ -29,8 +29,9 @@ class CheckpointConfig:
     staging_max_age_s: float = 3600.0
     # How often the background sweep for stale staging runs.
     clean_interval_s: float = 600.0
-    # Every S3 request: connect/read timeout and attempts.
-    store_timeout_s: float = 10.0
+    # Every S3 request: connect/read timeout and attempts. Together they bound
+    # a store call (about 3 x 5 s plus back-off) below the SDK's 30 s deadline.
+    store_timeout_s: float = 5.0
     store_retries: int = 3
     part_mb: int = 16
     # Deadline for pulling one buffer snapshot from the buffer service.

@@ -40,15 +40,17 @@ def build(config: CheckpointConfig) -> tuple[ServiceHost, Catalog]:
     return host, catalog
 
 
+def _clean_staging(catalog: Catalog) -> None:
+    try:
+        catalog.clean_staging()
+    except RewindError as exc:
+        log.warning("staging clean-up skipped: %s", exc)
+
+
 def _sweep_staging(catalog: Catalog, host: ServiceHost, interval_s: float) -> None:
-    """Remove stale staging at start, then every interval, until the host stops."""
-    while True:
-        try:
-            catalog.clean_staging()
-        except RewindError as exc:
-            log.warning("staging clean-up skipped: %s", exc)
-        if host.stopped.wait(interval_s):
-            return
+    """Remove stale staging every interval, until the host stops."""
+    while not host.stopped.wait(interval_s):
+        _clean_staging(catalog)
 
 
 def serve(config: CheckpointConfig, *, handle_signals: bool = False) -> ServiceHost:
@@ -64,6 +66,8 @@ def serve(config: CheckpointConfig, *, handle_signals: bool = False) -> ServiceH
     """
     host, catalog = build(config)
     catalog.store.check()
+    # Leftovers of a crashed predecessor go before we accept new uploads.
+    _clean_staging(catalog)
     if handle_signals:
         host.install_signal_handlers()
     host.start()

@@ -365,7 +365,7 @@ class S3Store(Store):
         max_concurrency: parts uploaded in parallel per object.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, timeout_s: float = 10.0, retries: int = 3,
+    def __init__(self, bucket: str, prefix: str = "", *, timeout_s: float = 5.0, retries: int = 3,
                  part_bytes: int = 16 * 1024 * 1024, max_concurrency: int = 4) -> None:
         import boto3
         from botocore.config import Config
@@ -428,7 +428,11 @@ class S3Store(Store):
                               f"({type(exc).__name__}: {exc})") from None
 
     def check(self) -> None:
-        self.call("reach the bucket of", "", self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self.call("reach the bucket of", "", self.client.head_bucket, Bucket=self.bucket)
+        except ObjectMissing:  # HEAD carries no error code, only 404
+            raise FailedPrecondition(f"store {self.url}: bucket {self.bucket!r} does not exist at "
+                                     f"{self.endpoint}; create it first (aws s3 mb / mc mb)") from None
 
     def open_writer(self, key: str) -> ObjectWriter:
         return _S3Writer(self, key)
@@ -489,7 +493,7 @@ class S3Store(Store):
                 raise Unavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
 
 
-def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 10.0, retries: int = 3,
+def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 5.0, retries: int = 3,
                part_bytes: int = 16 * 1024 * 1024) -> Store:
     """Open the store a URL names.
 
