@@ -138,7 +138,7 @@ def test_unknown_buffer_is_not_found_everywhere(stub):
 
 
 def test_bad_names_and_settings(stub):
-    for name in ("../etc", "a/b", "x" * 64):
+    for name in ("../etc", "a/b", "x" * 64, "buffer\n"):
         with pytest.raises(grpc.RpcError) as info:
             stub.GetStats(buffer_pb2.GetStatsRequest(buffer=name))
         assert info.value.code() == INVALID and "buffer:" in info.value.details()
@@ -163,6 +163,16 @@ def test_stream_and_snapshot_arguments(seeded, stub):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", chunk_bytes=10)))
     assert info.value.code() == INVALID and info.value.details().startswith("chunk_bytes")
+
+
+def test_snapshot_refuses_a_buffer_that_moved_on(seeded, stub):
+    added = seeded.stats().episodes_added
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", expect_episodes_added=added + 1)))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details().startswith("expect_episodes_added")
+    chunks = list(stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", expect_episodes_added=added)))
+    assert chunks[0].episodes_added == added and chunks[-1].offset + len(chunks[-1].chunk) == chunks[0].total_bytes
 
 
 def test_restore_rejects_garbage_and_corruption_and_keeps_the_buffer(seeded):

@@ -108,7 +108,7 @@ def check_buffer_name(name: str) -> str:
     """Return `name` if it is a valid buffer name, else raise InvalidArgument."""
     if not name:
         raise InvalidArgument("buffer: a buffer name is required (e.g. \"buffer\" or \"test_buffer\")")
-    if not BUFFER_NAME.match(name):
+    if not BUFFER_NAME.fullmatch(name):
         raise InvalidArgument(
             f"buffer: {name!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63 characters)"
         )

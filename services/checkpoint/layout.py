@@ -37,7 +37,7 @@ def check_id(value: str, field: str) -> str:
         raise InvalidArgument(f"{field}: is empty")
     if len(value) > MAX_ID_CHARS:
         raise InvalidArgument(f"{field}: is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
-    if not _ID.match(value) or ".." in value:
+    if not _ID.fullmatch(value) or ".." in value:
         raise InvalidArgument(
             f"{field}: {value!r} is not allowed; use letters, digits, '.', '_' and '-', starting with a "
             "letter or digit (no '/', '..' or control characters)"
@@ -65,7 +65,7 @@ def step_dir(step: int) -> str:
 
 def parse_step_dir(name: str) -> int | None:
     """The step a 'step-NNNNNNNNNN' directory name holds, or None for other names."""
-    m = _STEP_DIR.match(name)
+    m = _STEP_DIR.fullmatch(name)
     return int(m.group(1)) if m else None
 
 
