@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rewind import BufferClient, CheckpointClient, buffer_source
-from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.channel import make_channel
+from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from rewind_checkpoint.store import open_store
 from tests.conftest import SMALL, checkpoint_config
@@ -32,8 +32,7 @@ def files_for(step: int) -> dict[str, bytes]:
 def raw(ckpt_host):
     """The service's store, for looking behind its back."""
     catalog = ckpt_host.bindings[0].servicer.catalog
-    return catalog, open_store(catalog.store.url if catalog.store.url.startswith("s3") else
-                               catalog.store.url, create=False)
+    return catalog, open_store(catalog.store.url, create=False)
 
 
 def save(ckpt, step, run="run-1", **kwargs):
