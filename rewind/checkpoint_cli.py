@@ -46,7 +46,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                        help="remove uncommitted uploads older than this (default 3600)")
     serve.add_argument("--store-timeout-s", type=float, help="S3 connect/read timeout per request (default 5)")
     serve.add_argument("--store-retries", type=int, help="S3 attempts per request (default 3)")
-    serve.add_argument("--part-mb", type=int, help="S3 multipart part size in MiB (default 16)")
+    serve.add_argument("--part-mb", type=int, help="S3 multipart part size in MiB (default 8)")
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"checkpoint service (default {DEFAULT_ADDRESS})")

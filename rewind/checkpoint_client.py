@@ -299,17 +299,21 @@ class CheckpointClient:
 
     def read(self, ref: RefLike, file: str, timeout: float = TRANSFER_TIMEOUT_S) -> bytes:
         """One file's bytes, checked against its sha256."""
-        data = bytearray()
+        chunks = []
+        digest = hashlib.sha256()
         expected = None
         for response in self._stream(self._stub.Download,
                                      checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file), timeout):
             if response.HasField("checkpoint"):
                 expected = next((f.sha256 for f in response.checkpoint.files if f.name == file), None)
             else:
-                data += response.chunk.data
-        if hashlib.sha256(data).hexdigest() != expected:
+                data = response.chunk.data
+                digest.update(data)
+                chunks.append(data)
+        if digest.hexdigest() != expected:
             raise DataLoss(f"file {file}: the downloaded bytes fail their sha256 check; try again")
-        return bytes(data)
+        # One copy at the end: growing a bytearray chunk by chunk copies it many times over.
+        return b"".join(chunks)
 
     # -- managing ------------------------------------------------------------
 

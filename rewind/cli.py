@@ -119,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # boto3 announces where it found credentials at INFO; that is noise here.
+        for name in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     # torchrl logs every storage allocation at INFO through its own handler,
     # and sets that level from RL_LOGGING_LEVEL when it is first imported.
     os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING" if args.log_level != "DEBUG" else "DEBUG")

@@ -30,8 +30,8 @@ def curl(address: str, *args: str, data: dict | None = None) -> subprocess.Compl
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
 
 
-def call(address: str, method: str, data: dict) -> dict:
-    result = curl(address, f"http://{address}/{SERVICE}/{method}", data=data)
+def call(address: str, method: str, data: dict, service: str = SERVICE) -> dict:
+    result = curl(address, f"http://{address}/{service}/{method}", data=data)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 

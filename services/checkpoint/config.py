@@ -33,7 +33,7 @@ class CheckpointConfig:
     # a store call (about 3 x 5 s plus back-off) below the SDK's 30 s deadline.
     store_timeout_s: float = 5.0
     store_retries: int = 3
-    part_mb: int = 16
+    part_mb: int = 8
     # Deadline for pulling one buffer snapshot from the buffer service.
     buffer_timeout_s: float = 600.0
 

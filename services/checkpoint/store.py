@@ -285,18 +285,26 @@ class _S3Writer(ObjectWriter):
     def __init__(self, store: S3Store, key: str) -> None:
         self._store = store
         self._key = store.key_of(key)
-        self._buf = bytearray()
+        # Chunks wait in a list and are joined once per part: one copy per byte.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._upload_id: str | None = None
         self._parts: list[futures.Future] = []
         # Bounds memory: at most this many parts in flight or waiting.
-        self._slots = threading.BoundedSemaphore(store.max_concurrency * 2)
+        self._slots = threading.BoundedSemaphore(store.max_concurrency + 2)
 
     def write(self, data: bytes | memoryview) -> None:
-        self._buf += data
-        part = self._store.part_bytes
-        while len(self._buf) >= part:
-            self._send_part(bytes(self._buf[:part]))
-            del self._buf[:part]
+        self._pending.append(bytes(data) if isinstance(data, memoryview) else data)
+        self._pending_size += len(data)
+        # Parts may differ in size; S3 only needs every part but the last to be >= 5 MiB.
+        if self._pending_size >= self._store.part_bytes:
+            self._send_part(self._take())
+
+    def _take(self) -> bytes:
+        body = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return body
 
     def _send_part(self, body: bytes) -> None:
         s = self._store
@@ -326,17 +334,16 @@ class _S3Writer(ObjectWriter):
     def close(self) -> None:
         s = self._store
         if self._upload_id is None:
-            s.call("write", self._key, s.client.put_object, Bucket=s.bucket, Key=self._key, Body=bytes(self._buf))
+            s.call("write", self._key, s.client.put_object, Bucket=s.bucket, Key=self._key, Body=self._take())
             return
-        if self._buf:
-            self._send_part(bytes(self._buf))
-            self._buf.clear()
+        if self._pending_size:
+            self._send_part(self._take())
         parts = [f.result() for f in self._parts]
         s.call("finish the upload of", self._key, s.client.complete_multipart_upload, Bucket=s.bucket,
                Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
 
     def abort(self) -> None:
-        self._buf.clear()
+        self._take()
         if self._upload_id is None:
             return
         for f in self._parts:
@@ -366,7 +373,7 @@ class S3Store(Store):
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, timeout_s: float = 5.0, retries: int = 3,
-                 part_bytes: int = 16 * 1024 * 1024, max_concurrency: int = 4) -> None:
+                 part_bytes: int = 8 * 1024 * 1024, max_concurrency: int = 8) -> None:
         import boto3
         from botocore.config import Config
 
@@ -494,7 +501,7 @@ class S3Store(Store):
 
 
 def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 5.0, retries: int = 3,
-               part_bytes: int = 16 * 1024 * 1024) -> Store:
+               part_bytes: int = 8 * 1024 * 1024) -> Store:
     """Open the store a URL names.
 
     Args:

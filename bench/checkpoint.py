@@ -1,0 +1,148 @@
+"""Checkpoint benchmark: saving and restoring a 256 MiB checkpoint through the
+service, against plain transfers of the same bytes to the same store.
+
+One run, interleaved rounds, medians (this machine is noisy):
+
+  s3    the service (`rewind ckpt serve --store s3://...` in a subprocess,
+        CheckpointClient.save / .read) against plain boto3 upload_fileobj /
+        get_object of the same bytes to the same S3 server (moto's standalone
+        server on 127.0.0.1, started here unless --s3-endpoint is given)
+  file  the service over file:// against plain file writes (write + fsync)
+        and reads of the same bytes on the same file system
+
+Both sides start from bytes in memory and end with bytes in memory, and both
+check nothing beyond what they always do: the service hashes every byte
+(sha256) on the client and on the server; plain transfers hash nothing.
+
+Target: service >= 0.9 x the plain transfer, both ways.
+
+    python bench/checkpoint.py [--mib 256] [--rounds 3] [--s3-endpoint http://127.0.0.1:9000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+from rewind import CheckpointClient
+from rewind.local_service import LocalService
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.s3_server, the moto launcher the tests use
+
+from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def plain_file_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = os.urandom(args.mib * 2**20)
+    work = Path(tempfile.mkdtemp(prefix="rewind-bench-ckpt-"))
+    moto = None
+    if args.s3_endpoint:
+        env = {"AWS_ENDPOINT_URL": args.s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+               "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION}
+    else:
+        moto = MotoServer(work)
+        env = moto.env
+    os.environ.update(env)
+    s3 = boto3.client("s3")
+    bucket = f"rewind-bench-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    services = {
+        "s3": LocalService(["ckpt", "serve", "--store", f"s3://{bucket}/service"], stdout=open(work / "s3.log", "wb")),
+        "file": LocalService(["ckpt", "serve", "--store", f"file://{work}/store"],
+                             stdout=open(work / "file.log", "wb")),
+    }
+    times: dict[str, list[float]] = {}
+
+    def record(name: str, seconds: float) -> None:
+        times.setdefault(name, []).append(seconds)
+
+    try:
+        clients = {k: CheckpointClient(s.address, timeout=600) for k, s in services.items()}
+        for i in range(args.rounds):
+            step = i + 1
+            keep = {"keep_last": 1}
+            # S3: service vs plain boto3, same server, same bytes.
+            record("s3.service.save", timed(lambda: clients["s3"].save("bench", "run", step, {"model.bin": data},
+                                                                       retention=keep)))
+            record("s3.plain.save", timed(lambda: s3.upload_fileobj(io.BytesIO(data), bucket, f"plain/{step}")))
+            got = {}
+            record("s3.service.restore", timed(lambda: got.update(a=clients["s3"].read(f"bench/run/{step}",
+                                                                                        "model.bin"))))
+            record("s3.plain.restore", timed(lambda: got.update(
+                b=s3.get_object(Bucket=bucket, Key=f"plain/{step}")["Body"].read())))
+            assert got["a"] == data and got["b"] == data
+            s3.delete_object(Bucket=bucket, Key=f"plain/{step}")
+
+            # file://: service vs plain write+fsync / read.
+            plain = work / f"plain-{step}.bin"
+            record("file.service.save", timed(lambda: clients["file"].save("bench", "run", step,
+                                                                           {"model.bin": data}, retention=keep)))
+            record("file.plain.save", timed(lambda: plain_file_write(plain, data)))
+            record("file.service.restore", timed(lambda: got.update(a=clients["file"].read(f"bench/run/{step}",
+                                                                                            "model.bin"))))
+            record("file.plain.restore", timed(lambda: got.update(b=plain.read_bytes())))
+            assert got["a"] == data and got["b"] == data
+            plain.unlink()
+            got.clear()
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+                  flush=True)
+    finally:
+        for s in services.values():
+            s.terminate()
+        if moto is not None:
+            moto.stop()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mib_s = {k: args.mib / v for k, v in med.items()}
+    ratios = {f"{store}.{way}": med[f"{store}.plain.{way}"] / med[f"{store}.service.{way}"]
+              for store in ("s3", "file") for way in ("save", "restore")}
+    return {"mib": args.mib, "rounds": args.rounds, "median_s": med, "mib_per_s": mib_s, "ratios": ratios,
+            "raw_s": times}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=256, help="checkpoint size in MiB (default 256)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--s3-endpoint", help="use this S3 server instead of starting moto")
+    parser.add_argument("--out", default="bench/results/checkpoint.json")
+    args = parser.parse_args()
+    result = run(args)
+    print(f"\n{args.mib} MiB checkpoint, median of {args.rounds} rounds (MiB/s; ratio = service / plain):")
+    for store in ("s3", "file"):
+        for way in ("save", "restore"):
+            s, p = result["mib_per_s"][f"{store}.service.{way}"], result["mib_per_s"][f"{store}.plain.{way}"]
+            ratio = result["ratios"][f"{store}.{way}"]
+            print(f"  {store:<4} {way:<7}  service {s:8.1f}   plain {p:8.1f}   ratio {ratio:.2f}  "
+                  f"{'(target 0.9: met)' if ratio >= 0.9 else '(target 0.9: NOT met)'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
