@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: run test lint proto bench clean
+.PHONY: venv run test lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,11 @@ lint: $(STAMP) $(NODE_STAMP)
 proto: $(STAMP)
 	$(PY) scripts/protogen.py
 
+venv: $(STAMP)
+
 bench: $(STAMP)
 	$(PY) bench/buffer.py
+	$(PY) bench/checkpoint.py
 
 clean:
 	rm -rf $(VENV) node_modules rewind-data .pytest_cache

@@ -42,10 +42,11 @@ sys.path.insert(0, str(REPO))  # for tests.s3_server, the moto launcher the test
 from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer  # noqa: E402
 
 
-def timed(fn) -> float:
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of one call."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
 
 
 def plain_file_write(path: Path, data: bytes) -> None:
@@ -84,29 +85,27 @@ def run(args: argparse.Namespace) -> dict:
         for i in range(args.rounds):
             step = i + 1
             keep = {"keep_last": 1}
-            # S3: service vs plain boto3, same server, same bytes.
-            record("s3.service.save", timed(lambda: clients["s3"].save("bench", "run", step, {"model.bin": data},
-                                                                       retention=keep)))
-            record("s3.plain.save", timed(lambda: s3.upload_fileobj(io.BytesIO(data), bucket, f"plain/{step}")))
-            got = {}
-            record("s3.service.restore", timed(lambda: got.update(a=clients["s3"].read(f"bench/run/{step}",
-                                                                                        "model.bin"))))
-            record("s3.plain.restore", timed(lambda: got.update(
-                b=s3.get_object(Bucket=bucket, Key=f"plain/{step}")["Body"].read())))
-            assert got["a"] == data and got["b"] == data
-            s3.delete_object(Bucket=bucket, Key=f"plain/{step}")
-
-            # file://: service vs plain write+fsync / read.
-            plain = work / f"plain-{step}.bin"
-            record("file.service.save", timed(lambda: clients["file"].save("bench", "run", step,
-                                                                           {"model.bin": data}, retention=keep)))
-            record("file.plain.save", timed(lambda: plain_file_write(plain, data)))
-            record("file.service.restore", timed(lambda: got.update(a=clients["file"].read(f"bench/run/{step}",
-                                                                                            "model.bin"))))
-            record("file.plain.restore", timed(lambda: got.update(b=plain.read_bytes())))
-            assert got["a"] == data and got["b"] == data
-            plain.unlink()
-            got.clear()
+            for store in ("s3", "file"):
+                client = clients[store]
+                seconds, _ = timed(client.save, "bench", "run", step, {"model.bin": data}, retention=keep)
+                record(f"{store}.service.save", seconds)
+                seconds, got = timed(client.read, f"bench/run/{step}", "model.bin")
+                record(f"{store}.service.restore", seconds)
+                assert got == data
+                if store == "s3":
+                    seconds, _ = timed(s3.upload_fileobj, io.BytesIO(data), bucket, f"plain/{step}")
+                    record("s3.plain.save", seconds)
+                    seconds, got = timed(lambda key: s3.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                                         f"plain/{step}")
+                    record("s3.plain.restore", seconds)
+                    s3.delete_object(Bucket=bucket, Key=f"plain/{step}")
+                else:
+                    plain = work / f"plain-{step}.bin"
+                    record("file.plain.save", timed(plain_file_write, plain, data)[0])
+                    seconds, got = timed(plain.read_bytes)
+                    record("file.plain.restore", seconds)
+                    plain.unlink()
+                assert got == data
             print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
                   flush=True)
     finally:
