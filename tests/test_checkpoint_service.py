@@ -399,3 +399,39 @@ def test_an_unreachable_buffer_service_is_unavailable_naming_it(ckpt, ckpt_host)
     with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1"):
         ckpt.save("agent", "run-1", 1, {"m": b"x"}, buffers=[("127.0.0.1:1", "buffer")])
     assert ckpt.list_runs() == [] or steps(ckpt) == []
+
+
+def test_a_file_rewritten_after_a_good_lookup_is_caught_on_the_next(ckpt, ckpt_host):
+    _, store = raw(ckpt_host)
+    save(ckpt, 1)
+    save(ckpt, 2)
+    assert ckpt.lookup("agent", "run-1", "latest").checkpoint.step == 2  # verified, and remembered
+    _corrupt(store, "agent/run-1/step-0000000002/optim.pt")
+    found = ckpt.lookup("agent", "run-1", "latest")
+    assert found.checkpoint.step == 1 and "optim.pt" in found.skipped[0][1]
+
+
+def test_a_chunk_over_the_message_limit_is_resource_exhausted(ckpt_host, ckpt):
+    _, store = raw(ckpt_host)
+    channel = make_channel(ckpt_host.address, max_message_bytes=64 * 2**20)
+    stub = checkpoint_pb2_grpc.CheckpointServiceStub(channel)
+    big = b"x" * (9 * 2**20)  # the test service allows 8 MiB
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Save(iter([_header(files=[checkpoint_pb2.FileAnnouncement(name="a.bin", size=len(big))]),
+                        _chunk(big)]), timeout=10)
+    channel.close()
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert store.list("") == []
+
+
+def test_health_and_graceful_stop(tmp_path):
+    from tests.helpers import ServiceProcess
+    from tests.test_cli import rewind
+
+    proc = ServiceProcess(tmp_path, "--store", f"file://{tmp_path}/store", group="ckpt")
+    try:
+        result = rewind("health", "--address", proc.address, "--service", "rewind.checkpoint.v1.CheckpointService")
+        assert (result.returncode, result.stdout.strip()) == (0, "SERVING")
+        assert proc.terminate() == 0
+    finally:
+        proc.stop()

@@ -54,8 +54,9 @@ class Catalog:
         self._run_locks: dict[RunKey, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._active: set[CheckpointKey] = set()
-        # (file key, size, modified) of files whose sha256 was checked.
-        self._verified: set[tuple[str, int, float]] = set()
+        # (file key, size, version) of files whose sha256 was checked; any rewrite
+        # changes the version (S3 ETag; inode and mtime in ns on a file system).
+        self._verified: set[tuple[str, int, str]] = set()
 
     def path(self, key: CheckpointKey) -> str:
         return self.store.location(key.prefix.rstrip("/"))
@@ -199,7 +200,7 @@ class Catalog:
                 raise DataLoss(f"file {entry.name} of {manifest.key} is missing from the store")
             if obj.size != entry.size:
                 raise DataLoss(f"file {entry.name} of {manifest.key} is {obj.size} bytes, not {entry.size}")
-            stamp = (obj.key, obj.size, obj.modified)
+            stamp = (obj.key, obj.size, obj.version)
             if not full or stamp in self._verified:
                 continue
             for _ in self.read_file(manifest, entry.name):

@@ -34,11 +34,13 @@ MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest multipart part (except the las
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its key, size in bytes and last-modified time (epoch seconds)."""
+    """One stored object: its key, size in bytes, last-modified time (epoch seconds), and a
+    version tag that changes whenever the object is rewritten (S3: the ETag)."""
 
     key: str
     size: int
     modified: float
+    version: str = ""
 
 
 class ObjectMissing(NotFound):
@@ -228,7 +230,7 @@ class FileStore(Store):
                         st = path.stat()
                     except FileNotFoundError:  # removed while listing
                         continue
-                    found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+                    found.append(ObjectInfo(key, st.st_size, st.st_mtime, f"{st.st_ino}-{st.st_mtime_ns}"))
         return sorted(found, key=lambda o: o.key)
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -471,7 +473,8 @@ class S3Store(Store):
                 kwargs["ContinuationToken"] = token
             page = self.call("list", prefix, self.client.list_objects_v2, **kwargs)
             for obj in page.get("Contents", []):
-                found.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"].timestamp()))
+                found.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"].timestamp(),
+                                        obj.get("ETag", "")))
             if not page.get("IsTruncated"):
                 return found
             token = page["NextContinuationToken"]
