@@ -300,9 +300,11 @@ def save(args: argparse.Namespace) -> int:
         buffers.append((address, name))
     if not files and not buffers:
         raise InvalidArgument("files: nothing to save; give files and/or --buffer HOST:PORT/NAME")
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    total = sum(p.stat().st_size for p in files.values())
+    with CheckpointClient(args.address, timeout=args.timeout) as client, \
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload") as bar:
         saved = client.save(agent_id, run_id, args.step, files, episode=args.episode, metrics=metrics,
-                            buffers=buffers, resumed_from=args.resumed_from)
+                            buffers=buffers, resumed_from=args.resumed_from, progress=bar.update)
     c = saved.checkpoint
     print(f"committed {c.path} ({len(c.files)} files, {_size(c.total_bytes)})")
     for path in saved.deleted:

@@ -135,6 +135,7 @@ class CheckpointClient:
         resumed_from: str = "",
         buffers: Sequence[checkpoint_pb2.BufferSource | tuple[str, str]] = (),
         retention: checkpoint_pb2.RetentionPolicy | Mapping[str, Any] | None = None,
+        progress: Callable[[int], None] | None = None,
         timeout: float = TRANSFER_TIMEOUT_S,
     ) -> Saved:
         """Upload files (and buffer snapshots) as one checkpoint, then commit it.
@@ -152,6 +153,7 @@ class CheckpointClient:
             buffers: buffer snapshots for the service to pull: buffer_source(...)
                 or (address, buffer) pairs.
             retention: set the run's retention policy with this commit.
+            progress: called with the number of bytes of each chunk sent.
             timeout: deadline for the whole upload, seconds.
 
         Raises:
@@ -180,6 +182,8 @@ class CheckpointClient:
                 while chunk := f.read(CHUNK_BYTES):
                     digest.update(chunk)
                     yield checkpoint_pb2.SaveRequest(chunk=checkpoint_pb2.FileChunk(file=name, data=chunk))
+                    if progress is not None:
+                        progress(len(chunk))
                 digests.append(checkpoint_pb2.FileInfo(name=name, sha256=digest.hexdigest()))
             yield checkpoint_pb2.SaveRequest(commit=checkpoint_pb2.Commit(files=digests))
 

@@ -211,7 +211,7 @@ class Catalog:
         """The newest committed checkpoint that verifies; newer corrupt ones are skipped and reported."""
         manifests = self.run_manifests(run)
         if not manifests:
-            raise NotFound(f"run_id: run {run} has no committed checkpoints yet in {self.store.url}")
+            raise NotFound(f"run_id: run {run} has no committed checkpoints in {self.store.url}")
         return self._first_good(manifests[::-1], verify, f"run {run}")
 
     def lookup_best(self, run: RunKey, metric: str, mode: str, verify: bool = True) -> LookupResult:

@@ -176,11 +176,12 @@ class Upload:
             self._current = _Written(name)
             self._writer = self._open(name)
         current = self._current
-        current.size += len(chunk.data)
+        data = chunk.data  # each access to a bytes field makes a copy
+        current.size += len(data)
         if current.size > self.announced[name]:
             raise InvalidArgument(f"chunk.file: {name!r} is longer than the {self.announced[name]} bytes announced")
-        current.digest.update(chunk.data)
-        self._writer.write(chunk.data)
+        current.digest.update(data)
+        self._writer.write(data)
 
     def _finish_file(self) -> None:
         if self._current is None:
