@@ -29,7 +29,7 @@ from rewind.errors import DataLoss, InvalidArgument, from_rpc_error_at
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 3600.0
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 
 Checkpoint = checkpoint_pb2.Checkpoint
 FileSource = bytes | str | os.PathLike | IO[bytes]
