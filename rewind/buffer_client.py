@@ -289,20 +289,32 @@ class BufferClient:
         finally:
             call.cancel()
 
-    def restore(self, src: str | os.PathLike | IO[bytes] | bytes, timeout: float = TRANSFER_TIMEOUT_S):
-        """Replace (or create) this buffer from a snapshot; returns its new stats."""
+    def restore(self, src: str | os.PathLike | IO[bytes] | bytes | Iterable[bytes],
+                timeout: float = TRANSFER_TIMEOUT_S):
+        """Replace (or create) this buffer from a snapshot; returns its new stats.
 
-        def requests(f: IO[bytes]) -> Iterable[buffer_pb2.RestoreRequest]:
-            yield buffer_pb2.RestoreRequest(buffer=self.buffer, chunk=f.read(SNAPSHOT_CHUNK_BYTES))
+        Args:
+            src: a file path, a binary file, the snapshot's bytes, or an
+                iterable of its consecutive chunks. If the iterable raises,
+                the call is cancelled and the buffer stays as it was.
+        """
+
+        def chunks_of(f: IO[bytes]) -> Iterator[bytes]:
             while chunk := f.read(SNAPSHOT_CHUNK_BYTES):
+                yield chunk
+
+        def requests(chunks: Iterable[bytes]) -> Iterator[buffer_pb2.RestoreRequest]:
+            yield buffer_pb2.RestoreRequest(buffer=self.buffer)
+            for chunk in chunks:
                 yield buffer_pb2.RestoreRequest(chunk=chunk)
 
         if isinstance(src, bytes):
             src = io.BytesIO(src)
         if isinstance(src, (str, os.PathLike)):
             with open(src, "rb") as f:
-                return self._call(self._stub.Restore, requests(f), timeout=timeout).stats
-        return self._call(self._stub.Restore, requests(src), timeout=timeout).stats
+                return self._call(self._stub.Restore, requests(chunks_of(f)), timeout=timeout).stats
+        chunks = chunks_of(src) if hasattr(src, "read") else src
+        return self._call(self._stub.Restore, requests(chunks), timeout=timeout).stats
 
     # -- lifecycle -----------------------------------------------------------
 

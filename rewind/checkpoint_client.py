@@ -319,6 +319,24 @@ class CheckpointClient:
         # One copy at the end: growing a bytearray chunk by chunk copies it many times over.
         return b"".join(chunks)
 
+    def restore_buffers(self, ref: RefLike, targets: Sequence[checkpoint_pb2.BufferTarget | tuple[str, str]] = (),
+                        timeout: float = TRANSFER_TIMEOUT_S) -> list[checkpoint_pb2.RestoredBuffer]:
+        """Have the service push the checkpoint's buffer snapshots into buffer services.
+
+        Args:
+            ref: the checkpoint.
+            targets: (address, buffer) pairs or BufferTargets; empty means every
+                buffer the checkpoint holds, back to the address it came from.
+
+        Raises:
+            DataLoss: a snapshot failed its checksum (that buffer is unchanged).
+            Unavailable: a buffer service or the store is down.
+        """
+        request = checkpoint_pb2.RestoreBuffersRequest(ref=make_ref(ref), targets=[
+            t if isinstance(t, checkpoint_pb2.BufferTarget) else checkpoint_pb2.BufferTarget(address=t[0], buffer=t[1])
+            for t in targets])
+        return list(self._call(self._stub.RestoreBuffers, request, timeout).buffers)
+
     # -- managing ------------------------------------------------------------
 
     def delete(self, ref: RefLike) -> str:

@@ -435,3 +435,33 @@ def test_health_and_graceful_stop(tmp_path):
         assert proc.terminate() == 0
     finally:
         proc.stop()
+
+
+def test_restore_buffers_straight_from_the_checkpoint(ckpt, ckpt_host, service):
+    _, store = raw(ckpt_host)
+    buffer = BufferClient(service.address, "buffer")
+    for eid in range(4):
+        buffer.add(episode(eid, 40))
+    c = ckpt.save("agent", "run-1", 160, {}, buffers=[(service.address, "buffer")]).checkpoint
+    expected = buffer.sample()
+    for eid in range(4, 8):
+        buffer.add(episode(eid, 40))  # the run moves on ...
+
+    [restored] = ckpt.restore_buffers(c)  # ... and is rewound to the checkpoint
+    assert (restored.buffer, restored.episodes, restored.episodes_added) == ("buffer", 4, 4)
+    for a, b in zip(buffer.sample(), expected, strict=True):
+        assert torch.equal(a, b)
+
+    # Into another buffer name; then a corrupt snapshot leaves the target untouched.
+    with pytest.raises(NotFound, match="no snapshot of buffer 'copy'.*name the file"):
+        ckpt.restore_buffers(c, [(service.address, "copy")])
+    target = checkpoint_pb2.BufferTarget(address=service.address, buffer="copy", file="buffer.snapshot")
+    [other] = ckpt.restore_buffers(c, [target])
+    assert (other.buffer, other.file, other.transitions) == ("copy", "buffer.snapshot", 160)
+    buffer.add(episode(9, 40))
+    _corrupt(store, "agent/run-1/step-0000000160/buffer.snapshot")
+    with pytest.raises(DataLoss, match=r"buffer\.snapshot"):
+        ckpt.restore_buffers(c)
+    assert buffer.stats().episodes_added == 5
+    with pytest.raises(NotFound, match="no snapshot of buffer 'test_buffer'"):
+        ckpt.restore_buffers(c, [(service.address, "test_buffer")])

@@ -8,6 +8,7 @@ from rewind.serving import handle_errors
 from rewind_checkpoint.catalog import Catalog, LookupResult
 from rewind_checkpoint.layout import RunKey, check_file_name
 from rewind_checkpoint.manifest import Manifest
+from rewind_checkpoint.restore import restore_buffers
 from rewind_checkpoint.retention import RetentionPolicy
 from rewind_checkpoint.upload import Upload
 
@@ -91,6 +92,13 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
             checkpoint=self._proto(result.manifest),
             skipped=[checkpoint_pb2.Skipped(path=p, reason=r) for p, r in result.skipped],
         )
+
+    @handle_errors
+    def RestoreBuffers(self, request, context):
+        ref = request.ref
+        manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
+        restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s)
+        return checkpoint_pb2.RestoreBuffersResponse(buffers=restored)
 
     @handle_errors
     def DeleteCheckpoint(self, request, context):

@@ -279,6 +279,46 @@ class LookupResponse(_message.Message):
     skipped: _containers.RepeatedCompositeFieldContainer[Skipped]
     def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped: _Optional[_Iterable[_Union[Skipped, _Mapping]]] = ...) -> None: ...
 
+class BufferTarget(_message.Message):
+    __slots__ = ("address", "buffer", "file")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    buffer: str
+    file: str
+    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
+
+class RestoreBuffersRequest(_message.Message):
+    __slots__ = ("ref", "targets")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ref: CheckpointRef
+    targets: _containers.RepeatedCompositeFieldContainer[BufferTarget]
+    def __init__(self, ref: _Optional[_Union[CheckpointRef, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[BufferTarget, _Mapping]]] = ...) -> None: ...
+
+class RestoredBuffer(_message.Message):
+    __slots__ = ("address", "buffer", "file", "episodes", "transitions", "episodes_added")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    buffer: str
+    file: str
+    episodes: int
+    transitions: int
+    episodes_added: int
+    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., episodes: _Optional[int] = ..., transitions: _Optional[int] = ..., episodes_added: _Optional[int] = ...) -> None: ...
+
+class RestoreBuffersResponse(_message.Message):
+    __slots__ = ("buffers",)
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    buffers: _containers.RepeatedCompositeFieldContainer[RestoredBuffer]
+    def __init__(self, buffers: _Optional[_Iterable[_Union[RestoredBuffer, _Mapping]]] = ...) -> None: ...
+
 class DeleteCheckpointRequest(_message.Message):
     __slots__ = ("ref",)
     REF_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class CheckpointServiceStub:
                 request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupRequest.SerializeToString,
                 response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.RestoreBuffers = channel.unary_unary(
+                '/rewind.checkpoint.v1.CheckpointService/RestoreBuffers',
+                request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersRequest.SerializeToString,
+                response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersResponse.FromString,
+                _registered_method=True)
         self.DeleteCheckpoint = channel.unary_unary(
                 '/rewind.checkpoint.v1.CheckpointService/DeleteCheckpoint',
                 request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.DeleteCheckpointRequest.SerializeToString,
@@ -126,6 +131,14 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreBuffers(self, request, context):
+        """RestoreBuffers pushes buffer snapshots stored in a checkpoint straight
+        into buffer services, each checked against its sha256 first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteCheckpoint(self, request, context):
         """DeleteCheckpoint removes one committed checkpoint (manifest first).
         """
@@ -175,6 +188,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupRequest.FromString,
                     response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupResponse.SerializeToString,
+            ),
+            'RestoreBuffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreBuffers,
+                    request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersRequest.FromString,
+                    response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersResponse.SerializeToString,
             ),
             'DeleteCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCheckpoint,
@@ -332,6 +350,33 @@ class CheckpointService:
             '/rewind.checkpoint.v1.CheckpointService/Lookup',
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupRequest.SerializeToString,
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreBuffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.checkpoint.v1.CheckpointService/RestoreBuffers',
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersRequest.SerializeToString,
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.RestoreBuffersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,68 @@
+"""RestoreBuffers: push a checkpoint's buffer snapshots straight into buffer services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from rewind.buffer_client import BufferClient
+from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.errors import InvalidArgument, NotFound, RewindError
+from rewind_checkpoint.catalog import Catalog
+from rewind_checkpoint.layout import check_file_name, check_id
+from rewind_checkpoint.manifest import Manifest
+
+
+def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget]) -> list[checkpoint_pb2.BufferTarget]:
+    """Fill defaults: no targets means every recorded buffer, back where it came from."""
+    recorded = {b.buffer: b for b in manifest.buffers}
+    if not targets:
+        if not recorded:
+            raise NotFound(f"targets: {manifest.key} holds no buffer snapshots")
+        return [checkpoint_pb2.BufferTarget(address=b.address, buffer=b.buffer, file=b.file) for b in recorded.values()]
+    filled = []
+    for i, t in enumerate(targets):
+        if not t.address:
+            raise InvalidArgument(f"targets[{i}].address: is empty; give the buffer service's host:port")
+        check_id(t.buffer, f"targets[{i}].buffer")
+        file = t.file or (recorded[t.buffer].file if t.buffer in recorded else "")
+        if not file:
+            names = ", ".join(recorded) or "none"
+            raise NotFound(f"targets[{i}].file: {manifest.key} has no snapshot of buffer {t.buffer!r} "
+                           f"(buffers: {names}); name the file")
+        check_file_name(file, f"targets[{i}].file")
+        if manifest.file(file) is None:
+            raise NotFound(f"targets[{i}].file: {manifest.key} has no file {file!r}")
+        filled.append(checkpoint_pb2.BufferTarget(address=t.address, buffer=t.buffer, file=file))
+    return filled
+
+
+def _recording(chunks: Iterator[bytes], failure: list[RewindError]) -> Iterator[bytes]:
+    """Pass chunks through; keep the error that stops them, since the call only reports CANCELLED."""
+    try:
+        yield from chunks
+    except RewindError as exc:
+        failure.append(exc)
+        raise
+
+
+def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
+                    timeout_s: float) -> list[checkpoint_pb2.RestoredBuffer]:
+    """Stream each snapshot file into its buffer service, in order.
+
+    Raises:
+        DataLoss: a snapshot failed its sha256 (that buffer is left as it was).
+        Unavailable: a buffer service or the store is down.
+    """
+    restored = []
+    for target in _targets(manifest, targets):
+        failure: list[RewindError] = []
+        with BufferClient(target.address, target.buffer, timeout=timeout_s) as client:
+            try:
+                stats = client.restore(_recording(catalog.read_file(manifest, target.file), failure),
+                                       timeout=timeout_s)
+            except RewindError as exc:
+                raise (failure[0] if failure else exc) from None
+        restored.append(checkpoint_pb2.RestoredBuffer(
+            address=target.address, buffer=target.buffer, file=target.file, episodes=stats.episodes,
+            transitions=stats.transitions, episodes_added=stats.episodes_added))
+    return restored
