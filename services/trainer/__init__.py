@@ -1,0 +1,1 @@
+"""The Rewind trainer (installed as `rewind_trainer`): a TD-MPC2-style agent and its online loop."""
