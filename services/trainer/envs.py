@@ -1,0 +1,108 @@
+"""Environments with TD-MPC2's interface: actions in [-1, 1], float32 tensors,
+action repeat, and a state that can be saved and restored exactly.
+
+    env = make_env("Pendulum-v1", seed=1)
+    obs = env.reset()
+    obs, reward, terminated, truncated = env.step(torch.zeros(env.action_dim))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rewind.errors import InvalidArgument
+
+
+class GymEnv:
+    """A Gymnasium task with a Box action space, rescaled to [-1, 1].
+
+    Args:
+        task: a Gymnasium id such as "Pendulum-v1".
+        seed: seeds the first reset; later resets continue the env's own generator.
+        action_repeat: environment steps per agent step (rewards are summed).
+    """
+
+    def __init__(self, task: str, seed: int, action_repeat: int = 1) -> None:
+        import gymnasium as gym
+
+        try:
+            self.env = gym.make(task)
+        except gym.error.Error as exc:
+            raise InvalidArgument(f"task: {task!r} is not a known Gymnasium environment ({exc})") from None
+        space = self.env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise InvalidArgument(f"task: {task!r} needs a flat continuous action space, has {space}")
+        if len(self.env.observation_space.shape or ()) != 1:
+            raise InvalidArgument(f"task: {task!r} needs flat observations, has {self.env.observation_space}")
+        self.task = task
+        self.action_repeat = action_repeat
+        self.obs_dim = int(self.env.observation_space.shape[0])
+        self.action_dim = int(space.shape[0])
+        self._low, self._high = space.low.astype(np.float64), space.high.astype(np.float64)
+        limit = self.env.spec.max_episode_steps if self.env.spec else None
+        self.episode_length = (limit or 1000) // action_repeat
+        self._seed: int | None = seed
+
+    def reset(self) -> torch.Tensor:
+        obs, _ = self.env.reset(seed=self._seed)
+        self._seed = None  # seed once; the env's generator carries on from there
+        return torch.as_tensor(obs, dtype=torch.float32)
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, float, bool, bool]:
+        a = action.detach().cpu().double().numpy().clip(-1, 1)
+        scaled = self._low + (a + 1) * 0.5 * (self._high - self._low)
+        total = 0.0
+        for _ in range(self.action_repeat):
+            obs, reward, terminated, truncated, _ = self.env.step(scaled.astype(np.float32))
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return torch.as_tensor(obs, dtype=torch.float32), total, bool(terminated), bool(truncated)
+
+    def random_action(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(self.action_dim, generator=generator) * 2 - 1
+
+    def get_state(self) -> dict[str, Any]:
+        """The env's generator, physical state and step count (JSON-friendly)."""
+        unwrapped = self.env.unwrapped
+        return {
+            "np_random": unwrapped.np_random.bit_generator.state,
+            "state": np.asarray(unwrapped.state).tolist() if getattr(unwrapped, "state", None) is not None
+            else None,
+            "elapsed_steps": getattr(self.env, "_elapsed_steps", None),
+            "seed_pending": self._seed,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        unwrapped = self.env.unwrapped
+        if state.get("state") is not None or state.get("elapsed_steps") is not None:
+            self.env.reset()  # wrappers insist on a reset before stepping
+        unwrapped.np_random.bit_generator.state = state["np_random"]
+        if state.get("state") is not None:
+            unwrapped.state = np.asarray(state["state"], dtype=np.asarray(unwrapped.state).dtype)
+        if state.get("elapsed_steps") is not None:
+            _set_elapsed(self.env, state["elapsed_steps"])
+        self._seed = state.get("seed_pending")
+
+
+def _set_elapsed(env, steps: int) -> None:
+    """Set the TimeLimit wrapper's step count, wherever it sits in the wrapper stack."""
+    while env is not None:
+        if hasattr(env, "_elapsed_steps"):
+            env._elapsed_steps = steps
+            return
+        env = getattr(env, "env", None)
+
+
+def make_env(task: str, seed: int, action_repeat: int = 1) -> GymEnv:
+    """The environment for a task name.
+
+    Raises:
+        InvalidArgument: an unknown task, or one without flat observations and continuous actions.
+    """
+    if action_repeat < 1:
+        raise InvalidArgument(f"action_repeat: must be at least 1, got {action_repeat}")
+    return GymEnv(task, seed, action_repeat)
