@@ -267,8 +267,16 @@ class BufferClient:
             written += len(response.chunk)
         return written
 
+    def capture(self, expect_episodes_added: int = 0) -> buffer_pb2.CaptureResponse:
+        """Copy the buffer's state now, to be streamed later by snapshot_stream(capture_id=...).
+
+        The pause lasts only the copy; adds and samples continue afterwards.
+        """
+        request = buffer_pb2.CaptureRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added)
+        return self._call(self._stub.Capture, request, timeout=self.timeout)
+
     def snapshot_stream(
-        self, expect_episodes_added: int = 0, timeout: float = TRANSFER_TIMEOUT_S
+        self, expect_episodes_added: int = 0, timeout: float = TRANSFER_TIMEOUT_S, capture_id: str = ""
     ) -> Iterator[buffer_pb2.SnapshotResponse]:
         """Stream the buffer's snapshot: consecutive chunks, each with the blob's size and episode count.
 
@@ -276,11 +284,14 @@ class BufferClient:
             expect_episodes_added: when > 0, refuse unless the buffer has seen
                 exactly this many episodes (so the snapshot matches a step).
             timeout: deadline for the whole stream, seconds.
+            capture_id: stream this earlier capture() instead of the current state.
 
         Raises:
             FailedPrecondition: expect_episodes_added did not match.
+            NotFound: an unknown, expired or already streamed capture_id.
         """
-        request = buffer_pb2.SnapshotRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added)
+        request = buffer_pb2.SnapshotRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added,
+                                             capture_id=capture_id)
         call = self._stub.Snapshot(request, timeout=timeout)
         try:
             yield from call

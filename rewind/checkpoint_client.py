@@ -52,10 +52,19 @@ class Found:
     skipped: tuple[tuple[str, str], ...]
 
 
-def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_added: int = 0):
-    """A buffer whose snapshot the checkpoint service pulls into the checkpoint."""
+def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_added: int = 0,
+                  capture_id: str = "") -> checkpoint_pb2.BufferSource:
+    """A buffer whose snapshot the checkpoint service pulls into the checkpoint.
+
+    Args:
+        address: the buffer service's host:port.
+        buffer: the buffer's name.
+        file: the file name in the checkpoint (default `<buffer>.snapshot`).
+        expect_episodes_added: fail unless the buffer has seen exactly this many episodes.
+        capture_id: pull this capture (BufferClient.capture) instead of the current state.
+    """
     return checkpoint_pb2.BufferSource(address=address, buffer=buffer, file=file,
-                                       expect_episodes_added=expect_episodes_added)
+                                       expect_episodes_added=expect_episodes_added, capture_id=capture_id)
 
 
 def make_ref(ref: RefLike) -> checkpoint_pb2.CheckpointRef:

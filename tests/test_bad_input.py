@@ -208,3 +208,32 @@ def test_scalar_fields_are_invalid_argument_not_internal(seeded, stub):
     with pytest.raises(grpc.RpcError) as info:
         stub.LoadEpisodes(iter([request]))
     assert info.value.code() == INVALID and "episodes[0].obs" in info.value.details()
+
+
+def test_capture_ids_are_checked(seeded, stub):
+    capture = stub.Capture(buffer_pb2.CaptureRequest(buffer="buffer"))
+    for request, code, field in (
+        (buffer_pb2.SnapshotRequest(buffer="test_buffer", capture_id=capture.capture_id), grpc.StatusCode.NOT_FOUND,
+         "capture_id"),
+        (buffer_pb2.SnapshotRequest(buffer="buffer", capture_id="nope"), grpc.StatusCode.NOT_FOUND, "capture_id"),
+        (buffer_pb2.SnapshotRequest(buffer="buffer", capture_id=capture.capture_id, expect_episodes_added=1),
+         INVALID, "expect_episodes_added"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Snapshot(request))
+        assert info.value.code() == code and info.value.details().startswith(field)
+    # Still there after the refusals, and streams exactly once.
+    assert list(stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", capture_id=capture.capture_id)))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", capture_id=capture.capture_id)))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_captures_are_bounded(seeded, stub):
+    from rewind_buffer.captures import MAX_CAPTURES
+
+    for _ in range(MAX_CAPTURES):
+        stub.Capture(buffer_pb2.CaptureRequest(buffer="buffer"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Capture(buffer_pb2.CaptureRequest(buffer="buffer"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "capture" in info.value.details()

@@ -465,3 +465,26 @@ def test_restore_buffers_straight_from_the_checkpoint(ckpt, ckpt_host, service):
     assert buffer.stats().episodes_added == 5
     with pytest.raises(NotFound, match="no snapshot of buffer 'test_buffer'"):
         ckpt.restore_buffers(c, [(service.address, "test_buffer")])
+
+
+def test_a_captured_buffer_is_saved_as_of_the_capture(ckpt, service):
+    """The trainer's pattern: capture (a short copy), carry on, let the service pull the capture."""
+    buffer = BufferClient(service.address, "buffer")
+    for eid in range(5):
+        buffer.add(episode(eid, 40))
+    captured = buffer.capture(expect_episodes_added=5)
+    assert (captured.episodes_added, captured.batches_sampled, captured.transitions) == (5, 0, 200)
+    expected = [buffer.sample() for _ in range(2)]  # what a resumed run must sample next
+    buffer.add(episode(5, 40))                       # the run moves on before the save
+    c = ckpt.save("agent", "run-1", 200, {}, buffers=[
+        buffer_source(service.address, "buffer", capture_id=captured.capture_id)]).checkpoint
+    assert c.buffers[0].episodes_added == 5
+
+    with pytest.raises(NotFound, match="capture_id"):  # a capture streams once
+        ckpt.save("agent", "run-1", 201, {}, buffers=[
+            buffer_source(service.address, "buffer", capture_id=captured.capture_id)])
+    ckpt.restore_buffers(c)
+    assert buffer.stats().episodes_added == 5
+    for want in expected:
+        for a, b in zip(buffer.sample(), want, strict=True):
+            assert torch.equal(a, b)

@@ -273,6 +273,7 @@ class EpisodeBuffer:
                 "schema": self.schema.to_json() if self.schema is not None else None,
                 "episodes_added": self.episodes_added,
                 "batches_sampled": self.batches_sampled,
+                "transitions": self.transitions,
                 "writer": self._writer.state_dict(),
             }
             tensors: dict[str, torch.Tensor] = {}

@@ -14,6 +14,7 @@ from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.serving import handle_errors
 from rewind_buffer import snapshot
+from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.config import BufferSettings, check_buffer_name
 from rewind_buffer.episode_buffer import EpisodeBuffer
 from rewind_buffer.registry import BufferRegistry
@@ -46,6 +47,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def __init__(self, registry: BufferRegistry) -> None:
         self.registry = registry
+        self.captures = CaptureStore()
 
     @handle_errors
     def ListBuffers(self, request, context):
@@ -132,7 +134,13 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
             raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
-        header, tensors = buffer.export_state(request.expect_episodes_added)
+        if request.capture_id:
+            if request.expect_episodes_added:
+                raise InvalidArgument("expect_episodes_added: give it to Capture, not with a capture_id")
+            capture = self.captures.take(request.capture_id, buffer.name)
+            header, tensors = capture.header, capture.tensors
+        else:
+            header, tensors = buffer.export_state(request.expect_episodes_added)
         total, pieces = snapshot.encode(header, tensors)
         offset = 0
         for chunk in snapshot.chunked(pieces, chunk_bytes):
@@ -141,6 +149,15 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total,
                                               episodes_added=header["episodes_added"])
             offset += len(chunk)
+
+    @handle_errors
+    def Capture(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        header, tensors = buffer.export_state(request.expect_episodes_added)
+        capture_id = self.captures.put(Capture(buffer.name, header, tensors))
+        return buffer_pb2.CaptureResponse(
+            capture_id=capture_id, episodes_added=header["episodes_added"],
+            batches_sampled=header["batches_sampled"], transitions=header["transitions"])
 
     @handle_errors
     def Restore(self, request_iterator, context):

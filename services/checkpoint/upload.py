@@ -53,7 +53,8 @@ class _BufferPull(threading.Thread):
     def run(self) -> None:
         try:
             with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
-                for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s):
+                for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s,
+                                                       capture_id=self.source.capture_id):
                     if self.cancelled.is_set():
                         self.writer.abort()
                         return

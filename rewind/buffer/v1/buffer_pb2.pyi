@@ -179,14 +179,36 @@ class SampleStreamResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("buffer", "chunk_bytes", "expect_episodes_added")
+    __slots__ = ("buffer", "chunk_bytes", "expect_episodes_added", "capture_id")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk_bytes: int
     expect_episodes_added: int
-    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., expect_episodes_added: _Optional[int] = ...) -> None: ...
+    capture_id: str
+    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("buffer", "expect_episodes_added")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    expect_episodes_added: int
+    def __init__(self, buffer: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ...) -> None: ...
+
+class CaptureResponse(_message.Message):
+    __slots__ = ("capture_id", "episodes_added", "batches_sampled", "transitions")
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    capture_id: str
+    episodes_added: int
+    batches_sampled: int
+    transitions: int
+    def __init__(self, capture_id: _Optional[str] = ..., episodes_added: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., transitions: _Optional[int] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("chunk", "offset", "total_bytes", "episodes_added")

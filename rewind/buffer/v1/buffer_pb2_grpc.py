@@ -79,6 +79,11 @@ class BufferServiceStub:
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Capture = channel.unary_unary(
+                '/rewind.buffer.v1.BufferService/Capture',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.FromString,
+                _registered_method=True)
         self.Restore = channel.stream_unary(
                 '/rewind.buffer.v1.BufferService/Restore',
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.SerializeToString,
@@ -152,6 +157,14 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Capture(self, request, context):
+        """Capture copies a buffer's state now, for a later Snapshot of exactly that
+        state (by capture_id). Sampling and adding continue meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Restore(self, request_iterator, context):
         """Restore replaces (or creates) a buffer from a stream of snapshot chunks.
         """
@@ -201,6 +214,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Capture': grpc.unary_unary_rpc_method_handler(
+                    servicer.Capture,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.SerializeToString,
             ),
             'Restore': grpc.stream_unary_rpc_method_handler(
                     servicer.Restore,
@@ -429,6 +447,33 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/Snapshot',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.buffer.v1.BufferService/Capture',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,

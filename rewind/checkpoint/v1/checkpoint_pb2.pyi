@@ -93,16 +93,18 @@ class RetentionPolicy(_message.Message):
     def __init__(self, keep_last: _Optional[int] = ..., keep_every: _Optional[int] = ..., keep_best: _Optional[int] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class BufferSource(_message.Message):
-    __slots__ = ("address", "buffer", "file", "expect_episodes_added")
+    __slots__ = ("address", "buffer", "file", "expect_episodes_added", "capture_id")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     address: str
     buffer: str
     file: str
     expect_episodes_added: int
-    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ...) -> None: ...
+    capture_id: str
+    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ...) -> None: ...
 
 class FileAnnouncement(_message.Message):
     __slots__ = ("name", "size")

@@ -133,7 +133,8 @@ class CheckpointServiceServicer:
 
     def RestoreBuffers(self, request, context):
         """RestoreBuffers pushes buffer snapshots stored in a checkpoint straight
-        into buffer services, each checked against its sha256 first.
+        into buffer services. Each is checked against its sha256 as it streams; a
+        buffer is replaced only when its whole snapshot arrived intact.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
