@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
-from rewind.errors import InvalidArgument
+from rewind.errors import InvalidArgument, NotFound
 from rewind.serving import handle_errors
 from rewind_checkpoint.catalog import Catalog, LookupResult
 from rewind_checkpoint.layout import RunKey, check_file_name
@@ -42,6 +42,8 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         names = [f.name for f in manifest.files]
         if request.file:
             check_file_name(request.file)
+            if manifest.file(request.file) is None:
+                raise NotFound(f"file: {manifest.key} has no file {request.file!r} (files: {', '.join(names)})")
             names = [request.file]
         yield checkpoint_pb2.DownloadResponse(checkpoint=self._proto(manifest))
         for name in names:

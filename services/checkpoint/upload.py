@@ -111,7 +111,7 @@ class Upload:
                 raise InvalidArgument("header: the stream carried no messages")
             if commit is None:
                 raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
-            return self._commit(commit)
+            result = self._commit(commit)
         except Unavailable:
             # The store is down: answer now, clean up when it returns (or the
             # staging sweep will), rather than holding the caller past its deadline.
@@ -120,9 +120,12 @@ class Upload:
         except BaseException:
             self._abort()
             raise
-        finally:
-            if self.key is not None:
-                self.catalog.end_upload(self.key)
+        self._release()
+        return result
+
+    def _release(self) -> None:
+        if self.key is not None:
+            self.catalog.end_upload(self.key)
 
     # -- stream handling -----------------------------------------------------
 
@@ -265,9 +268,11 @@ class Upload:
             self._writer.abort()
         for pull in self.pulls:
             pull.join(5.0)
-        if self.key is None or not self._written_keys:
-            return
         try:
-            self.store.delete(self._written_keys)
+            if self._written_keys:
+                self.store.delete(self._written_keys)
         except RewindError as exc:
             log.warning("could not remove the aborted upload of %s (%s); staging clean-up will", self.key, exc)
+        finally:
+            # Only now may another upload take the step: our deletes must not hit its files.
+            self._release()
