@@ -1,0 +1,52 @@
+"""The online loop through a real buffer service on 127.0.0.1, with a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from rewind.errors import FailedPrecondition
+from rewind_buffer import BufferSettings, ServiceConfig
+from rewind_buffer.server import serve
+from rewind_trainer.loop import train
+from rewind_trainer.settings import TrainSettings
+
+AGENT = {"batch_size": 8, "num_samples": 32, "num_elites": 4, "num_pi_trajs": 2, "iterations": 2}
+
+
+@pytest.fixture
+def buffer_service():
+    host = serve(ServiceConfig(settings=BufferSettings(buffer_size=5000, batch_size=8, min_history=100, horizon=3),
+                               port=0))
+    yield host
+    host.stop(grace_s=0.5)
+
+
+def test_a_short_run_fills_both_buffers_and_learns(buffer_service, tmp_path):
+    from rewind import BufferClient
+
+    settings = TrainSettings(steps=450, seed_steps=200, eval_freq=400, eval_episodes=1, model_size="tiny",
+                             buffer_address=buffer_service.address, out_dir=str(tmp_path), agent=AGENT)
+    result = train(settings, progress=False)
+    assert (result["step"], result["episode"]) == (450, 2)
+    buffer = BufferClient(buffer_service.address, "buffer")
+    stats = buffer.stats()
+    assert (stats.episodes_added, stats.transitions) == (2, 2 * 201)  # 200 steps + the first observation
+    assert stats.batches_sampled == 200 + 249  # the burst at step 200, then one per step to 449
+    assert buffer.using("test_buffer").stats().episodes_added == 2  # evaluations at steps 0 and 400
+    losses = result["losses"]
+    assert all(math.isfinite(v) for v in losses.values())
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    # Evaluation runs at an episode boundary, before the finished episode is logged.
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", "0"), ("train", "200"), ("eval", "400"),
+                                                      ("train", "400")]
+    assert float(rows[1]["episode_return"]) < 0  # Pendulum's rewards are negative
+
+
+def test_a_buffer_that_does_not_fit_the_agent_is_named(buffer_service, tmp_path):
+    settings = TrainSettings(steps=10, seed_steps=50, model_size="tiny", buffer_address=buffer_service.address,
+                             out_dir=str(tmp_path), agent={**AGENT, "batch_size": 16})
+    with pytest.raises(FailedPrecondition, match=r"batch_size is 8, the agent needs 16.*min_history is 100"):
+        train(settings, progress=False)
