@@ -398,7 +398,7 @@ def test_an_unreachable_buffer_service_is_unavailable_naming_it(ckpt, ckpt_host)
     _, store = raw(ckpt_host)
     with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1"):
         ckpt.save("agent", "run-1", 1, {"m": b"x"}, buffers=[("127.0.0.1:1", "buffer")])
-    assert ckpt.list_runs() == [] or steps(ckpt) == []
+    assert ckpt.list_runs() == []
 
 
 def test_a_file_rewritten_after_a_good_lookup_is_caught_on_the_next(ckpt, ckpt_host):
