@@ -23,7 +23,7 @@ import torch
 
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import BatchTuple, decode_batch, encode_episode
-from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
+from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -31,6 +31,7 @@ from rewind.errors import (
     RewindError,
     from_rpc_error_at,
 )
+from rewind.service_client import ServiceClient
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -40,7 +41,7 @@ LOAD_MESSAGE_BYTES = 1024 * 1024
 
 
 def _error(exc: grpc.RpcError, address: str) -> RewindError:
-    return from_rpc_error_at(exc, "buffer service", address)
+    return from_rpc_error_at(exc, BufferClient.SERVICE, address)
 
 
 def _episodes_of(data) -> list[Mapping[str, torch.Tensor]]:
@@ -116,7 +117,7 @@ class BatchStream:
         self.close()
 
 
-class BufferClient:
+class BufferClient(ServiceClient):
     """Client of one named buffer in a buffer service, with TD-MPC2's API.
 
     Args:
@@ -129,6 +130,8 @@ class BufferClient:
     UNAVAILABLE. Failures raise rewind.errors classes (NotFound, ...).
     """
 
+    SERVICE = "buffer service"
+
     def __init__(
         self,
         address: str = DEFAULT_ADDRESS,
@@ -137,13 +140,9 @@ class BufferClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.address = address
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
         self.buffer = buffer
-        self.timeout = timeout
-        self.max_message_bytes = max_message_bytes
-        self._channel = make_channel(address, max_message_bytes=max_message_bytes)
         self._stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
-        self._owned_host = None
 
     @classmethod
     def in_process(cls, config=None, buffer: str = "buffer", **kwargs) -> BufferClient:
@@ -292,13 +291,7 @@ class BufferClient:
         """
         request = buffer_pb2.SnapshotRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added,
                                              capture_id=capture_id)
-        call = self._stub.Snapshot(request, timeout=timeout)
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise _error(exc, self.address) from None
-        finally:
-            call.cancel()
+        return self._stream(self._stub.Snapshot, request, timeout)
 
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes | Iterable[bytes],
                 timeout: float = TRANSFER_TIMEOUT_S):
@@ -329,12 +322,6 @@ class BufferClient:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def _call(self, method, request, timeout: float):
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _error(exc, self.address) from None
-
     def _check_size(self, size: int, field: str) -> None:
         if size > self.max_message_bytes:
             raise ResourceExhausted(
@@ -342,21 +329,3 @@ class BufferClient:
                 "message limit; split it, or raise max_message_mb on the service and client"
             )
 
-    def wait_until_serving(self, timeout: float = 30.0) -> None:
-        """Block until the service's health check reports SERVING."""
-        from rewind.health import wait_until_serving
-
-        wait_until_serving(self._channel, timeout=timeout, target=self.address)
-
-    def close(self) -> None:
-        """Close the channel (and stop an in-process service)."""
-        self._channel.close()
-        if self._owned_host is not None:
-            self._owned_host.stop(grace_s=1.0)
-            self._owned_host = None
-
-    def __enter__(self) -> BufferClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import grpc
-
-from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
+from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
-from rewind.errors import DataLoss, InvalidArgument, from_rpc_error_at
+from rewind.errors import DataLoss, InvalidArgument
+from rewind.service_client import ServiceClient
 
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 DEFAULT_TIMEOUT_S = 30.0
@@ -91,7 +90,7 @@ def _open_source(source: FileSource) -> tuple[IO[bytes], int, bool]:
     return source, size, False
 
 
-class CheckpointClient:
+class CheckpointClient(ServiceClient):
     """Client of the checkpoint service.
 
     Args:
@@ -103,13 +102,12 @@ class CheckpointClient:
     AlreadyExists, DataLoss, Unavailable (naming the service or the store).
     """
 
+    SERVICE = "checkpoint service"
+
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT_S,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._channel = make_channel(address, max_message_bytes=max_message_bytes)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
         self._stub = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
-        self._owned_host = None
 
     @classmethod
     def in_process(cls, store: str = "", config=None, **kwargs) -> CheckpointClient:
@@ -361,42 +359,6 @@ class CheckpointClient:
         request = checkpoint_pb2.SetRetentionRequest(agent_id=agent_id, run_id=run_id,
                                                      retention=checkpoint_pb2.RetentionPolicy(**policy))
         return self._call(self._stub.SetRetention, request).retention
-
-    # -- plumbing ------------------------------------------------------------
-
-    def _call(self, method, request, timeout: float | None = None):
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error_at(exc, "checkpoint service", self.address) from None
-
-    def _stream(self, method, request, timeout: float) -> Iterator:
-        call = method(request, timeout=timeout)
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise from_rpc_error_at(exc, "checkpoint service", self.address) from None
-        finally:
-            call.cancel()
-
-    def wait_until_serving(self, timeout: float = 30.0) -> None:
-        """Block until the service's health check reports SERVING."""
-        from rewind.health import wait_until_serving
-
-        wait_until_serving(self._channel, timeout=timeout, target=self.address)
-
-    def close(self) -> None:
-        """Close the channel (and stop an in-process service)."""
-        self._channel.close()
-        if self._owned_host is not None:
-            self._owned_host.stop(grace_s=1.0)
-            self._owned_host = None
-
-    def __enter__(self) -> CheckpointClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 __all__ = ["CheckpointClient", "Found", "Saved", "buffer_source", "make_ref"]

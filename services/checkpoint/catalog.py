@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rewind.errors import DataLoss, InvalidArgument, NotFound
+from rewind.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 from rewind_checkpoint.layout import (
     MANIFEST,
     CheckpointKey,
@@ -74,8 +74,6 @@ class Catalog:
         Raises:
             AlreadyExists: the step is committed, or another upload is writing it.
         """
-        from rewind.errors import AlreadyExists
-
         with self.run_lock(key.run):
             if key in self._active:
                 raise AlreadyExists(f"step: an upload of {key} is already in progress")
@@ -97,16 +95,20 @@ class Catalog:
 
     # -- reading -------------------------------------------------------------
 
-    def list_runs(self, agent_id: str = "") -> list[tuple[RunKey, list[Manifest]]]:
+    def run_keys(self, agent_id: str = "") -> list[RunKey]:
+        """Every run folder in the store (or under one agent)."""
         agents = [check_id(agent_id, "agent_id")] if agent_id else self.store.list_dirs("")
         runs = []
         for agent in agents:
             for run_id in self.store.list_dirs(f"{agent}/"):
                 try:
-                    run = RunKey.checked(agent, run_id)
+                    runs.append(RunKey.checked(agent, run_id))
                 except InvalidArgument:
                     continue  # not ours: something else shares the bucket
-                runs.append((run, self.manifests(run)))
+        return runs
+
+    def list_runs(self, agent_id: str = "") -> list[tuple[RunKey, list[Manifest]]]:
+        runs = [(run, self.manifests(run)) for run in self.run_keys(agent_id)]
         if agent_id and not runs:
             raise NotFound(f"agent_id: no runs of agent {agent_id!r} in {self.store.url}")
         return runs
@@ -292,7 +294,7 @@ class Catalog:
 
     def clean_staging(self, run: RunKey | None = None) -> int:
         """Remove uncommitted files older than staging_max_age_s outside active uploads; returns how many."""
-        runs = [run] if run else [r for r, _ in self._all_runs()]
+        runs = [run] if run else self.run_keys()
         removed = 0
         for r in runs:
             with self.run_lock(r):
@@ -311,13 +313,3 @@ class Catalog:
                     removed += len(objects)
                     log.info("removed %d stale staging objects of %s", len(objects), key)
         return removed
-
-    def _all_runs(self) -> list[tuple[RunKey, None]]:
-        runs = []
-        for agent in self.store.list_dirs(""):
-            for run_id in self.store.list_dirs(f"{agent}/"):
-                try:
-                    runs.append((RunKey.checked(agent, run_id), None))
-                except InvalidArgument:
-                    continue
-        return runs

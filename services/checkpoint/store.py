@@ -216,7 +216,8 @@ class FileStore(Store):
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         self.check()
-        base = self.path_of(prefix.rstrip("/")) if "/" in prefix or prefix else self.root
+        # Walk the deepest existing folder the prefix names; keys are filtered below.
+        base = self.path_of(prefix.rstrip("/"))
         start = base if base.is_dir() else base.parent
         found = []
         with self.errors("list", start):
