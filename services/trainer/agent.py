@@ -9,6 +9,8 @@ planning in its latent space, seeded with trajectories of its policy prior.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +63,20 @@ class TDMPC2:
         for group in self.pi_optim.param_groups:
             group["lr"] = lr
         self.cfg = self.cfg.replace(lr=lr)
+
+    @contextmanager
+    def own_generator(self, seed: int) -> Iterator[None]:
+        """Act with a generator seeded `seed`, then put the agent's generator and plan back.
+
+        Evaluation uses it, so that evaluating leaves training's randomness untouched.
+        """
+        saved, prev_mean = self.generator.get_state(), self._prev_mean.clone()
+        self.generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            self.generator.set_state(saved)
+            self._prev_mean.copy_(prev_mean)
 
     # -- value helpers -------------------------------------------------------
 

@@ -1,29 +1,46 @@
 """The online loop, top to bottom (TD-MPC2's schedule): random actions for the
-seed steps, a burst of updates when they end, then one update per environment
-step; evaluation every `eval_freq` steps. Episodes go to the buffer service's
-`buffer`, evaluation episodes to its `test_buffer`; batches come back from it.
+seed steps, a burst of `seed_steps` updates when they end, then one update per
+environment step; evaluation every `eval_freq` steps. Episodes go to the
+buffer service's `buffer`, evaluation episodes to its `test_buffer`; batches
+come back through the SDK's prefetching stream.
+
+Exact resume rests on three rules:
+- Every piece of state that the next step depends on lives in `LoopState`, the
+  agent, the RNGs, the env and the two buffers, and is saved at a boundary.
+- A boundary is a point where no batch stream is open. A stream never samples
+  more batches than the loop will certainly consume before the next episode is
+  added, so the buffer's sampler is in the same place however the run was cut.
+- Evaluation has no side effects on training: its own env, its own seeds.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from rewind.buffer_client import BufferClient
+from rewind.buffer_client import BatchStream, BufferClient
 from rewind.errors import FailedPrecondition
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.envs import GymEnv, make_env
+from rewind_trainer.envs import Env, make_env
 from rewind_trainer.hparams import AgentConfig
 from rewind_trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+
+STREAM_CHUNK = 32       # batches per stream at most: stop and checkpoint-now wait at most this many updates
+RECENT = 10             # training returns kept for status and the checkpoint
 
 
 @dataclass
@@ -47,7 +64,7 @@ class EpisodeRecorder:
 
     @property
     def steps(self) -> int:
-        return len(self.obs) - 1
+        return max(len(self.obs) - 1, 0)
 
     @property
     def episode_return(self) -> float:
@@ -57,9 +74,40 @@ class EpisodeRecorder:
         return {"obs": torch.stack(self.obs), "action": torch.stack(self.action),
                 "reward": torch.tensor(self.reward), "done": torch.tensor(self.done)}
 
+    def load(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        if not tensors:
+            self.obs, self.action, self.reward, self.done = [], [], [], []
+            return
+        self.obs, self.action = list(tensors["obs"].unbind(0)), list(tensors["action"].unbind(0))
+        self.reward, self.done = tensors["reward"].tolist(), tensors["done"].tolist()
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: everything besides the agent, RNGs, env and buffers."""
+
+    step: int = 0
+    episode: int = 0                   # training episodes added to `buffer`
+    test_episodes: int = 0             # evaluation episodes added to `test_buffer`
+    evaluations: int = 0
+    last_eval_step: int = -1
+    episode_start: int = 0             # step at which the current episode began
+    done: bool = True                  # the current episode has ended (or none began)
+    unadded: bool = False              # ... and is not yet in the buffer
+    eval_next: bool = False
+    owed: int = 0                      # updates due before the next environment step
+    eval_return: float = math.nan
+    episode_return: float = math.nan
+    recent_returns: list[float] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+class Stopped(Exception):
+    """Raised at a boundary once a stop was asked for (SIGTERM, the Stop call)."""
+
 
 class MetricsLog:
-    """Appends rows to <out_dir>/metrics.csv (one file per run, columns fixed at creation)."""
+    """Appends rows to metrics.csv (one file per run, columns fixed at creation)."""
 
     COLUMNS = ("step", "episode", "kind", "episode_return", "episode_steps", "steps_per_s", "consistency_loss",
                "reward_loss", "value_loss", "pi_loss", "total_loss", "grad_norm", "pi_entropy", "pi_scale")
@@ -74,6 +122,14 @@ class MetricsLog:
     def write(self, **row) -> None:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c, "")) for c in self.COLUMNS])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past `step`: a resumed run rewrites what came after its checkpoint."""
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 def _fmt(value) -> str:
@@ -95,78 +151,249 @@ def check_buffer(buffer: BufferClient, cfg: AgentConfig, seed_steps: int) -> Non
     if settings.min_history > seed_steps:
         wrong.append(f"min_history is {settings.min_history}, above the {seed_steps} seed steps (--min-history)")
     if wrong:
-        raise FailedPrecondition(f"buffer service at {buffer.address}: " + "; ".join(wrong)
-                                 + "; restart `rewind buffer serve` with those flags")
+        raise FailedPrecondition(f"buffer service at {buffer.address}: buffer {buffer.buffer!r}: "
+                                 + "; ".join(wrong) + "; restart `rewind buffer serve` with those flags")
 
 
-def evaluate(env: GymEnv, agent: TDMPC2, test_buffer: BufferClient, episodes: int) -> float:
-    """Mean return of `episodes` episodes acting in eval mode; each goes to the test buffer."""
-    returns = []
-    for _ in range(episodes):
-        recorder = EpisodeRecorder()
-        obs, done = env.reset(), False
-        recorder.start(obs, env.action_dim)
-        while not done:
-            action = agent.act(obs, t0=recorder.steps == 0, eval_mode=True)
-            obs, reward, terminated, truncated = env.step(action)
-            recorder.record(obs, action, reward, terminated)
-            done = terminated or truncated
-        test_buffer.add(recorder.tensors())
-        returns.append(recorder.episode_return)
-    return sum(returns) / len(returns) if returns else math.nan
+def capture_rngs() -> dict:
+    """torch's, numpy's and Python's global generators (torch's drives dropout)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rngs = {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rngs["cuda"] = torch.cuda.get_rng_state_all()
+    return rngs
 
 
-def train(settings: TrainSettings, *, progress: bool = True) -> dict:
-    """Run the online loop to `settings.steps`; returns the final metrics."""
-    env = make_env(settings.task, settings.seed, settings.action_repeat)
-    agent_cfg = AgentConfig(obs_dim=env.obs_dim, action_dim=env.action_dim, episode_length=env.episode_length,
-                            model_size=settings.model_size, mpc=settings.mpc, **settings.agent)
-    agent = TDMPC2(agent_cfg, seed=settings.seed, device=settings.device)
-    seed_steps = settings.seed_steps or max(1000, 5 * env.episode_length)
-    buffer = BufferClient(settings.buffer_address, "buffer")
-    test_buffer = buffer.using("test_buffer")
-    check_buffer(buffer, agent_cfg, seed_steps)
-    metrics_log = MetricsLog(Path(settings.out_dir))
-    random_actions = torch.Generator().manual_seed(settings.seed)
+def restore_rngs(rngs: dict) -> None:
+    torch.set_rng_state(rngs["torch"])
+    kind, keys, pos, has_gauss, cached = rngs["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = rngs["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rngs and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rngs["cuda"])
 
-    step, episode, done, eval_next = 0, 0, True, False
-    recorder, obs = EpisodeRecorder(), None
-    last: dict = {"eval_return": math.nan, "episode_return": math.nan}
-    bar = tqdm(total=settings.steps, disable=not progress, unit="step", desc=f"{settings.task} ({agent.mode})")
-    started = time.perf_counter()
-    while step < settings.steps:
-        if step % settings.eval_freq == 0:
-            eval_next = True
-        if done:
-            if eval_next and settings.eval_episodes:
-                last["eval_return"] = evaluate(env, agent, test_buffer, settings.eval_episodes)
-                metrics_log.write(step=step, episode=episode, kind="eval", episode_return=last["eval_return"])
-                eval_next = False
-            if step > 0:
-                buffer.add(recorder.tensors())
-                episode += 1
-                last["episode_return"] = recorder.episode_return
-                metrics_log.write(step=step, episode=episode, kind="train", episode_return=recorder.episode_return,
-                                  episode_steps=recorder.steps,
-                                  steps_per_s=step / (time.perf_counter() - started), **last.get("losses", {}))
-                bar.set_postfix(ret=f"{last['episode_return']:.1f}", eval=f"{last['eval_return']:.1f}")
-            obs = env.reset()
-            recorder.start(obs, env.action_dim)
 
-        if step > seed_steps:
-            action = agent.act(obs, t0=recorder.steps == 0)
+class Trainer:
+    """The online loop with its state, for one run.
+
+    Args:
+        settings: the run's settings (seed_steps already resolved).
+        env: the training environment.
+        agent: the TD-MPC2 agent.
+        buffer: client of the buffer service's `buffer`.
+        test_buffer: client of its `test_buffer`.
+        metrics: where rows go.
+        on_boundary: called at every boundary (no batch stream open); it may
+            checkpoint, and raises Stopped to end the loop there.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, settings: TrainSettings, env: Env, agent: TDMPC2, buffer: BufferClient,
+                 test_buffer: BufferClient, metrics: MetricsLog, *,
+                 on_boundary: Callable[[Trainer], None] | None = None, progress: bool = True) -> None:
+        self.settings = settings
+        self.env, self.agent = env, agent
+        self.buffer, self.test_buffer = buffer, test_buffer
+        self.metrics = metrics
+        self.on_boundary = on_boundary or (lambda trainer: None)
+        self.progress = progress
+        self.state = LoopState()
+        self.recorder = EpisodeRecorder()
+        self.obs: torch.Tensor | None = None
+        self.random_actions = torch.Generator().manual_seed(settings.seed)
+        self.phase = "starting"
+        self.interrupt = threading.Event()   # set by stop requests; aborts an evaluation in progress
+        self._stream: BatchStream | None = None
+        self._stream_left = 0
+        self._started = time.perf_counter()
+        self._steps_at_start = 0
+
+    @property
+    def seed_steps(self) -> int:
+        return self.settings.seed_steps
+
+    @property
+    def steps_per_second(self) -> float:
+        elapsed = time.perf_counter() - self._started
+        return (self.state.step - self._steps_at_start) / elapsed if elapsed > 0 else 0.0
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Train to settings.steps; raises Stopped when asked to stop at a boundary."""
+        s = self.state
+        self._started, self._steps_at_start = time.perf_counter(), s.step
+        bar = tqdm(total=self.settings.steps, initial=s.step, disable=not self.progress, unit="step",
+                   desc=f"{self.settings.task} ({self.agent.mode})", dynamic_ncols=True)
+        try:
+            while True:
+                if self._stream is None:
+                    self.on_boundary(self)
+                if s.owed:
+                    self._update()
+                elif s.unadded:
+                    self._finish_episode(bar)
+                elif s.step >= self.settings.steps:
+                    break
+                else:
+                    self._env_step()
+                    bar.update(1)
+        finally:
+            bar.close()
+            self._close_stream()
+        self.phase = "done"
+
+    def _env_step(self) -> None:
+        s = self.state
+        if s.step % self.settings.eval_freq == 0:
+            s.eval_next = True
+        if s.done:
+            if s.eval_next and self.settings.eval_episodes:
+                self._evaluate()
+            s.eval_next = False
+            self.obs = self.env.reset()
+            self.recorder.start(self.obs, self.env.action_dim)
+            s.done, s.episode_start = False, s.step
+        if s.step > self.seed_steps:
+            self.phase = "training"
+            action = self.agent.act(self.obs, t0=self.recorder.steps == 0)
         else:
-            action = env.random_action(random_actions)
-        obs, reward, terminated, truncated = env.step(action)
-        recorder.record(obs, action, reward, terminated)
-        done = terminated or truncated
+            self.phase = "seeding"
+            action = self.env.random_action(self.random_actions)
+        self.obs, reward, terminated, truncated = self.env.step(action)
+        self.recorder.record(self.obs, action, reward, terminated)
+        s.done = s.unadded = terminated or truncated
+        if s.step >= self.seed_steps:
+            s.owed += self.seed_steps if s.step == self.seed_steps else 1  # the burst when the seed steps end
+        s.step += 1
 
-        if step >= seed_steps:
-            updates = seed_steps if step == seed_steps else 1  # the burst when the seed steps end
-            for _ in range(updates):
-                last["losses"] = agent.update(*buffer.sample())
-        step += 1
-        bar.update(1)
-    bar.close()
-    buffer.close()
-    return {"step": step, "episode": episode, "agent": agent, **last}
+    def _update(self) -> None:
+        s = self.state
+        s.losses = self.agent.update(*self._next_batch())
+        s.owed -= 1
+
+    def _finish_episode(self, bar: tqdm) -> None:
+        s = self.state
+        self.buffer.add(self.recorder.tensors())
+        s.episode += 1
+        s.unadded = False
+        s.episode_return = self.recorder.episode_return
+        s.recent_returns = (s.recent_returns + [s.episode_return])[-RECENT:]
+        self.metrics.write(step=s.step, episode=s.episode, kind="train", episode_return=s.episode_return,
+                           episode_steps=self.recorder.steps, steps_per_s=self.steps_per_second, **s.losses)
+        bar.set_postfix(ret=f"{s.episode_return:.1f}", eval=f"{s.eval_return:.1f}",
+                        sps=f"{self.steps_per_second:.1f}")
+
+    # -- batches -------------------------------------------------------------
+
+    def _next_batch(self):
+        if self._stream is None:
+            n = self._stream_size()
+            self._stream = self.buffer.batches(prefetch=min(self.settings.prefetch, n), num_batches=n)
+            self._stream_left = n
+        batch = next(self._stream)
+        self._stream_left -= 1
+        if self._stream_left == 0:
+            self._close_stream()
+        return batch
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _stream_size(self) -> int:
+        """Updates certain to run before the next episode is added (or a planned checkpoint), at most STREAM_CHUNK.
+
+        Only fixed-length episodes let us look past the current step: an
+        episode that may terminate early could leave sampled batches unused.
+        """
+        s = self.state
+        n = s.owed
+        if s.unadded or not self.env.fixed_length:
+            return min(n, STREAM_CHUNK)
+        end = min(s.episode_start + self.env.episode_length, self.settings.steps)
+        every = self.settings.checkpoint_interval_steps
+        if every:
+            # a step-interval checkpoint falls due once step reaches a multiple: stop before that env step
+            end = min(end, (s.step // every + 1) * every - 1)
+        for t in range(s.step, end):
+            if n >= STREAM_CHUNK:
+                break
+            if t >= self.seed_steps:
+                n += self.seed_steps if t == self.seed_steps else 1
+        return min(n, STREAM_CHUNK)
+
+    # -- evaluation ----------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        """Mean return of eval episodes, on an env and generators of their own.
+
+        Training's env, agent generator and torch's global generator are left
+        as they were, so evaluating (or being stopped mid-way) changes nothing
+        that training depends on. Episodes go to test_buffer only once all ran.
+        """
+        s, cfg = self.state, self.settings
+        self.phase = "evaluating"
+        eval_seed = cfg.seed + 100_003 * (s.evaluations + 1)
+        env = make_env(cfg.task, eval_seed, cfg.action_repeat)
+        episodes, returns = [], []
+        with torch.random.fork_rng(devices=[]), self.agent.own_generator(eval_seed):
+            for _ in range(cfg.eval_episodes):
+                recorder = EpisodeRecorder()
+                obs, done = env.reset(), False
+                recorder.start(obs, env.action_dim)
+                while not done:
+                    if self.interrupt.is_set():
+                        log.info("evaluation at step %d abandoned: stopping; it reruns on resume", s.step)
+                        env.close()
+                        return
+                    action = self.agent.act(obs, t0=recorder.steps == 0, eval_mode=True)
+                    obs, reward, terminated, truncated = env.step(action)
+                    recorder.record(obs, action, reward, terminated)
+                    done = terminated or truncated
+                episodes.append(recorder.tensors())
+                returns.append(recorder.episode_return)
+        env.close()
+        for episode in episodes:
+            self.test_buffer.add(episode)
+        s.test_episodes += len(episodes)
+        s.evaluations += 1
+        s.last_eval_step = s.step
+        s.eval_return = sum(returns) / len(returns)
+        self.metrics.write(step=s.step, episode=s.episode, kind="eval", episode_return=s.eval_return,
+                           episode_steps=env.episode_length)
+
+    def final_evaluation(self) -> float:
+        """Evaluate at the end of the run unless the last evaluation was at this step."""
+        if self.settings.eval_episodes and self.state.last_eval_step != self.state.step:
+            self._evaluate()
+        return self.state.eval_return
+
+    # -- state ---------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything to continue bit-identically, copied (safe to serialise in the background)."""
+        s = self.state
+        return {
+            "loop": {k: v for k, v in s.__dict__.items() if k not in ("recent_returns", "losses")}
+            | {"recent_returns": list(s.recent_returns), "losses": dict(s.losses)},
+            "recorder": self.recorder.tensors() if self.recorder.obs else None,
+            "obs": None if self.obs is None else self.obs.clone(),
+            "agent": self.agent.state_dict(),
+            "rngs": capture_rngs() | {"random_actions": self.random_actions.get_state()},
+            "env_json": json.dumps(self.env.get_state()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        loop = dict(state["loop"])
+        self.state = LoopState(**loop)
+        self.recorder.load(state["recorder"])
+        self.obs = state["obs"]
+        self.agent.load_state_dict(state["agent"])
+        restore_rngs(state["rngs"])
+        self.random_actions.set_state(state["rngs"]["random_actions"])
+        self.env.set_state(json.loads(state["env_json"]))

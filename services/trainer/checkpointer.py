@@ -1,0 +1,199 @@
+"""Checkpoints without stalling learning.
+
+At a boundary the trainer pays only for two buffer captures (the buffer
+service copies each buffer under its lock) and a deep copy of its own state.
+Serialising, uploading and the buffer snapshots then happen on a background
+thread, through the checkpoint service, while training goes on. A failed save
+is logged and reported in the status; the next interval tries again.
+
+A checkpoint holds:
+- trainer.pt: agent (model, both optimisers, Q-scale, its generator, the plan),
+  loop state with the partial episode, every RNG, the env state;
+- policy.safetensors: the tensors acting needs, for evaluation and deployment;
+- buffer.snapshot and test_buffer.snapshot, pulled by the checkpoint service;
+- in the manifest: the settings and agent config, metrics, the overrides.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from rewind.buffer_client import BufferClient
+from rewind.checkpoint_client import CheckpointClient, buffer_source
+from rewind.errors import RewindError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rewind.trainer/1"
+TRAINER_FILE = "trainer.pt"
+POLICY_FILE = "policy.safetensors"
+
+
+@dataclass
+class SaveJob:
+    """One checkpoint on its way to the store."""
+
+    step: int
+    episode: int
+    state: dict
+    captures: dict[str, str]             # buffer name -> capture id
+    metrics: dict[str, float]
+    config: dict
+    extra: dict
+    blocking_ms: float
+    done: Future = field(default_factory=Future)   # -> committed path, or the save's exception
+
+
+@dataclass
+class CheckpointStatus:
+    path: str = ""
+    step: int = -1
+    blocking_ms: float = 0.0
+    error: str = ""
+    saves: int = 0
+    failures: int = 0
+
+
+def encode_trainer_state(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    return buf.getvalue()
+
+
+def decode_trainer_state(data: bytes, where: str) -> dict:
+    """The trainer state in a trainer.pt.
+
+    Raises:
+        DataLoss: not a trainer state this version can read.
+    """
+    from rewind.errors import DataLoss
+
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise DataLoss(f"{where}: {TRAINER_FILE} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise DataLoss(f"{where}: {TRAINER_FILE} has format {found!r}, this trainer reads {FORMAT!r}")
+    return state
+
+
+def encode_policy(model_state: dict[str, torch.Tensor], agent_config: dict) -> bytes:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items() if not k.startswith("target_qs.")}
+    return save(tensors, metadata={"format": "rewind.policy/1", "agent_config": json.dumps(agent_config)})
+
+
+class Checkpointer:
+    """Saves checkpoints of one run on a background thread, one at a time.
+
+    Args:
+        client: the checkpoint service's client.
+        agent_id: the agent.
+        run_id: the run.
+        buffer: client of the `buffer` buffer (its service is where captures live).
+        test_buffer: client of the `test_buffer` buffer.
+        retention: the run's retention policy, sent with every save.
+        resumed_from: path of the checkpoint this run resumed from.
+        on_commit: called with (step, path) after each commit.
+    """
+
+    def __init__(self, client: CheckpointClient, agent_id: str, run_id: str, buffer: BufferClient,
+                 test_buffer: BufferClient, retention: dict, resumed_from: str = "",
+                 on_commit: Callable[[int, str], None] | None = None) -> None:
+        self.client = client
+        self.agent_id, self.run_id = agent_id, run_id
+        self.buffers = {"buffer": buffer, "test_buffer": test_buffer}
+        self.retention = retention
+        self.resumed_from = resumed_from
+        self.on_commit = on_commit or (lambda step, path: None)
+        self.status = CheckpointStatus()
+        self._current: SaveJob | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._current is not None and not self._current.done.done()
+
+    def start(self, step: int, episode: int, state_fn: Callable[[], dict], expected: dict[str, int],
+              metrics: dict[str, float], config: dict, extra: dict) -> SaveJob:
+        """Capture both buffers and the trainer's state now, and upload them in the background.
+
+        Args:
+            step: the step the checkpoint holds.
+            episode: the episode counter.
+            state_fn: returns the trainer's state, copied.
+            expected: episodes each buffer must have seen (checked by the buffer service).
+            metrics, config, extra: for the manifest.
+
+        Raises:
+            RewindError: a capture failed (nothing was started).
+        """
+        started = time.perf_counter()
+        captures = {}
+        for name, client in self.buffers.items():
+            captures[name] = client.capture(expect_episodes_added=expected.get(name, 0)).capture_id
+        state = state_fn()
+        blocking_ms = (time.perf_counter() - started) * 1000
+        job = SaveJob(step, episode, state, captures, metrics, config, extra, blocking_ms)
+        with self._lock:
+            self._current = job
+        threading.Thread(target=self._save, args=(job,), name=f"checkpoint-{step}", daemon=True).start()
+        return job
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the save in flight, if any (its outcome is in `status`)."""
+        job = self._current
+        if job is not None:
+            try:
+                job.done.exception(timeout=timeout)
+            except TimeoutError:
+                raise
+            except Exception:  # noqa: BLE001 - the outcome is recorded in status
+                pass
+
+    def _save(self, job: SaveJob) -> None:
+        try:
+            files = {TRAINER_FILE: encode_trainer_state(job.state),
+                     POLICY_FILE: encode_policy(job.state["agent"]["model"], job.config.get("agent_config", {}))}
+            buffers = [buffer_source(client.address, name, capture_id=job.captures[name])
+                       for name, client in self.buffers.items()]
+            saved = self.client.save(self.agent_id, self.run_id, job.step, files, episode=job.episode,
+                                     metrics=job.metrics, config=job.config, extra=job.extra,
+                                     resumed_from=self.resumed_from, buffers=buffers, retention=self.retention)
+        except Exception as exc:  # noqa: BLE001 - a failed save must never end the run
+            message = str(exc) if isinstance(exc, RewindError) else f"{type(exc).__name__}: {exc}"
+            log.warning("checkpoint at step %d failed: %s; training goes on, the next checkpoint retries",
+                        job.step, message)
+            self.status.error, self.status.failures = message, self.status.failures + 1
+            self._release_captures(job)
+            job.done.set_exception(exc)
+            return
+        path = saved.checkpoint.path
+        self.status = CheckpointStatus(path, job.step, job.blocking_ms, "", self.status.saves + 1,
+                                       self.status.failures)
+        for deleted in saved.deleted:
+            log.info("retention removed %s", deleted)
+        log.info("checkpoint %s committed (trainer blocked %.1f ms)", path, job.blocking_ms)
+        self.on_commit(job.step, path)
+        job.done.set_result(path)
+
+    def _release_captures(self, job: SaveJob) -> None:
+        """Stream away captures the failed save did not take, so they do not fill the buffer service."""
+        for name, capture_id in job.captures.items():
+            try:
+                for _ in self.buffers[name].snapshot_stream(capture_id=capture_id, timeout=600):
+                    pass
+            except RewindError:
+                pass  # already taken by the checkpoint service, or expired: either way it is gone
