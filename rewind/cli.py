@@ -5,6 +5,8 @@
     rewind buffer demo                 # starts a service, exercises it, stops it
     rewind ckpt serve --store s3://my-bucket/rewind
     rewind ckpt ls tdmpc2/run-1
+    rewind train --local-services
+    rewind trainer status
     rewind health --address 127.0.0.1:50051
 """
 
@@ -30,6 +32,9 @@ EXAMPLES = """examples:
   rewind ckpt serve --store file://./rewind-data
   rewind ckpt ls tdmpc2/run-1
   rewind ckpt latest tdmpc2/run-1
+  rewind train --local-services                       # the whole trio on this machine
+  rewind train --resume-from-checkpoint latest --steps 16000
+  rewind trainer status --address 127.0.0.1:50053
   rewind health --address 127.0.0.1:50051
 """
 
@@ -56,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,health}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,trainer,health}")
 
     buffer = groups.add_parser("buffer", help="the replay-buffer service", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkpoint_cli.add_parser(groups)
 
+    from rewind import train_cli
+
+    train_cli.add_parsers(groups)
+
     health = groups.add_parser("health", help="probe a service's gRPC health (exit 0 when SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the service")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
@@ -129,6 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group == "health":
             return _health(args)
+        if args.group == "train":
+            from rewind import train_cli
+
+            return train_cli.run_train(args)
+        if args.group == "trainer":
+            from rewind import train_cli
+
+            return train_cli.run_trainer(args)
         if args.group in ("ckpt", "checkpoint"):
             from rewind import checkpoint_cli
 

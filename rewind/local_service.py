@@ -51,6 +51,8 @@ class LocalService:
             stderr=subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            # Its own session: a Ctrl-C meant for the parent must not stop the service mid-checkpoint.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text()):

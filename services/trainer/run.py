@@ -145,6 +145,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, progress
         defaults = TrainSettings().to_dict()
         explicit = {k for k, v in settings.to_dict().items() if defaults[k] != v}
     control = control or service.Control()
+    if "task" in explicit or not settings.resume_from_checkpoint:
+        make_env(settings.task, settings.seed, settings.action_repeat).close()  # an unknown task fails first
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     buffer = BufferClient(settings.buffer_address, "buffer")
