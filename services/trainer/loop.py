@@ -318,8 +318,8 @@ class Trainer:
         end = min(s.episode_start + self.env.episode_length, self.settings.steps)
         every = self.settings.checkpoint_interval_steps
         if every:
-            # a step-interval checkpoint falls due once step reaches a multiple: stop before that env step
-            end = min(end, (s.step // every + 1) * every - 1)
+            # a step-interval checkpoint falls due once the updates of the step reaching a multiple are paid
+            end = min(end, (s.step // every + 1) * every)
         for t in range(s.step, end):
             if n >= STREAM_CHUNK:
                 break

@@ -247,6 +247,8 @@ class CheckpointSchedule:
 
     def _due(self) -> bool:
         s, cfg = self.trainer.state, self.trainer.settings
+        if s.owed:
+            return False  # a periodic checkpoint at step N holds N steps and their updates
         by_steps = cfg.checkpoint_interval_steps and s.step // cfg.checkpoint_interval_steps > \
             self.mark[0] // cfg.checkpoint_interval_steps
         by_episodes = cfg.checkpoint_interval_episodes and s.episode // cfg.checkpoint_interval_episodes > \
