@@ -216,7 +216,7 @@ def test_a_failed_save_is_reported_and_the_next_one_succeeds(tmp_path):
     trio = Trio(f"file://{tmp_path}/store")
     control = Control()
     outcome: dict = {}
-    settings = trio.settings(tmp_path / "runs", steps=100_000, seed_steps=50, eval_episodes=0)
+    settings = trio.settings(tmp_path / "runs", steps=100_000, eval_episodes=0)
     runner = threading.Thread(target=lambda: outcome.update(result=train(settings, control=control,
                                                                          progress=False)))
     runner.start()
@@ -288,7 +288,7 @@ class TrainerProcess:
             [sys.executable, "-m", "rewind", "train", "--model-size", "tiny", "--seed-steps", "200",
              "--eval-freq", "400", "--eval-episodes", "1", "--checkpoint-interval-episodes", "0",
              *AGENT_FLAGS, "--buffer-address", buffer, "--checkpoint-address", ckpt, "--out-dir",
-             str(tmp_path / "runs"), "--port", str(self.port), "--no-progress", *args],
+             str(tmp_path / "runs"), "--port", str(self.port), "--no-progress", "--torch-threads", "1", *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path)
         self.client = TrainerClient(f"127.0.0.1:{self.port}", timeout=30)
         self.tmp_path = tmp_path
@@ -374,7 +374,7 @@ def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, 
 
 def test_the_trainer_service_reports_and_stops(services, tmp_path):
     buffer, ckpt = services
-    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "100000", "--seed-steps", "20")
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "100000")
     step, path = (trainer.wait_until_step(1), None)
     status = trainer.client.status()
     assert status.agent_id == "tdmpc2" and status.run_id == "pendulum-v1-seed1" and status.task == "Pendulum-v1"
@@ -422,7 +422,7 @@ def test_rewind_train_function_runs_the_trio_locally(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     result = rewind.train(local_services=True, store=f"file://{tmp_path}/store", model_size="tiny", steps=30,
-                          seed_steps=20, eval_episodes=0, agent={"batch_size": 8}, port=-1, progress=False)
+                          seed_steps=30, eval_episodes=0, agent={"batch_size": 8}, port=-1, progress=False)
     assert result.step == 30 and result.checkpoint.endswith("step-0000000030")
     manifest = json.loads((Path(result.checkpoint.removeprefix("file://")) / "manifest.json").read_text())
     assert manifest["step"] == 30

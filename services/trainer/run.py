@@ -25,7 +25,7 @@ import torch
 
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint_client import CheckpointClient
-from rewind.errors import FailedPrecondition, NotFound, RewindError, Unavailable
+from rewind.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, RewindError, Unavailable
 from rewind.local_service import LocalService
 from rewind.serving import ServiceHost
 from rewind_trainer import service
@@ -161,6 +161,9 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, progress
 
         env = make_env(settings.task, settings.seed, settings.action_repeat)
         settings = settings.replace(seed_steps=settings.seed_steps or max(1000, 5 * env.episode_length))
+        if settings.seed_steps < env.episode_length < settings.steps:
+            raise InvalidArgument(f"seed_steps: {settings.seed_steps} is shorter than one episode of {settings.task} "
+                                  f"({env.episode_length} steps); learning starts from stored episodes")
         agent_cfg = AgentConfig(obs_dim=env.obs_dim, action_dim=env.action_dim, episode_length=env.episode_length,
                                 model_size=settings.model_size, mpc=settings.mpc, lr=settings.learning_rate,
                                 **settings.agent)
@@ -225,6 +228,9 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, progress
         return TrainResult(settings, trainer.state.step, trainer.state.episode, trainer.state.eval_return, stopped,
                            checkpointer.status.path, resumed_from, run_dir, agent, exit_code)
     finally:
+        for waiter in control.take_checkpoint_waiters():
+            if not waiter.done():
+                waiter.set_exception(Internal("trainer: the run ended before the checkpoint was taken"))
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         if host is not None:
@@ -262,8 +268,9 @@ class CheckpointSchedule:
         if not (waiters or self._due()) or trainer.state.step == 0:
             self._give_back(waiters)
             return
-        if self.job is not None and self.job.step == trainer.state.step:
-            self._chain(self.job, waiters)  # already saving (or saved) this very step
+        job = self.job
+        if job is not None and job.step == trainer.state.step and not (job.done.done() and job.done.exception()):
+            self._chain(job, waiters)  # already saving (or saved) this very step
             return
         if self.checkpointer.busy:
             self._give_back(waiters)  # the previous upload is still running: try at the next boundary
