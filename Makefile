@@ -23,8 +23,11 @@ $(NODE_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Trains Pendulum-v1 through the trio on this machine (file:// store in ./rewind-data);
+# run it again and it resumes from the latest checkpoint. Pass more flags with ARGS="...".
+RUN_ARGS ?= --model-size tiny
 run: $(STAMP)
-	$(VENV)/bin/rewind buffer demo
+	$(VENV)/bin/rewind train --local-services --store file://$(CURDIR)/rewind-data --resume-from-checkpoint latest $(RUN_ARGS) $(ARGS)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
@@ -41,6 +44,8 @@ venv: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/buffer.py
 	$(PY) bench/checkpoint.py
+	$(PY) bench/trainer.py
+	$(PY) bench/learning.py
 
 clean:
-	rm -rf $(VENV) node_modules rewind-data .pytest_cache
+	rm -rf $(VENV) node_modules rewind-data runs .pytest_cache

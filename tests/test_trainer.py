@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +205,8 @@ def test_a_corrupt_checkpoint_is_reported_as_data_loss(file_trio, tmp_path):
         train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=first.checkpoint),
               explicit={"resume_from_checkpoint"}, progress=False)
     with pytest.raises(NotFound):
-        train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=first.checkpoint.replace("-0000000005", "-0000000099")),
+        missing = first.checkpoint.replace("-0000000005", "-0000000099")
+        train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=missing),
               explicit={"resume_from_checkpoint"}, progress=False)
 
 
