@@ -19,6 +19,14 @@ from typing import IO
 from rewind.errors import Unavailable
 
 
+def _stop_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the parent dies, so a killed parent leaves no service behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class LocalService:
     """Start `python -m rewind <args> --host 127.0.0.1 --port 0` and wait until it serves.
 
@@ -53,6 +61,7 @@ class LocalService:
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             # Its own session: a Ctrl-C meant for the parent must not stop the service mid-checkpoint.
             start_new_session=True,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text()):
