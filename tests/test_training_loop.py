@@ -10,8 +10,9 @@ import pytest
 from rewind.errors import FailedPrecondition
 from rewind_buffer import BufferSettings, ServiceConfig
 from rewind_buffer.server import serve
-from rewind_trainer.loop import train
+from rewind_trainer.run import train
 from rewind_trainer.settings import TrainSettings
+from tests.conftest import checkpoint_config
 
 AGENT = {"batch_size": 8, "num_samples": 32, "num_elites": 4, "num_pi_trajs": 2, "iterations": 2}
 
@@ -24,29 +25,40 @@ def buffer_service():
     host.stop(grace_s=0.5)
 
 
-def test_a_short_run_fills_both_buffers_and_learns(buffer_service, tmp_path):
+@pytest.fixture
+def ckpt_address(tmp_path):
+    from rewind_checkpoint.server import serve as serve_checkpoints
+
+    host = serve_checkpoints(checkpoint_config(f"file://{tmp_path}/store", max_message_mb=64))
+    yield host.address
+    host.stop(grace_s=0.5)
+
+
+def test_a_short_run_fills_both_buffers_and_learns(buffer_service, ckpt_address, tmp_path):
     from rewind import BufferClient
 
     settings = TrainSettings(steps=450, seed_steps=200, eval_freq=400, eval_episodes=1, model_size="tiny",
-                             buffer_address=buffer_service.address, out_dir=str(tmp_path), agent=AGENT)
+                             buffer_address=buffer_service.address, checkpoint_address=ckpt_address,
+                             out_dir=str(tmp_path), agent=AGENT, port=-1)
     result = train(settings, progress=False)
-    assert (result["step"], result["episode"]) == (450, 2)
+    assert (result.step, result.episode) == (450, 2)
     buffer = BufferClient(buffer_service.address, "buffer")
     stats = buffer.stats()
     assert (stats.episodes_added, stats.transitions) == (2, 2 * 201)  # 200 steps + the first observation
-    assert stats.batches_sampled == 200 + 249  # the burst at step 200, then one per step to 449
-    assert buffer.using("test_buffer").stats().episodes_added == 2  # evaluations at steps 0 and 400
-    losses = result["losses"]
-    assert all(math.isfinite(v) for v in losses.values())
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    # Evaluation runs at an episode boundary, before the finished episode is logged.
-    assert [(r["kind"], r["step"]) for r in rows] == [("eval", "0"), ("train", "200"), ("eval", "400"),
-                                                      ("train", "400")]
+    # The burst at step 200, then one per step to 449; streams never sample a batch nobody uses.
+    assert stats.batches_sampled == 200 + 249
+    # Evaluations at steps 0 and 400 (episode boundaries), and a final one at 450.
+    assert buffer.using("test_buffer").stats().episodes_added == 3
+    assert all(math.isfinite(v) for v in result.agent.update(*buffer.sample()).values())
+    rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", "0"), ("train", "200"), ("train", "400"),
+                                                      ("eval", "400"), ("eval", "450")]
     assert float(rows[1]["episode_return"]) < 0  # Pendulum's rewards are negative
 
 
-def test_a_buffer_that_does_not_fit_the_agent_is_named(buffer_service, tmp_path):
+def test_a_buffer_that_does_not_fit_the_agent_is_named(buffer_service, ckpt_address, tmp_path):
     settings = TrainSettings(steps=10, seed_steps=50, model_size="tiny", buffer_address=buffer_service.address,
-                             out_dir=str(tmp_path), agent={**AGENT, "batch_size": 16})
+                             checkpoint_address=ckpt_address, out_dir=str(tmp_path), port=-1,
+                             agent={**AGENT, "batch_size": 16})
     with pytest.raises(FailedPrecondition, match=r"batch_size is 8, the agent needs 16.*min_history is 100"):
         train(settings, progress=False)
