@@ -380,7 +380,16 @@ def test_the_trainer_service_reports_and_stops(services, tmp_path):
     assert status.agent_id == "tdmpc2" and status.run_id == "pendulum-v1-seed1" and status.task == "Pendulum-v1"
     assert status.step >= step and status.acting_mode == "mppi"
     assert status.last_checkpoint.blocking_ms > 0 and status.last_checkpoint.error == ""
-    stop_step = trainer.client.stop()
+    # The same through reflection only, as a grpcurl user would (buf curl).
+    from tests.test_buf_curl import call
+
+    service = "rewind.trainer.v1.TrainerService"
+    over_curl = call(trainer.client.address, "GetStatus", {}, service)["status"]
+    assert (over_curl["runId"], over_curl["task"]) == ("pendulum-v1-seed1", "Pendulum-v1")
+    assert int(over_curl["step"]) >= status.step
+    made = call(trainer.client.address, "CreateCheckpoint", {"wait": True}, service)
+    assert made["path"].endswith(f"step-{int(made['step']):010d}")
+    stop_step = int(call(trainer.client.address, "Stop", {}, service)["step"])
     assert stop_step >= step
     assert trainer.wait() == 0, trainer.output()
     with CheckpointClient(ckpt.address) as c:

@@ -103,9 +103,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         future = self.control.request_checkpoint()
         if not request.wait:
             return trainer_pb2.CreateCheckpointResponse(step=trainer.state.step)
-        remaining = context.time_remaining()
+        remaining = context.time_remaining()  # huge when the caller set no deadline
         try:
-            step, path = future.result(timeout=remaining)
+            step, path = future.result(timeout=remaining if remaining is not None and remaining < 86_400 else None)
         except TimeoutError:
             raise DeadlineExceeded("wait: the checkpoint did not commit before the call's deadline; it goes on "
                                    "in the background, see GetStatus") from None
