@@ -166,10 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
                               f"checkpoint service at {settings.checkpoint_address} has its own "
                               "(rewind ckpt serve --store URL)")
     if args.local_services:
-        from rewind_trainer.hparams import AgentConfig
-
-        probe = AgentConfig(obs_dim=1, action_dim=1, model_size=settings.model_size, **settings.agent)
-        with local_services(settings, _store(args), probe.batch_size, probe.horizon) as placed:
+        with local_services(settings, _store(args)) as placed:
             result = train(placed, explicit=explicit, progress=not args.no_progress, handle_signals=True)
     else:
         result = train(settings, explicit=explicit, progress=not args.no_progress, handle_signals=True)

@@ -34,7 +34,6 @@ def train(*, local_services: bool = False, store: str = "file://./rewind-data", 
         rewind.errors.Unavailable: a service cannot be reached.
         rewind.errors.FailedPrecondition: the checkpoint does not fit (naming each field).
     """
-    from rewind_trainer.hparams import AgentConfig
     from rewind_trainer.run import local_services as start_services
     from rewind_trainer.run import train as run
     from rewind_trainer.settings import TrainSettings
@@ -42,6 +41,5 @@ def train(*, local_services: bool = False, store: str = "file://./rewind-data", 
     parsed = TrainSettings.from_dict(settings, source="train()")
     if not local_services:
         return run(parsed, explicit=set(settings), progress=progress)
-    probe = AgentConfig(obs_dim=1, action_dim=1, model_size=parsed.model_size, **parsed.agent)
-    with start_services(parsed, store, probe.batch_size, probe.horizon) as placed:
+    with start_services(parsed, store) as placed:
         return run(placed, explicit=set(settings), progress=progress)

@@ -375,7 +375,7 @@ def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, 
 def test_the_trainer_service_reports_and_stops(services, tmp_path):
     buffer, ckpt = services
     trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "100000")
-    step, path = (trainer.wait_until_step(1), None)
+    step = trainer.wait_until_step(1)
     status = trainer.client.status()
     assert status.agent_id == "tdmpc2" and status.run_id == "pendulum-v1-seed1" and status.task == "Pendulum-v1"
     assert status.step >= step and status.acting_mode == "mppi"
@@ -394,7 +394,6 @@ def test_the_trainer_service_reports_and_stops(services, tmp_path):
     assert trainer.wait() == 0, trainer.output()
     with CheckpointClient(ckpt.address) as c:
         assert c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step >= stop_step
-    del path
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path):

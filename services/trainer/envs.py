@@ -17,11 +17,27 @@ import torch
 
 from rewind.errors import InvalidArgument
 
+
+class BoxActions:
+    """Actions in [-1, 1], mapped onto the task's own bounds `_low`..`_high`."""
+
+    action_dim: int
+    _low: np.ndarray
+    _high: np.ndarray
+
+    def _scale(self, action: torch.Tensor) -> np.ndarray:
+        a = action.detach().cpu().double().numpy().clip(-1, 1)
+        return self._low + (a + 1) * 0.5 * (self._high - self._low)
+
+    def random_action(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(self.action_dim, generator=generator) * 2 - 1
+
+
 # Gymnasium tasks that never terminate early.
 FIXED_LENGTH_TASKS = frozenset({"Pendulum-v1"})
 
 
-class GymEnv:
+class GymEnv(BoxActions):
     """A Gymnasium task with a Box action space, rescaled to [-1, 1].
 
     Args:
@@ -62,8 +78,7 @@ class GymEnv:
         return torch.as_tensor(obs, dtype=torch.float32)
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, float, bool, bool]:
-        a = action.detach().cpu().double().numpy().clip(-1, 1)
-        scaled = self._low + (a + 1) * 0.5 * (self._high - self._low)
+        scaled = self._scale(action)
         total = 0.0
         for _ in range(self.action_repeat):
             obs, reward, terminated, truncated, _ = self.env.step(scaled.astype(np.float32))
@@ -71,9 +86,6 @@ class GymEnv:
             if terminated or truncated:
                 break
         return torch.as_tensor(obs, dtype=torch.float32), total, bool(terminated), bool(truncated)
-
-    def random_action(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(self.action_dim, generator=generator) * 2 - 1
 
     def get_state(self) -> dict[str, Any]:
         """The env's generator, physical state and step count (JSON-friendly)."""
@@ -107,7 +119,7 @@ def _set_elapsed(env, steps: int) -> None:
         env = getattr(env, "env", None)
 
 
-class DMCEnv:
+class DMCEnv(BoxActions):
     """A DeepMind Control task ("cartpole-swingup"), observations flattened, 1000 steps per episode.
 
     Needs the `dmc` extra: pip install 'rewind[dmc]'.
@@ -148,8 +160,7 @@ class DMCEnv:
         return self._obs(self.env.reset())
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, float, bool, bool]:
-        a = action.detach().cpu().double().numpy().clip(-1, 1)
-        scaled = self._low + (a + 1) * 0.5 * (self._high - self._low)
+        scaled = self._scale(action)
         total = 0.0
         for _ in range(self.action_repeat):
             time_step = self.env.step(scaled)
@@ -158,9 +169,6 @@ class DMCEnv:
                 break
         # DMC episodes end only by the time limit: truncation, never termination.
         return self._obs(time_step), total, False, bool(time_step.last())
-
-    def random_action(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(self.action_dim, generator=generator) * 2 - 1
 
     def get_state(self) -> dict[str, Any]:
         """The full integration state (warm starts included), the task's generator and step count."""

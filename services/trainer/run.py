@@ -87,11 +87,15 @@ def _check_fresh(ckpt: CheckpointClient, buffers: list[BufferClient], settings: 
 
 
 @contextmanager
-def local_services(settings: TrainSettings, store: str, batch_size: int, horizon: int) -> Iterator[TrainSettings]:
-    """Start a buffer and a checkpoint service on free loopback ports for this run; stop them after."""
+def local_services(settings: TrainSettings, store: str) -> Iterator[TrainSettings]:
+    """Start a buffer and a checkpoint service on free loopback ports for this run; stop them after.
+
+    The buffer samples what the agent learns from: its batch size and horizon.
+    """
+    agent = AgentConfig(obs_dim=1, action_dim=1, model_size=settings.model_size, **settings.agent)
     log.info("starting a buffer service and a checkpoint service (store %s)", store)
-    buffer = LocalService(["buffer", "serve", "--batch-size", str(batch_size), "--horizon", str(horizon),
-                           "--min-history", "0"])
+    buffer = LocalService(["buffer", "serve", "--batch-size", str(agent.batch_size), "--horizon",
+                           str(agent.horizon), "--min-history", "0"])
     try:
         with LocalService(["ckpt", "serve", "--store", store]) as ckpt:
             yield settings.replace(buffer_address=buffer.address, checkpoint_address=ckpt.address)
@@ -279,8 +283,7 @@ class CheckpointSchedule:
 
     def _give_back(self, waiters: list) -> None:
         if waiters:
-            with self.control._lock:
-                self.control.checkpoint_waiters[:0] = waiters
+            self.control.return_checkpoint_waiters(waiters)
 
     def _chain(self, job: SaveJob, waiters: list) -> None:
         def settle(done) -> None:

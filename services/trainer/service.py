@@ -56,6 +56,11 @@ class Control:
             self.checkpoint_waiters.append(future)
         return future
 
+    def return_checkpoint_waiters(self, waiters: list[Future]) -> None:
+        """Put requests back, first in line, to be served at a later boundary."""
+        with self._lock:
+            self.checkpoint_waiters[:0] = waiters
+
     def take_checkpoint_waiters(self) -> list[Future]:
         with self._lock:
             waiters, self.checkpoint_waiters = self.checkpoint_waiters, []
