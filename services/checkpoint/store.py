@@ -43,6 +43,10 @@ class ObjectInfo:
     version: str = ""
 
 
+class StoreUnavailable(Unavailable):
+    """The store itself cannot be reached (as opposed to a buffer service)."""
+
+
 class ObjectMissing(NotFound):
     """The key does not exist."""
 
@@ -179,7 +183,7 @@ class FileStore(Store):
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise Unavailable(f"store {self.url}: cannot create the directory ({exc.strerror})") from None
+                raise StoreUnavailable(f"store {self.url}: cannot create the directory ({exc.strerror})") from None
 
     def path_of(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/")) if key else self.root
@@ -190,7 +194,7 @@ class FileStore(Store):
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise Unavailable(f"store {self.url} is unavailable: the directory is missing (unmounted or removed?)")
+            raise StoreUnavailable(f"store {self.url} is unavailable: the directory is missing (unmounted or removed?)")
 
     def open_writer(self, key: str) -> ObjectWriter:
         self.check()
@@ -209,7 +213,7 @@ class FileStore(Store):
         except FileNotFoundError:
             raise ObjectMissing(f"{self.location(key)} does not exist") from None
         except OSError as exc:
-            raise Unavailable(f"store {self.url}: cannot read {key} ({exc.strerror})") from None
+            raise StoreUnavailable(f"store {self.url}: cannot read {key} ({exc.strerror})") from None
         with f, self.errors("read", path):
             while chunk := f.read(chunk_bytes):
                 yield chunk
@@ -274,8 +278,8 @@ class _FileErrors:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceExhausted(f"{what}: the disk is full; free space or lower keep_last") from None
         if not self.store.root.is_dir():
-            raise Unavailable(f"store {self.store.url} is unavailable: the directory is missing") from None
-        raise Unavailable(f"{what} ({exc.strerror or exc})") from None
+            raise StoreUnavailable(f"store {self.store.url} is unavailable: the directory is missing") from None
+        raise StoreUnavailable(f"{what} ({exc.strerror or exc})") from None
 
 
 # -- s3:// -------------------------------------------------------------------
@@ -428,13 +432,14 @@ class S3Store(Store):
                 raise FailedPrecondition(f"store {self.url}: access denied ({code}); check AWS_ACCESS_KEY_ID "
                                          "and AWS_SECRET_ACCESS_KEY") from None
             if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
-                raise Unavailable(f"store {self.url} at {self.endpoint} failed to {action} {key}: {code}") from None
+                raise StoreUnavailable(
+                    f"store {self.url} at {self.endpoint} failed to {action} {key}: {code}") from None
             raise FailedPrecondition(f"store {self.url}: cannot {action} {key}: {code} {exc}") from None
         except NoCredentialsError:
             raise FailedPrecondition(f"store {self.url}: no AWS credentials; set AWS_ACCESS_KEY_ID and "
                                      "AWS_SECRET_ACCESS_KEY (or a profile)") from None
         except BotoCoreError as exc:
-            raise Unavailable(f"store {self.url} at {self.endpoint} is unavailable: cannot {action} {key} "
+            raise StoreUnavailable(f"store {self.url} at {self.endpoint} is unavailable: cannot {action} {key} "
                               f"({type(exc).__name__}: {exc})") from None
 
     def check(self) -> None:
@@ -460,7 +465,7 @@ class S3Store(Store):
             while chunk := body.read(chunk_bytes):
                 yield chunk
         except (BotoCoreError, OSError) as exc:
-            raise Unavailable(f"store {self.url} at {self.endpoint} is unavailable: reading {key} failed "
+            raise StoreUnavailable(f"store {self.url} at {self.endpoint} is unavailable: reading {key} failed "
                               f"({type(exc).__name__}: {exc})") from None
         finally:
             body.close()
@@ -501,7 +506,7 @@ class S3Store(Store):
                                  Delete={"Objects": objects, "Quiet": True})
             if response.get("Errors"):
                 first = response["Errors"][0]
-                raise Unavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
+                raise StoreUnavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
 
 
 def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 5.0, retries: int = 3,

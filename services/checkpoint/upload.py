@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
-from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, Unavailable
+from rewind.errors import FailedPrecondition, InvalidArgument, RewindError
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
 from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
 from rewind_checkpoint.retention import RetentionPolicy
-from rewind_checkpoint.store import ObjectWriter
+from rewind_checkpoint.store import ObjectWriter, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Upload:
             if commit is None:
                 raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
             result = self._commit(commit)
-        except Unavailable:
+        except StoreUnavailable:
             # The store is down: answer now, clean up when it returns (or the
             # staging sweep will), rather than holding the caller past its deadline.
             threading.Thread(target=self._abort, name="rewind-abort", daemon=True).start()
