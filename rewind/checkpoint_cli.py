@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rewind import env_flags
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.checkpoint_client import DEFAULT_ADDRESS, CheckpointClient
 from rewind.errors import InvalidArgument
@@ -47,6 +48,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     serve.add_argument("--store-timeout-s", type=float, help="S3 connect/read timeout per request (default 5)")
     serve.add_argument("--store-retries", type=int, help="S3 attempts per request (default 3)")
     serve.add_argument("--part-mb", type=int, help="S3 multipart part size in MiB (default 8)")
+    env_flags.enable(serve)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"checkpoint service (default {DEFAULT_ADDRESS})")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from rewind import env_flags
 from rewind.errors import RewindError, from_rpc_error
 
 EXAMPLES = """examples:
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-s", type=float, help="seconds in-flight calls get on SIGTERM")
     serve.add_argument("--torch-threads", type=_non_negative, help="torch intra-op threads (0: torch's default)")
     serve.add_argument("--print-config", action="store_true", help="print the packaged default TOML and exit")
+    env_flags.enable(serve)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default="127.0.0.1:50051", help="host:port of the buffer service")
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parsers(groups)
 
     health = groups.add_parser("health", help="probe a service's gRPC health (exit 0 when SERVING)")
-    health.add_argument("--address", default="127.0.0.1:50051", help="host:port of the service")
+    health.add_argument("--address", help="host:port of the service (default: 127.0.0.1:$REWIND_PORT, the port "
+                                           "a container's service was given, else 127.0.0.1:50051)")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     return parser
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    env_flags.apply(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
         # boto3 announces where it found credentials at INFO; that is noise here.
@@ -167,15 +171,17 @@ def _health(args: argparse.Namespace) -> int:
     from rewind.channel import make_channel
     from rewind.health import check
 
-    with make_channel(args.address) as channel:
+    # Docker's HEALTHCHECK cannot expand variables in its exec form, so the
+    # default follows the REWIND_PORT the service itself was started with.
+    address = args.address or f"127.0.0.1:{os.environ.get('REWIND_PORT') or 50051}"
+    with make_channel(address) as channel:
         try:
             status = check(channel, args.service, timeout=args.timeout)
         except grpc.RpcError as exc:
-            print(f"rewind: error: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"rewind: error: {address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     print(status)
     return 0 if status == "SERVING" else 1
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from rewind import env_flags
 from rewind.errors import Unavailable
 
 
@@ -58,7 +59,7 @@ class LocalService:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env={**env_flags.without_flags(os.environ), **(env or {}), "PYTHONUNBUFFERED": "1"},
             # Its own session: a Ctrl-C meant for the parent must not stop the service mid-checkpoint.
             start_new_session=True,
             preexec_fn=_stop_with_parent if sys.platform == "linux" else None,

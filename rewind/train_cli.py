@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import Any
 
+from rewind import env_flags
 from rewind.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def add_parsers(groups: argparse._SubParsersAction) -> None:
                                help=helptext)
         else:
             train.add_argument(*names, dest=f.name, type=type(default), default=argparse.SUPPRESS, help=helptext)
+    env_flags.enable(train)
 
     trainer = groups.add_parser("trainer", help="status, checkpoint-now and stop of a running trainer",
                                 epilog=TRAINER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
