@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    env_flags.apply(args)
+    args.from_environment = env_flags.apply(args)
+    for name in env_flags.unknown(args):
+        print(f"rewind: warning: {name} is not a setting of `{args.env_flags.prog}`; ignored", file=sys.stderr)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
         # boto3 announces where it found credentials at INFO; that is noise here.

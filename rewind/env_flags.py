@@ -71,6 +71,16 @@ def apply(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     return used
 
 
+def unknown(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> list[str]:
+    """REWIND_* variables that are no flag of this command (a typo, or meant for another service)."""
+    parser = getattr(args, "env_flags", None)
+    if parser is None:
+        return []
+    environ = os.environ if environ is None else environ
+    known = {env_name(a.dest) for a in parser._actions if a.option_strings} | NOT_FLAGS
+    return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+
+
 def _given(args: argparse.Namespace, action: argparse.Action) -> bool:
     """Whether the command line set this flag (its default is None, absent, or False for a switch)."""
     value = getattr(args, action.dest, None)

@@ -163,6 +163,11 @@ def run_train(args: argparse.Namespace) -> int:
     from rewind_trainer.run import local_services, train
 
     settings, explicit = settings_from_args(args)
+    if not args.local_services:
+        # REWIND_STORE is also the checkpoint service's setting; only a flag is a mistake here.
+        for name in ("store", "checkpoint_dir"):
+            if env_flags.env_name(name) in getattr(args, "from_environment", ()):
+                setattr(args, name, None)
     if (args.store or args.checkpoint_dir) and not args.local_services:
         raise InvalidArgument("store: --store and --checkpoint-dir choose the store of --local-services; the "
                               f"checkpoint service at {settings.checkpoint_address} has its own "
