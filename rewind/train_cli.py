@@ -58,6 +58,7 @@ HELP = {
     "port": "port of this trainer's gRPC service (0: any free one, -1: none)",
     "out_dir": "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)",
     "torch_threads": "torch intra-op threads (0: torch's default)",
+    "wait_for_services_s": "at start, seconds to wait for the buffer and checkpoint services to be SERVING",
     "agent_id": "agent id: the first folder in the checkpoint store",
     "run_id": "run id (default <task>-seed<seed>, so a rerun finds its checkpoints)",
     "checkpoint_interval_steps": "checkpoint every N steps (0: off)",

@@ -98,6 +98,8 @@ def test_the_trainer_job_resumes_and_preemption_does_not_spend_retries(overlay):
     assert env["REWIND_RESUME_FROM_CHECKPOINT"] == "latest"
     assert env["REWIND_BUFFER_ADDRESS"] == "rewind-buffer:50051"
     assert env["REWIND_CHECKPOINT_ADDRESS"] == "rewind-checkpoint:50052"
+    # The Job's pods may start before the services (or MinIO and its bucket) are up.
+    assert float(env["REWIND_WAIT_FOR_SERVICES_S"]) >= 300
     assert spec["restartPolicy"] == "Never"
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules

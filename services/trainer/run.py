@@ -40,7 +40,6 @@ from rewind_trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
-REACH_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -59,9 +58,9 @@ class TrainResult:
     exit_code: int = 0
 
 
-def _reach(client, what: str) -> None:
+def _reach(client, what: str, timeout_s: float) -> None:
     try:
-        client.wait_until_serving(timeout=REACH_TIMEOUT_S)
+        client.wait_until_serving(timeout=timeout_s)
     except RewindError as exc:
         raise Unavailable(f"{what} at {client.address} is not reachable ({exc}); start it, or pass "
                           f"--{what.split()[0]}-address host:port") from None
@@ -159,8 +158,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, progress
     host: ServiceHost | None = None
     previous_handlers = {}
     try:
-        _reach(buffer, "buffer service")
-        _reach(ckpt, "checkpoint service")
+        _reach(buffer, "buffer service", settings.wait_for_services_s)
+        _reach(ckpt, "checkpoint service", settings.wait_for_services_s)
         settings, saved, resumed_from, overrides = resolve(settings, explicit, ckpt)
 
         env = make_env(settings.task, settings.seed, settings.action_repeat)

@@ -23,7 +23,7 @@ SAFE_ON_RESUME = frozenset({
 # Where the run happens, not what it learns: free to differ on resume, and not recorded.
 PLACEMENT = frozenset({
     "buffer_address", "checkpoint_address", "out_dir", "host", "port", "prefetch", "torch_threads",
-    "resume_from_checkpoint", "agent_id", "run_id",
+    "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s",
 })
 
 
@@ -53,6 +53,7 @@ class TrainSettings:
     port: int = 50053                  # 0 picks a free port; -1 runs no service
     out_dir: str = "runs"              # metrics.csv and learning_curve.png go to <out_dir>/<agent_id>/<run_id>/
     torch_threads: int = 0             # 0: torch's default
+    wait_for_services_s: float = 10.0  # at start; a cluster may start the trainer before its services
 
     # checkpoints
     agent_id: str = "tdmpc2"
@@ -76,6 +77,8 @@ class TrainSettings:
                 raise InvalidArgument(f"{name}: must be zero or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise InvalidArgument(f"learning_rate: must be positive, got {self.learning_rate}")
+        if not self.wait_for_services_s > 0:
+            raise InvalidArgument(f"wait_for_services_s: must be positive, got {self.wait_for_services_s}")
         if not self.stop_grace_s > 0:
             raise InvalidArgument(f"stop_grace_s: must be positive, got {self.stop_grace_s}")
         if not -1 <= self.port <= 65535:
