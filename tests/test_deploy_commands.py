@@ -137,3 +137,36 @@ def test_the_trainer_starts_from_its_definition_and_a_sigterm_checkpoints_with_t
     config = found.checkpoint.config["settings"]
     assert (config["task"], config["model_size"], config["resume_from_checkpoint"]) == (
         env["REWIND_TASK"], env["REWIND_MODEL_SIZE"], "latest")
+
+
+def every_rewind_container() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(where, args, environment) of every container running the image, in compose.yaml and each overlay."""
+    found = []
+    for name, svc in compose()["services"].items():
+        if "rewind" in svc["image"]:
+            found.append((f"compose.yaml {name}", svc["command"], compose_env(svc)))
+    for overlay in ("cpu", "gpu"):
+        docs = render(overlay)
+        for w in (d for d in docs if d["kind"] in ("Deployment", "Job", "StatefulSet")):
+            for c in pod_spec(w)["containers"]:
+                if "rewind" in c["image"].rsplit("/", 1)[-1].split(":")[0]:
+                    found.append((f"{overlay} {w['metadata']['name']}", c["args"], container_env(docs, c)))
+    return found
+
+
+def test_every_container_passes_only_settings_its_command_accepts():
+    from rewind import env_flags
+    from rewind.cli import build_parser
+
+    containers = every_rewind_container()
+    assert len(containers) == 5 + 3 + 3  # compose: buffer, checkpoint, trainer and the two gpu ones
+    for where, args, env in containers:
+        parsed = build_parser().parse_args(args)
+        assert env_flags.unknown(parsed, env) == [], where
+        used = env_flags.apply(parsed, env)  # raises SystemExit on a value the flag rejects
+        assert sorted(used) == sorted(k for k in env if k.startswith("REWIND_")), where
+        if args[0] == "train":
+            from rewind.train_cli import settings_from_args
+
+            settings, _ = settings_from_args(parsed)  # every value is a valid setting
+            assert settings.resume_from_checkpoint == "latest", where
