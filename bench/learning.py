@@ -7,7 +7,7 @@ and evaluates 10 episodes every `eval_freq` steps. Targets (issue 4):
   Pendulum-v1                              >= -200 within 8,000 environment steps
   cartpole-swingup (action repeat 8, DMC)  >= 600 within 48,000 environment steps (6,000 agent steps)
 
-Writes bench/results/learning-<task>.json and a learning-curve PNG beside it.
+Writes bench/results/learning-<task>.json, its metrics.csv and the learning-curve PNG beside it.
 
     python bench/learning.py                       # Pendulum-v1
     python bench/learning.py --task cartpole-swingup --action-repeat 8 --steps 6000 --target 600
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(exist_ok=True)
         name = args.task.lower()
         shutil.copy(result.run_dir / "learning_curve.png", RESULTS / f"learning-{name}.png")
+        shutil.copy(result.run_dir / "metrics.csv", RESULTS / f"learning-{name}.csv")
         steps, returns = curves.get("eval", ([], []))
         report = {
             "task": args.task, "model_size": args.model_size, "seed": args.seed, "action_repeat": args.action_repeat,

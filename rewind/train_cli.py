@@ -42,7 +42,8 @@ TRAINER_EXAMPLES = """examples:
 HELP = {
     "task": "Gymnasium id (Pendulum-v1) or DMC task (cartpole-swingup, walker-walk)",
     "seed": "seed of the agent, the environment and the random seed actions",
-    "steps": "environment steps to train to (alias --total-timesteps); the counter continues on resume",
+    "steps": "agent steps to train to (environment steps / --action-repeat; alias --total-timesteps); "
+             "the counter continues on resume",
     "seed_steps": "random-action steps before learning (0: max(1000, 5 episodes))",
     "action_repeat": "environment steps per agent step",
     "model_size": "tiny (CPU-friendly), 1, 5, 19, 48 or 317 (millions of parameters)",

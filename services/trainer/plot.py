@@ -18,20 +18,25 @@ def read_curves(metrics_csv: Path) -> dict[str, tuple[list[int], list[float]]]:
     return curves
 
 
-def plot_learning_curve(metrics_csv: Path, title: str) -> Path:
-    """Write learning_curve.png next to metrics_csv and return its path."""
+def plot_learning_curve(metrics_csv: Path, title: str, action_repeat: int = 1) -> Path:
+    """Write learning_curve.png next to metrics_csv and return its path.
+
+    metrics.csv counts agent steps; the x axis shows environment steps (x action_repeat),
+    the unit papers and benchmark targets use.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and in containers
     import matplotlib.pyplot as plt
 
-    curves = read_curves(metrics_csv)
+    curves = {kind: ([step * action_repeat for step in steps], returns)
+              for kind, (steps, returns) in read_curves(metrics_csv).items()}
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if "train" in curves:
         ax.plot(*curves["train"], color="tab:blue", alpha=0.35, linewidth=1, label="training episode")
     if "eval" in curves:
         ax.plot(*curves["eval"], color="tab:orange", marker="o", linewidth=2, label="evaluation (mean)")
-    ax.set_xlabel("environment step")
+    ax.set_xlabel("environment step" + (f" (action repeat {action_repeat})" if action_repeat > 1 else ""))
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)

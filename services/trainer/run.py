@@ -227,7 +227,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, progress
             trainer.final_evaluation()
             ok = schedule.final_checkpoint(deadline=None)
             exit_code = 0 if ok else 1
-        plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}")
+        plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
+                            settings.action_repeat)
         return TrainResult(settings, trainer.state.step, trainer.state.episode, trainer.state.eval_return, stopped,
                            checkpointer.status.path, resumed_from, run_dir, agent, exit_code)
     finally:
