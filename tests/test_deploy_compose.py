@@ -9,7 +9,7 @@ import sys
 import tomllib
 import zipfile
 
-from tests.deploy import COMPOSE, compose, compose_env, dockerfile, repo_path
+from tests.deploy import COMPOSE, compose, compose_env, dockerfile, pinned, repo_path
 
 REWIND_SERVICES = {"buffer": 50051, "checkpoint": 50052, "trainer": 50053}
 GPU_SERVICES = {"buffer-gpu": 50051, "trainer-gpu": 50053}
@@ -25,7 +25,7 @@ def test_images_are_pinned_and_minio_has_its_ready_check_and_a_bucket_job():
     services = compose()["services"]
     for name, svc in services.items():
         image = svc["image"]
-        assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{name}: pin {image}"
+        assert pinned(image), f"{name}: pin {image}"
     assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", services["minio"]["image"])
     assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
     bucket = services["create-bucket"]
@@ -123,10 +123,9 @@ def test_the_constraints_pin_every_dependency_and_torch_as_the_project_does():
 
 
 def test_the_package_builds_from_exactly_the_files_the_docker_context_admits(tmp_path):
-    admitted = [line[1:].rstrip("/") for line in repo_path(".dockerignore").read_text().splitlines()
-                if line.startswith("!")]
     lines = [line for line in repo_path(".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "*", "the context is an allow-list"
+    admitted = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
     context = tmp_path / "context"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for path in admitted:

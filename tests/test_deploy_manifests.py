@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.deploy import KUBERNETES_VERSION, OVERLAYS, container_env, find, pod_spec, render, workloads
+from tests.deploy import KUBERNETES_VERSION, OVERLAYS, container_env, find, pinned, pod_spec, render, workloads
 
 RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
                "app.kubernetes.io/part-of", "app.kubernetes.io/version")
@@ -55,7 +55,7 @@ def test_every_workload_and_container_is_hardened_labelled_and_sized(overlay):
         for c in spec.get("initContainers", []) + spec["containers"]:
             what = f"{where} container {c['name']}"
             image = c["image"]
-            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{what}: pin {image}"
+            assert pinned(image), f"{what}: pin {image}"
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][part]), f"{what}: resources.{part}"
             security = c["securityContext"]
