@@ -1,5 +1,6 @@
-# Two entry points: `make run` (the main job) and `make test` (every test).
-# Both create their own virtual environment in .venv on first use.
+# Two entry points: `make run` (the main job) and `make test` (every test); `make test-fast`
+# runs the unit and service tests only (tests/unit, tests/service: no subprocess services,
+# no trainer end to end, no deploy checks). Each creates the virtual environment in .venv on first use.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: venv run test lint proto bench clean
+.PHONY: venv run test test-fast lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ run: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest tests/unit tests/service
 
 lint: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .

@@ -30,8 +30,9 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
 
 from rewind import BufferClient
-from rewind.local_service import LocalService
-from rewind_buffer import BufferSettings, EpisodeBuffer
+from rewind_buffer.episode_buffer import EpisodeBuffer
+from rewind_buffer.settings import BufferSettings
+from rewind_runtime.local import LocalService
 
 EPISODES, STEPS, OBS, ACT = 100, 500, 64, 8
 BATCH, HORIZON = 256, 3

@@ -34,12 +34,17 @@ from pathlib import Path
 import boto3
 
 from rewind import CheckpointClient
-from rewind.local_service import LocalService
+from rewind_runtime.local import LocalService
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.s3_server, the moto launcher the tests use
 
-from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer  # noqa: E402
+
+def s3_support():
+    """tests.support.s3: the moto launcher the tests use (the repository root goes on the path first)."""
+    sys.path.insert(0, str(REPO))
+    from tests.support import s3
+
+    return s3
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -61,10 +66,11 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rewind-bench-ckpt-"))
     moto = None
     if args.s3_endpoint:
-        env = {"AWS_ENDPOINT_URL": args.s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION}
+        support = s3_support()
+        env = {"AWS_ENDPOINT_URL": args.s3_endpoint, "AWS_ACCESS_KEY_ID": support.ACCESS_KEY,
+               "AWS_SECRET_ACCESS_KEY": support.SECRET_KEY, "AWS_DEFAULT_REGION": support.REGION}
     else:
-        moto = MotoServer(work)
+        moto = s3_support().MotoServer(work)
         env = moto.env
     os.environ.update(env)
     s3 = boto3.client("s3")

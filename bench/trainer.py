@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from rewind import BufferClient, CheckpointClient
-from rewind.local_service import LocalService
+from rewind_runtime.local import LocalService
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import Checkpointer
 from rewind_trainer.hparams import AgentConfig

@@ -15,7 +15,7 @@ import io
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO
 
 import grpc
@@ -125,6 +125,7 @@ class BufferClient(ServiceClient):
         buffer: which named buffer this client uses ("buffer", "test_buffer").
         timeout: deadline in seconds for each unary call.
         max_message_bytes: message limit; keep it equal to the service's.
+        on_close: called by close() (see ServiceClient).
 
     Every call has a deadline; calls are retried only when the service is
     UNAVAILABLE. Failures raise rewind.errors classes (NotFound, ...).
@@ -139,29 +140,11 @@ class BufferClient(ServiceClient):
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close)
         self.buffer = buffer
         self._stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
-
-    @classmethod
-    def in_process(cls, config=None, buffer: str = "buffer", **kwargs) -> BufferClient:
-        """Start a buffer service inside this process on a free loopback port.
-
-        Handy for tests and notebooks; the service stops when the client closes.
-
-        Args:
-            config: a rewind_buffer.ServiceConfig (its port is replaced by 0).
-            buffer: the buffer this client uses.
-        """
-        from rewind_buffer.config import ServiceConfig
-        from rewind_buffer.server import serve
-
-        config = (config or ServiceConfig()).replace(host="127.0.0.1", port=0)
-        host = serve(config)
-        client = cls(host.address, buffer, max_message_bytes=config.max_message_bytes, **kwargs)
-        client._owned_host = host
-        return client
 
     def using(self, buffer: str) -> BufferClient:
         """A client for another named buffer of the same service (shares nothing)."""
@@ -251,9 +234,33 @@ class BufferClient(ServiceClient):
         return list(self._call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout).buffers)
 
     def create(self, **settings: int) -> buffer_pb2.BufferStats:
-        """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon."""
+        """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon.
+
+        Raises:
+            AlreadyExists: the buffer exists.
+        """
         request = buffer_pb2.CreateBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
         return self._call(self._stub.CreateBuffer, request, timeout=self.timeout).stats
+
+    def reset(self, **settings: int) -> tuple[buffer_pb2.BufferStats, int]:
+        """Replace this client's buffer with an empty one (creating it if missing); returns (stats, episodes dropped).
+
+        Args:
+            **settings: buffer_size, batch_size, min_history, horizon; the
+                others take the service's defaults.
+        """
+        request = buffer_pb2.ResetBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
+        response = self._call(self._stub.ResetBuffer, request, timeout=self.timeout)
+        return response.stats, response.episodes_dropped
+
+    def delete(self) -> int:
+        """Remove this client's buffer from the service; returns the episodes it held.
+
+        Raises:
+            NotFound: no such buffer.
+        """
+        request = buffer_pb2.DeleteBufferRequest(buffer=self.buffer)
+        return self._call(self._stub.DeleteBuffer, request, timeout=self.timeout).episodes_dropped
 
     def snapshot(self, dest: str | os.PathLike | IO[bytes], timeout: float = TRANSFER_TIMEOUT_S) -> int:
         """Write the buffer's full contents to a file path or binary file; returns bytes written."""

@@ -82,7 +82,7 @@ def _open_source(source: FileSource) -> tuple[IO[bytes], int, bool]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source), len(source), True
     if isinstance(source, (str, os.PathLike)):
-        f = open(source, "rb")  # noqa: SIM115 - closed by the caller
+        f = open(source, "rb")
         return f, os.fstat(f.fileno()).st_size, True
     pos = source.tell()
     size = source.seek(0, os.SEEK_END) - pos
@@ -97,6 +97,7 @@ class CheckpointClient(ServiceClient):
         address: "host:port" of the checkpoint service.
         timeout: deadline in seconds for each unary call.
         max_message_bytes: message limit; keep it equal to the service's.
+        on_close: called by close() (see ServiceClient).
 
     Failures raise rewind.errors classes: InvalidArgument, NotFound,
     AlreadyExists, DataLoss, Unavailable (naming the service or the store).
@@ -105,26 +106,10 @@ class CheckpointClient(ServiceClient):
     SERVICE = "checkpoint service"
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT_S,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 on_close: Callable[[], None] | None = None) -> None:
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close)
         self._stub = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
-
-    @classmethod
-    def in_process(cls, store: str = "", config=None, **kwargs) -> CheckpointClient:
-        """Start a checkpoint service inside this process on a free loopback port.
-
-        Args:
-            store: the store URL (default: $REWIND_STORE, else ./rewind-data).
-            config: a rewind_checkpoint.config.CheckpointConfig (host and port are replaced).
-        """
-        from rewind_checkpoint.config import CheckpointConfig
-        from rewind_checkpoint.server import serve
-
-        config = (config or CheckpointConfig()).replace(host="127.0.0.1", port=0, store=store or None)
-        host = serve(config)
-        client = cls(host.address, max_message_bytes=config.max_message_bytes, **kwargs)
-        client._owned_host = host
-        return client
 
     # -- saving --------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Errors shared by the services and the SDK, one class per gRPC status.
 
-Services raise these; `rewind.serving` turns them into the matching status.
+Services raise these; the server runtime turns them into the matching status
+with a `google.rpc.ErrorInfo` detail (domain "rewind", the error's `reason`).
 The SDK turns a failed call back into the same class, so callers can write
 `except rewind.errors.NotFound` whichever side raised it.
 """
@@ -9,15 +10,23 @@ from __future__ import annotations
 
 import grpc
 
+ERROR_DOMAIN = "rewind"
+
 
 class RewindError(Exception):
-    """Base class: an error with a gRPC status code and a one-line message."""
+    """Base class: an error with a gRPC status code, a reason and a one-line message.
+
+    `reason` travels as the ErrorInfo reason of the status; it defaults to the
+    code's name, and subclasses name finer causes (STORE_UNAVAILABLE).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = ""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason or type(self).reason or self.code.name
 
     def __str__(self) -> str:
         return self.message
@@ -65,6 +74,12 @@ class Unavailable(RewindError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StoreUnavailable(Unavailable):
+    """The checkpoint store (S3 or a directory) cannot be reached; the service itself is up."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
 class DeadlineExceeded(RewindError):
     """The call did not finish within its deadline."""
 
@@ -100,6 +115,22 @@ _BY_CODE = {
 }
 
 
+def _reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason a Rewind service attached to the status ("" if none)."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError):
+        return ""
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return info.reason
+    return ""
+
+
 def from_rpc_error(error: grpc.RpcError) -> RewindError:
     """Convert a failed call into the RewindError subclass for its status.
 
@@ -107,20 +138,24 @@ def from_rpc_error(error: grpc.RpcError) -> RewindError:
         error: the exception raised by a gRPC stub (it is also a grpc.Call).
 
     Returns:
-        An instance whose message is the server's details string.
+        An instance whose message is the server's details string and whose
+        `reason` is the service's ErrorInfo reason ("" when the status did not
+        come from a Rewind service, e.g. a connection that failed).
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    cls = _BY_CODE.get(code, RewindError)
+    reason = _reason(error)
+    cls = StoreUnavailable if reason == StoreUnavailable.reason else _BY_CODE.get(code, RewindError)
     exc = cls(details or code.name)
+    exc.reason = reason
     if cls is RewindError:
         exc.code = code
     return exc
 
 
 def from_rpc_error_at(error: grpc.RpcError, service: str, address: str) -> RewindError:
-    """Like from_rpc_error, but an unreachable server's message names the service and its address."""
+    """Like from_rpc_error; an UNAVAILABLE that no service chose (the connection failed) names the service."""
     exc = from_rpc_error(error)
-    if isinstance(exc, Unavailable) and not exc.message.startswith("store "):
+    if isinstance(exc, Unavailable) and not exc.reason:
         exc.message = f"{service} at {address} is unavailable ({exc.message}); is it running?"
     return exc

@@ -1,9 +1,9 @@
 """ServiceClient: what every Rewind client shares (channel, deadlines, error
-mapping, health wait, closing an in-process service)."""
+mapping, health wait, closing)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -18,16 +18,19 @@ class ServiceClient:
         address: "host:port" of the service.
         timeout: deadline in seconds for each unary call.
         max_message_bytes: message limit; keep it equal to the service's.
+        on_close: called once by close(), after the channel closes (an
+            in-process service's `serve_in_process` stops the service with it).
     """
 
     SERVICE = "service"  # how errors name it, e.g. "buffer service"
 
-    def __init__(self, address: str, *, timeout: float, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, address: str, *, timeout: float, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._channel = make_channel(address, max_message_bytes=max_message_bytes)
-        self._owned_host = None  # set by in_process(): stopped by close()
+        self._on_close = on_close
 
     def _error(self, exc: grpc.RpcError) -> RewindError:
         return from_rpc_error_at(exc, self.SERVICE, self.address)
@@ -58,9 +61,9 @@ class ServiceClient:
     def close(self) -> None:
         """Close the channel (and stop an in-process service)."""
         self._channel.close()
-        if self._owned_host is not None:
-            self._owned_host.stop(grace_s=1.0)
-            self._owned_host = None
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def __enter__(self):
         return self

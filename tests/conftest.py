@@ -5,16 +5,14 @@ import pytest
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2_grpc
 from rewind.channel import make_channel
-from rewind_buffer import BufferSettings, ServiceConfig
 from rewind_buffer.server import serve
-
-SMALL = BufferSettings(buffer_size=2000, batch_size=8, min_history=100, horizon=3)
+from tests.support.configs import SMALL, checkpoint_config
 
 
 @pytest.fixture
 def service():
     """A real buffer service on 127.0.0.1 (in this process), small settings."""
-    host = serve(ServiceConfig(settings=SMALL, port=0, max_message_mb=4))
+    host = serve(SMALL.replace(port=0, max_message_mb=4))
     yield host
     host.stop(grace_s=0.5)
 
@@ -38,7 +36,7 @@ def stub(service):
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     """moto's standalone S3 server on 127.0.0.1, shared by the session."""
-    from tests.s3_server import MotoServer
+    from tests.support.s3 import MotoServer
 
     server = MotoServer(tmp_path_factory.mktemp("moto"))
     yield server
@@ -63,16 +61,6 @@ def store_url(request, tmp_path):
         return f"file://{tmp_path}/store"
     s3 = request.getfixturevalue("s3")
     return f"s3://{s3.create_bucket()}/rewind"
-
-
-def checkpoint_config(store_url: str, **overrides):
-    from rewind_checkpoint.config import CheckpointConfig
-
-    # Short store timeouts so outage tests finish quickly; 5 MiB parts so
-    # multipart uploads happen with small files.
-    base = dict(store=store_url, port=0, store_timeout_s=1.0, store_retries=2, part_mb=5, grace_s=0.5,
-                max_message_mb=8)
-    return CheckpointConfig(**{**base, **overrides})
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import torch
-
 from rewind.errors import NotFound, ResourceExhausted
+from rewind_buffer.episode_buffer import BufferState
 
 MAX_CAPTURES = 8
 TTL_S = 3600.0
@@ -23,8 +22,7 @@ TTL_S = 3600.0
 @dataclass
 class Capture:
     buffer: str
-    header: dict
-    tensors: dict[str, torch.Tensor]
+    state: BufferState
     created: float = field(default_factory=time.monotonic)
 
 

@@ -11,38 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
+from torchrl.data import ReplayBuffer
 
 from rewind.errors import FailedPrecondition
-from rewind_buffer.config import BufferSettings
+from rewind_buffer import torchrl_adapter
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
+from rewind_buffer.settings import BufferSettings
 from rewind_buffer.writer import TRAJ_KEY, EpisodeWriter
 
 log = logging.getLogger(__name__)
 
 # The seed's heuristic: CUDA only when 2.5x the storage fits in free memory.
 CUDA_HEADROOM = 2.5
-
-
-class EpisodeSliceSampler(SliceSampler):
-    """SliceSampler minus a per-sample gather of every column.
-
-    torchrl's `_finalize_index` reads `storage[index]` on each sample only to
-    emit an init marker this buffer never uses; skipping it halves the cost of
-    a sample. With a truncated_key or padding, torchrl's own path runs.
-    """
-
-    def _finalize_index(self, *, index, num_slices, seq_length, target_seq_length, mask_flat, storage):
-        if self.truncated_key is None and mask_flat is None:
-            return index.to(torch.long).unbind(-1), {}
-        return super()._finalize_index(
-            index=index, num_slices=num_slices, seq_length=seq_length,
-            target_seq_length=target_seq_length, mask_flat=mask_flat, storage=storage,
-        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +38,58 @@ class Batch:
     reward: torch.Tensor  # (H, B, 1)
     done: torch.Tensor  # (H, B, 1)
     sequence_number: int
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """What GetStats reports about one buffer."""
+
+    name: str
+    settings: BufferSettings
+    transitions: int
+    episodes: int
+    ready: bool
+    device: str                    # "" until the first episode allocates the storage
+    bytes: int
+    episodes_added: int
+    episodes_evicted: int
+    batches_sampled: int
+    schema: EpisodeSchema | None
+
+
+@dataclass(frozen=True)
+class BufferState:
+    """A consistent copy of a buffer: its description (JSON in a snapshot's header) and its tensors."""
+
+    name: str
+    settings: BufferSettings
+    seed: int
+    storage_device: str            # the preference: auto, cpu or cuda
+    device_type: str | None        # where the storage was (None: never allocated)
+    schema: EpisodeSchema | None
+    episodes_added: int
+    batches_sampled: int
+    transitions: int
+    writer: dict                   # EpisodeWriter.state_dict()
+    tensors: dict[str, torch.Tensor]
+
+    def header(self) -> dict:
+        """The JSON-able description (everything but the tensors)."""
+        return {"name": self.name, "settings": asdict(self.settings), "seed": self.seed,
+                "storage_device": self.storage_device, "device_type": self.device_type,
+                "schema": self.schema.to_json() if self.schema is not None else None,
+                "episodes_added": self.episodes_added, "batches_sampled": self.batches_sampled,
+                "transitions": self.transitions, "writer": self.writer}
+
+    @classmethod
+    def from_header(cls, header: dict, tensors: dict[str, torch.Tensor]) -> BufferState:
+        """The inverse of header(); KeyError, TypeError or ValueError when a field is missing or malformed."""
+        schema = header["schema"]
+        return cls(name=str(header["name"]), settings=BufferSettings(**header["settings"]), seed=int(header["seed"]),
+                   storage_device=str(header["storage_device"]), device_type=header["device_type"],
+                   schema=EpisodeSchema.from_json(schema) if schema is not None else None,
+                   episodes_added=int(header["episodes_added"]), batches_sampled=int(header["batches_sampled"]),
+                   transitions=int(header["transitions"]), writer=dict(header["writer"]), tensors=tensors)
 
 
 def choose_storage_device(required_bytes: int, preference: str = "auto") -> torch.device:
@@ -127,10 +163,7 @@ class EpisodeBuffer:
 
     @property
     def storage_bytes(self) -> int:
-        if self._rb is None:
-            return 0
-        storage = self._rb.storage._storage
-        return sum(t.numel() * t.element_size() for t in storage.values(include_nested=True, leaves_only=True))
+        return 0 if self._rb is None else torchrl_adapter.storage_bytes(self._rb.storage)
 
     def ready(self) -> bool:
         """True once min_history transitions (and at least one episode) are stored."""
@@ -189,20 +222,9 @@ class EpisodeBuffer:
         self.schema = schema
         self.device = device
         self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        self._rb = ReplayBuffer(
-            storage=LazyTensorStorage(self.capacity, device=device),
-            sampler=EpisodeSliceSampler(
-                num_slices=self.settings.batch_size,
-                traj_key=TRAJ_KEY,
-                end_key=None,
-                truncated_key=None,
-                strict_length=True,
-                cache_values=True,
-            ),
-            writer=self._writer,
-            batch_size=self.settings.batch_size * (self.settings.horizon + 1),
-            generator=self._generator,
-        )
+        self._rb = torchrl_adapter.replay_buffer(
+            self.capacity, device, num_slices=self.settings.batch_size, slice_len=self.settings.horizon + 1,
+            traj_key=TRAJ_KEY, writer=self._writer, generator=self._generator)
 
     def _write(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> None:
         # One extend for the lot: the writer places them and batches the copies.
@@ -227,11 +249,11 @@ class EpisodeBuffer:
             # length); gathering them time-major straight from the storage
             # columns skips ReplayBuffer.sample's generic TensorDict path and
             # the transpose-then-copy that TD-MPC2 does after it.
-            (index,), _ = self._rb.sampler.sample(self._rb.storage, self._rb.batch_size)
+            index = torchrl_adapter.sample_index(self._rb)
             number = self.batches_sampled
             self.batches_sampled += 1
             steps = index.view(self.settings.batch_size, self.settings.horizon + 1).t()
-            columns = self._rb.storage._storage
+            columns = torchrl_adapter.columns(self._rb.storage)
             after_first = steps[1:]
             return Batch(
                 obs=columns.get("obs")[steps],
@@ -243,8 +265,8 @@ class EpisodeBuffer:
 
     # -- snapshot support ----------------------------------------------------
 
-    def export_state(self, expect_episodes_added: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
-        """A consistent copy of everything a snapshot needs: (header, tensors).
+    def export_state(self, expect_episodes_added: int = 0) -> BufferState:
+        """A consistent copy of everything a snapshot needs.
 
         Args:
             expect_episodes_added: when > 0, the copy is refused unless exactly
@@ -259,78 +281,44 @@ class EpisodeBuffer:
                     f"expect_episodes_added: buffer {self.name!r} has seen {self.episodes_added} episodes, "
                     f"not {expect_episodes_added}; the snapshot would not match the caller's step"
                 )
-            header = {
-                "name": self.name,
-                "settings": {
-                    "buffer_size": self.settings.buffer_size,
-                    "batch_size": self.settings.batch_size,
-                    "min_history": self.settings.min_history,
-                    "horizon": self.settings.horizon,
-                },
-                "seed": self.seed,
-                "storage_device": self.storage_device_preference,
-                "device_type": self.device.type if self.device is not None else None,
-                "schema": self.schema.to_json() if self.schema is not None else None,
-                "episodes_added": self.episodes_added,
-                "batches_sampled": self.batches_sampled,
-                "transitions": self.transitions,
-                "writer": self._writer.state_dict(),
-            }
             tensors: dict[str, torch.Tensor] = {}
             if self._rb is not None:
-                storage = self._rb.storage
-                used = len(storage)
-                for key in (*FIELDS, TRAJ_KEY):
-                    # clone: the snapshot streams after the lock is released.
-                    tensors[key] = storage._storage.get(key)[:used].to("cpu", copy=True)
+                # A copy: the snapshot streams after the lock is released.
+                tensors = torchrl_adapter.copy_rows(self._rb.storage, (*FIELDS, TRAJ_KEY))
                 tensors["generator_state"] = self._generator.get_state().to("cpu", copy=True)
-            return header, tensors
+            return BufferState(
+                name=self.name, settings=self.settings, seed=self.seed,
+                storage_device=self.storage_device_preference,
+                device_type=self.device.type if self.device is not None else None, schema=self.schema,
+                episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
+                transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors)
 
     @classmethod
-    def from_state(
-        cls, name: str, header: dict, tensors: dict[str, torch.Tensor], *, storage_device: str | None = None
-    ) -> EpisodeBuffer:
+    def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None) -> EpisodeBuffer:
         """Rebuild a buffer from export_state()'s output (already checked)."""
-        buffer = cls(
-            name,
-            BufferSettings(**header["settings"]),
-            storage_device=storage_device or header["storage_device"],
-            seed=int(header["seed"]),
-        )
-        buffer.episodes_added = int(header["episodes_added"])
-        buffer.batches_sampled = int(header["batches_sampled"])
-        if header["schema"] is None:
+        buffer = cls(name, state.settings, storage_device=storage_device or state.storage_device, seed=state.seed)
+        buffer.episodes_added = state.episodes_added
+        buffer.batches_sampled = state.batches_sampled
+        if state.schema is None:
             return buffer
-        buffer._init_storage(EpisodeSchema.from_json(header["schema"]))
-        used = tensors[TRAJ_KEY].shape[0]
-        data = TensorDict({k: tensors[k] for k in (*FIELDS, TRAJ_KEY)}, batch_size=[used])
-        if used:
-            buffer._rb.storage.set(torch.arange(used), data)
-        buffer._writer.load_state_dict(header["writer"])
-        state = tensors["generator_state"]
-        if buffer.device.type == header["device_type"]:
-            buffer._generator.set_state(state)
+        buffer._init_storage(state.schema)
+        torchrl_adapter.write_rows(buffer._rb.storage, {k: state.tensors[k] for k in (*FIELDS, TRAJ_KEY)})
+        buffer._writer.load_state_dict(state.writer)
+        if buffer.device.type == state.device_type:
+            buffer._generator.set_state(state.tensors["generator_state"])
         else:
             # A CPU generator state cannot drive a CUDA generator (or back):
             # reseed from the sample count so the stream is still deterministic.
             log.warning("buffer %r restored on %s (was %s): sampling sequence reseeded",
-                        name, buffer.device.type, header["device_type"])
+                        name, buffer.device.type, state.device_type)
             buffer._generator.manual_seed(buffer.seed + buffer.batches_sampled)
         return buffer
 
-    def stats(self) -> dict:
-        """Capacity, counters, readiness, device and bytes as a plain dict."""
+    def stats(self) -> BufferStats:
+        """Capacity, counters, readiness, device and bytes."""
         with self.lock:
-            return {
-                "name": self.name,
-                "settings": self.settings,
-                "transitions": self.transitions,
-                "episodes": self.num_eps,
-                "ready": self.ready(),
-                "device": str(self.device) if self.device is not None else "",
-                "bytes": self.storage_bytes,
-                "episodes_added": self.episodes_added,
-                "episodes_evicted": self.episodes_evicted,
-                "batches_sampled": self.batches_sampled,
-                "schema": self.schema,
-            }
+            return BufferStats(
+                name=self.name, settings=self.settings, transitions=self.transitions, episodes=self.num_eps,
+                ready=self.ready(), device=str(self.device) if self.device is not None else "",
+                bytes=self.storage_bytes, episodes_added=self.episodes_added,
+                episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from rewind.errors import AlreadyExists, NotFound
-from rewind_buffer.config import BufferSettings, check_buffer_name
 from rewind_buffer.episode_buffer import EpisodeBuffer
+from rewind_buffer.settings import BufferSettings, check_buffer_name
 
 
 class BufferRegistry:
@@ -49,6 +49,27 @@ class BufferRegistry:
             )
             self._buffers[name] = buffer
             return buffer
+
+    def reset(self, name: str, settings: BufferSettings | None = None) -> tuple[EpisodeBuffer, int]:
+        """Replace `name` (or create it) with an empty buffer; returns it and the episodes dropped."""
+        check_buffer_name(name)
+        buffer = EpisodeBuffer(name, settings or self.defaults, storage_device=self.storage_device, seed=self.seed)
+        with self._lock:
+            old = self._buffers.get(name)
+            self._buffers[name] = buffer
+        return buffer, (old.num_eps if old is not None else 0)
+
+    def delete(self, name: str) -> int:
+        """Remove `name`; returns the episodes it held.
+
+        Raises:
+            NotFound: no such buffer.
+        """
+        buffer = self.get(name)
+        with self._lock:
+            if self._buffers.get(name) is buffer:
+                del self._buffers[name]
+        return buffer.num_eps
 
     def put(self, buffer: EpisodeBuffer) -> None:
         """Install `buffer` under its name, replacing any buffer of that name."""

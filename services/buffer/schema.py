@@ -86,6 +86,15 @@ def validate_episodes(
     Raises:
         InvalidArgument: with a message that names the offending field.
     """
+    _check_fields(tensors, batch_dims, where)
+    length = _check_lengths(tensors, horizon=horizon, capacity=capacity, batch_dims=batch_dims, where=where)
+    if schema is not None:
+        _check_schema(tensors, schema, batch_dims, where)
+    return length
+
+
+def _check_fields(tensors: Mapping[str, torch.Tensor], batch_dims: int, where: str) -> None:
+    """The four fields, no others, with supported dtypes and the leading dims; one scalar per step where due."""
     if not tensors:
         raise InvalidArgument(f"{where}: no fields; expected {', '.join(FIELDS)}")
     missing = [k for k in FIELDS if k not in tensors]
@@ -105,6 +114,11 @@ def validate_episodes(
             raise InvalidArgument(
                 f"{where}.{name}: shape {list(t.shape)}, expected {lead_name}: one scalar per step"
             )
+
+
+def _check_lengths(tensors: Mapping[str, torch.Tensor], *, horizon: int, capacity: int, batch_dims: int,
+                   where: str) -> int:
+    """Every field has one entry per step; the episode fits the horizon and the buffer. Returns L."""
     lead = tuple(tensors["obs"].shape[:batch_dims])
     for name in FIELDS[1:]:
         other = tuple(tensors[name].shape[:batch_dims])
@@ -124,18 +138,21 @@ def validate_episodes(
         )
     if length > capacity:
         raise InvalidArgument(f"{where}.obs: {length} steps exceed the buffer's capacity of {capacity} (buffer_size)")
-    if schema is not None:
-        for name in FIELDS:
-            t, spec = tensors[name], schema.fields[name]
-            if t.dtype != spec.dtype:
-                raise InvalidArgument(
-                    f"{where}.{name}: dtype {dtype_name(t.dtype)}, expected {dtype_name(spec.dtype)} "
-                    "(fixed by the buffer's first episode)"
-                )
-            step_shape = tuple(t.shape[batch_dims:])
-            if step_shape != spec.shape:
-                raise InvalidArgument(
-                    f"{where}.{name}: per-step shape {list(step_shape)}, expected {list(spec.shape)} "
-                    "(fixed by the buffer's first episode)"
-                )
     return length
+
+
+def _check_schema(tensors: Mapping[str, torch.Tensor], schema: EpisodeSchema, batch_dims: int, where: str) -> None:
+    """Each field's dtype and per-step shape are the ones the buffer's first episode fixed."""
+    for name in FIELDS:
+        t, spec = tensors[name], schema.fields[name]
+        if t.dtype != spec.dtype:
+            raise InvalidArgument(
+                f"{where}.{name}: dtype {dtype_name(t.dtype)}, expected {dtype_name(spec.dtype)} "
+                "(fixed by the buffer's first episode)"
+            )
+        step_shape = tuple(t.shape[batch_dims:])
+        if step_shape != spec.shape:
+            raise InvalidArgument(
+                f"{where}.{name}: per-step shape {list(step_shape)}, expected {list(spec.shape)} "
+                "(fixed by the buffer's first episode)"
+            )

@@ -1,8 +1,10 @@
-"""serve(): run the buffer service.
+"""Running the buffer service: `serve()` in a process of its own, `serve_in_process()` inside yours.
 
-    config = load_config("buffer.toml").replace(port=50051)
-    host = serve(config)          # returns once SERVING
-    host.wait()                   # until SIGTERM (or host.stop())
+    host = serve(BufferServiceSettings(port=50051))   # returns once SERVING
+    host.wait()                                       # until SIGTERM (or host.stop())
+
+    with serve_in_process() as buffer:                # a BufferClient; closing it stops the service
+        buffer.add(episode)
 """
 
 from __future__ import annotations
@@ -11,46 +13,58 @@ import logging
 
 import torch
 
+from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
-from rewind.serving import ServiceBinding, ServiceHost
-from rewind_buffer.config import ServiceConfig
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.servicer import BufferServicer
+from rewind_buffer.settings import BufferServiceSettings
+from rewind_runtime.host import ServiceBinding, ServiceHost
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
 
 
-def build(config: ServiceConfig) -> tuple[ServiceHost, BufferRegistry]:
+def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]:
     """Create the registry (with the configured buffers) and an unstarted host."""
-    registry = BufferRegistry(config.settings, storage_device=config.storage_device, seed=config.seed)
-    for name in config.buffers:
+    registry = BufferRegistry(settings.buffer_defaults, storage_device=settings.storage_device, seed=settings.seed)
+    for name in settings.buffers:
         registry.create(name)
-    host = ServiceHost(
-        [ServiceBinding(SERVICE_NAME, BufferServicer(registry), buffer_pb2_grpc.add_BufferServiceServicer_to_server)],
-        host=config.host,
-        port=config.port,
-        max_message_bytes=config.max_message_bytes,
-        workers=config.workers,
-        grace_s=config.grace_s,
-    )
-    return host, registry
+    servicer = BufferServicer(registry)
+    binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server)
+    return ServiceHost.from_settings([binding], settings), registry
 
 
-def serve(config: ServiceConfig, *, handle_signals: bool = False) -> ServiceHost:
+def serve(settings: BufferServiceSettings, *, handle_signals: bool = False) -> ServiceHost:
     """Start the buffer service and return its host once it reports SERVING.
 
     Args:
-        config: the service configuration.
+        settings: the service's settings.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
     """
-    if config.torch_threads:
+    if settings.torch_threads:
         # Small gathers gain nothing from intra-op threads, which would only
         # contend with the gRPC threads for the same cores.
-        torch.set_num_threads(config.torch_threads)
-    host, _ = build(config)
+        torch.set_num_threads(settings.torch_threads)
+    host, _ = build(settings)
     if handle_signals:
         host.install_signal_handlers()
     host.start()
     return host
+
+
+def serve_in_process(settings: BufferServiceSettings | None = None, buffer: str = "buffer",
+                     timeout: float = 30.0) -> BufferClient:
+    """Start a buffer service inside this process on a free loopback port, and a client of it.
+
+    For tests and notebooks; the service stops when the client closes.
+
+    Args:
+        settings: the service's settings (host and port are replaced).
+        buffer: the buffer the client uses.
+        timeout: the client's deadline per call, seconds.
+    """
+    settings = (settings or BufferServiceSettings()).replace(host="127.0.0.1", port=0)
+    host = serve(settings)
+    return BufferClient(host.address, buffer, timeout=timeout, max_message_bytes=settings.max_message_bytes,
+                        on_close=lambda: host.stop(grace_s=1.0))

@@ -6,18 +6,18 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import grpc
 
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
-from rewind.serving import handle_errors
 from rewind_buffer import snapshot
 from rewind_buffer.captures import Capture, CaptureStore
-from rewind_buffer.config import BufferSettings, check_buffer_name
-from rewind_buffer.episode_buffer import EpisodeBuffer
+from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer
 from rewind_buffer.registry import BufferRegistry
+from rewind_buffer.settings import BufferSettings, check_buffer_name
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,13 @@ _END = object()
 
 def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
     stats = buffer.stats()
-    settings: BufferSettings = stats["settings"]
-    out.name = stats["name"]
-    out.settings.buffer_size = settings.buffer_size
-    out.settings.batch_size = settings.batch_size
-    out.settings.min_history = settings.min_history
-    out.settings.horizon = settings.horizon
+    out.name = stats.name
+    out.settings.CopyFrom(buffer_pb2.BufferSettings(**asdict(stats.settings)))
     for key in ("transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted",
                 "batches_sampled"):
-        setattr(out, key, stats[key])
-    if stats["schema"] is not None:
-        stats["schema"].to_proto(out.schema)
+        setattr(out, key, getattr(stats, key))
+    if stats.schema is not None:
+        stats.schema.to_proto(out.schema)
 
 
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
@@ -49,33 +45,37 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         self.registry = registry
         self.captures = CaptureStore()
 
-    @handle_errors
     def ListBuffers(self, request, context):
         response = buffer_pb2.ListBuffersResponse()
         for name in self.registry.names():
             stats_to_proto(self.registry.get(name), response.buffers.add())
         return response
 
-    @handle_errors
     def CreateBuffer(self, request, context):
-        s = request.settings
-        settings = self.registry.defaults.replace(
-            buffer_size=s.buffer_size or None,
-            batch_size=s.batch_size or None,
-            min_history=s.min_history or None,
-            horizon=s.horizon or None,
-        )
         response = buffer_pb2.CreateBufferResponse()
-        stats_to_proto(self.registry.create(request.buffer, settings), response.stats)
+        stats_to_proto(self.registry.create(request.buffer, self._settings(request.settings)), response.stats)
         return response
 
-    @handle_errors
+    def ResetBuffer(self, request, context):
+        buffer, dropped = self.registry.reset(check_buffer_name(request.buffer), self._settings(request.settings))
+        response = buffer_pb2.ResetBufferResponse(episodes_dropped=dropped)
+        stats_to_proto(buffer, response.stats)
+        return response
+
+    def DeleteBuffer(self, request, context):
+        return buffer_pb2.DeleteBufferResponse(episodes_dropped=self.registry.delete(request.buffer))
+
+    def _settings(self, s: buffer_pb2.BufferSettings) -> BufferSettings:
+        """A request's settings over the service's defaults (unset, or zero where zero is invalid, is default)."""
+        return self.registry.defaults.replace(
+            buffer_size=s.buffer_size or None, batch_size=s.batch_size or None, horizon=s.horizon or None,
+            min_history=s.min_history if s.HasField("min_history") else None)
+
     def GetStats(self, request, context):
         response = buffer_pb2.GetStatsResponse()
         stats_to_proto(self.registry.get(request.buffer), response.stats)
         return response
 
-    @handle_errors
     def AddEpisode(self, request, context):
         buffer = self.registry.get(request.buffer)
         episode = decode_episode(request.episode, "episode")
@@ -83,7 +83,6 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             num = buffer.add(episode)
             return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
 
-    @handle_errors
     def LoadEpisodes(self, request_iterator, context):
         buffer, episodes, first, transitions = None, [], None, 0
         for request in request_iterator:
@@ -110,14 +109,12 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         num = buffer.load(episodes)
         return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
 
-    @handle_errors
     def Sample(self, request, context):
         batch = self.registry.get(request.buffer).sample()
         response = buffer_pb2.SampleResponse()
         encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
         return response
 
-    @handle_errors
     def SampleStream(self, request, context):
         buffer = self.registry.get(request.buffer)
         prefetch = request.prefetch or DEFAULT_PREFETCH
@@ -128,7 +125,6 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         buffer.require_ready()  # up front, not mid-stream: the client sees the reason at once
         yield from _stream_batches(buffer, prefetch, request.num_batches, context)
 
-    @handle_errors
     def Snapshot(self, request, context):
         buffer = self.registry.get(request.buffer)
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
@@ -137,29 +133,25 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         if request.capture_id:
             if request.expect_episodes_added:
                 raise InvalidArgument("expect_episodes_added: give it to Capture, not with a capture_id")
-            capture = self.captures.take(request.capture_id, buffer.name)
-            header, tensors = capture.header, capture.tensors
+            state = self.captures.take(request.capture_id, buffer.name).state
         else:
-            header, tensors = buffer.export_state(request.expect_episodes_added)
-        total, pieces = snapshot.encode(header, tensors)
+            state = buffer.export_state(request.expect_episodes_added)
+        total, pieces = snapshot.encode(state.header(), state.tensors)
         offset = 0
         for chunk in snapshot.chunked(pieces, chunk_bytes):
             if not context.is_active():
                 return
             yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total,
-                                              episodes_added=header["episodes_added"])
+                                              episodes_added=state.episodes_added)
             offset += len(chunk)
 
-    @handle_errors
     def Capture(self, request, context):
         buffer = self.registry.get(request.buffer)
-        header, tensors = buffer.export_state(request.expect_episodes_added)
-        capture_id = self.captures.put(Capture(buffer.name, header, tensors))
-        return buffer_pb2.CaptureResponse(
-            capture_id=capture_id, episodes_added=header["episodes_added"],
-            batches_sampled=header["batches_sampled"], transitions=header["transitions"])
+        state = buffer.export_state(request.expect_episodes_added)
+        capture_id = self.captures.put(Capture(buffer.name, state))
+        return buffer_pb2.CaptureResponse(capture_id=capture_id, episodes_added=state.episodes_added,
+                                          batches_sampled=state.batches_sampled, transitions=state.transitions)
 
-    @handle_errors
     def Restore(self, request_iterator, context):
         name, blob, first = None, bytearray(), None
         for request in request_iterator:
@@ -173,7 +165,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             raise InvalidArgument("request: the stream carried no messages")
         header, tensors = snapshot.decode(blob)
         try:
-            restored = EpisodeBuffer.from_state(name, header, tensors, storage_device=self.registry.storage_device)
+            state = BufferState.from_header(header, tensors)
+            restored = EpisodeBuffer.from_state(name, state, storage_device=self.registry.storage_device)
         except RewindError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -214,7 +207,7 @@ def _stream_batches(
             offer(_END)
         except RewindError as exc:
             offer(exc)
-        except Exception as exc:  # noqa: BLE001 - reported to the client as INTERNAL
+        except Exception as exc:
             log.error("sampling failed", exc_info=exc)
             offer(Internal(f"sampling failed ({type(exc).__name__}); the server log has details"))
 

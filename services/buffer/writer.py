@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torchrl.data.replay_buffers.writers import Writer
 
+from rewind_buffer import torchrl_adapter
+
 TRAJ_KEY = "episode"
 
 
@@ -94,7 +96,7 @@ class EpisodeWriter(Writer):
             self.evicted += 1
 
     def _invalidate(self, start: int, end: int) -> None:
-        column = self._storage._storage.get(TRAJ_KEY)
+        column = torchrl_adapter.columns(self._storage).get(TRAJ_KEY)
         column[start:end] = -1 - torch.arange(start, end, device=column.device)
 
     def _empty(self, empty_write_count: bool = True) -> None:

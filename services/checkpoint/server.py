@@ -1,8 +1,10 @@
-"""serve(): run the checkpoint service.
+"""Running the checkpoint service: `serve()` in a process of its own, `serve_in_process()` inside yours.
 
-    config = CheckpointConfig(store="s3://my-bucket/rewind", port=50052)
-    host = serve(config)          # returns once SERVING
-    host.wait()                   # until SIGTERM (or host.stop())
+    host = serve(CheckpointSettings(store="s3://my-bucket/rewind"))   # returns once SERVING
+    host.wait()                                                       # until SIGTERM (or host.stop())
+
+    with serve_in_process("file:///tmp/x") as ckpt:                  # a CheckpointClient
+        ckpt.list_runs()
 """
 
 from __future__ import annotations
@@ -10,34 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 
+from rewind import CheckpointClient
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import RewindError
-from rewind.serving import ServiceBinding, ServiceHost
 from rewind_checkpoint.catalog import Catalog
-from rewind_checkpoint.config import CheckpointConfig
 from rewind_checkpoint.servicer import CheckpointServicer
+from rewind_checkpoint.settings import CheckpointSettings
 from rewind_checkpoint.store import open_store
+from rewind_runtime.host import ServiceBinding, ServiceHost
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
 
 
-def build(config: CheckpointConfig) -> tuple[ServiceHost, Catalog]:
+def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
     """Open the store and create an unstarted host."""
-    store = open_store(config.store_url, timeout_s=config.store_timeout_s, retries=config.store_retries,
-                       part_bytes=config.part_mb * 1024 * 1024)
-    catalog = Catalog(store, staging_max_age_s=config.staging_max_age_s)
-    servicer = CheckpointServicer(catalog, buffer_timeout_s=config.buffer_timeout_s)
-    host = ServiceHost(
-        [ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server)],
-        host=config.host,
-        port=config.port,
-        max_message_bytes=config.max_message_bytes,
-        workers=config.workers,
-        grace_s=config.grace_s,
-    )
-    return host, catalog
+    store = open_store(settings.store, timeout_s=settings.store_timeout_s, retries=settings.store_retries,
+                       part_bytes=settings.part_mb * 1024 * 1024)
+    catalog = Catalog(store, staging_max_age_s=settings.staging_max_age_s)
+    servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s)
+    binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server)
+    return ServiceHost.from_settings([binding], settings), catalog
 
 
 def _clean_staging(catalog: Catalog) -> None:
@@ -53,25 +49,42 @@ def _sweep_staging(catalog: Catalog, host: ServiceHost, interval_s: float) -> No
         _clean_staging(catalog)
 
 
-def serve(config: CheckpointConfig, *, handle_signals: bool = False) -> ServiceHost:
+def serve(settings: CheckpointSettings, *, handle_signals: bool = False) -> ServiceHost:
     """Start the checkpoint service and return its host once it reports SERVING.
 
     Args:
-        config: the service configuration.
+        settings: the service's settings.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
 
     Raises:
         Unavailable: the store cannot be reached, or the port cannot be bound.
         FailedPrecondition: the store refuses us (missing bucket, bad credentials).
     """
-    host, catalog = build(config)
+    host, catalog = build(settings)
     catalog.store.check()
     # Leftovers of a crashed predecessor go before we accept new uploads.
     _clean_staging(catalog)
     if handle_signals:
         host.install_signal_handlers()
     host.start()
-    threading.Thread(target=_sweep_staging, args=(catalog, host, config.clean_interval_s),
+    threading.Thread(target=_sweep_staging, args=(catalog, host, settings.clean_interval_s),
                      name="rewind-staging-sweep", daemon=True).start()
     log.info("checkpoint store: %s", catalog.store.url)
     return host
+
+
+def serve_in_process(store: str = "", settings: CheckpointSettings | None = None,
+                     timeout: float = 30.0) -> CheckpointClient:
+    """Start a checkpoint service inside this process on a free loopback port, and a client of it.
+
+    For tests and notebooks; the service stops when the client closes.
+
+    Args:
+        store: the store URL (default: the settings' store, else ./rewind-data).
+        settings: the service's settings (host and port are replaced).
+        timeout: the client's deadline per call, seconds.
+    """
+    settings = (settings or CheckpointSettings()).replace(host="127.0.0.1", port=0, store=store or None)
+    host = serve(settings)
+    return CheckpointClient(host.address, timeout=timeout, max_message_bytes=settings.max_message_bytes,
+                            on_close=lambda: host.stop(grace_s=1.0))

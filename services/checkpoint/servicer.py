@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import InvalidArgument, NotFound
-from rewind.serving import handle_errors
 from rewind_checkpoint.catalog import Catalog, LookupResult
 from rewind_checkpoint.layout import RunKey, check_file_name
 from rewind_checkpoint.manifest import Manifest
@@ -25,14 +24,12 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
     def _proto(self, manifest: Manifest) -> checkpoint_pb2.Checkpoint:
         return manifest.to_proto(self.catalog.path(manifest.key))
 
-    @handle_errors
     def Save(self, request_iterator, context):
         manifest, deleted = Upload(self.catalog, timeout_s=self.buffer_timeout_s).run(request_iterator)
         return checkpoint_pb2.SaveResponse(
             checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted]
         )
 
-    @handle_errors
     def Download(self, request, context):
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
@@ -52,7 +49,6 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
                     return
                 yield checkpoint_pb2.DownloadResponse(chunk=checkpoint_pb2.FileChunk(file=name, data=data))
 
-    @handle_errors
     def ListRuns(self, request, context):
         response = checkpoint_pb2.ListRunsResponse()
         for run, manifests in self.catalog.list_runs(request.agent_id):
@@ -63,14 +59,12 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
                 summary.latest_created = manifests[-1].created
         return response
 
-    @handle_errors
     def ListCheckpoints(self, request, context):
         run = RunKey.checked(request.agent_id, request.run_id)
         return checkpoint_pb2.ListCheckpointsResponse(
             checkpoints=[self._proto(m) for m in self.catalog.run_manifests(run)]
         )
 
-    @handle_errors
     def Lookup(self, request, context):
         verify = not request.skip_verify
         selector = request.WhichOneof("selector")
@@ -95,26 +89,22 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
             skipped=[checkpoint_pb2.Skipped(path=p, reason=r) for p, r in result.skipped],
         )
 
-    @handle_errors
     def RestoreBuffers(self, request, context):
         ref = request.ref
         manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
         restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s)
         return checkpoint_pb2.RestoreBuffersResponse(buffers=restored)
 
-    @handle_errors
     def DeleteCheckpoint(self, request, context):
         ref = request.ref
         key = self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path)
         self.catalog.delete(key)
         return checkpoint_pb2.DeleteCheckpointResponse(path=self.catalog.path(key))
 
-    @handle_errors
     def GetRetention(self, request, context):
         run = RunKey.checked(request.agent_id, request.run_id)
         return checkpoint_pb2.GetRetentionResponse(retention=self.catalog.retention(run).to_proto())
 
-    @handle_errors
     def SetRetention(self, request, context):
         run = RunKey.checked(request.agent_id, request.run_id)
         policy = RetentionPolicy.from_proto(request.retention)

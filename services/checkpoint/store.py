@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rewind.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from rewind.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ class ObjectInfo:
     size: int
     modified: float
     version: str = ""
-
-
-class StoreUnavailable(Unavailable):
-    """The store itself cannot be reached (as opposed to a buffer service)."""
 
 
 class ObjectMissing(NotFound):
@@ -136,7 +132,7 @@ class _FileWriter(ObjectWriter):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # A temporary name, so a crash never leaves a truncated file under the final name.
         self._tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex[:8]}.part")
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._file = open(self._tmp, "wb")
 
     def write(self, data: bytes | memoryview) -> None:
         with self._store.errors("write", self._path):
@@ -209,7 +205,7 @@ class FileStore(Store):
         self.check()
         path = self.path_of(key)
         try:
-            f = open(path, "rb")  # noqa: SIM115
+            f = open(path, "rb")
         except FileNotFoundError:
             raise ObjectMissing(f"{self.location(key)} does not exist") from None
         except OSError as exc:
@@ -358,7 +354,7 @@ class _S3Writer(ObjectWriter):
         try:
             self._store.client.abort_multipart_upload(Bucket=self._store.bucket, Key=self._key,
                                                       UploadId=self._upload_id)
-        except Exception:  # noqa: BLE001 - best effort; the store may be down
+        except Exception:
             log.warning("could not abort the multipart upload of %s; S3 lifecycle rules will reap it", self._key)
 
 

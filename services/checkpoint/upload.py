@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
-from rewind.errors import FailedPrecondition, InvalidArgument, RewindError
+from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
 from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
 from rewind_checkpoint.retention import RetentionPolicy
-from rewind_checkpoint.store import ObjectWriter, StoreUnavailable
+from rewind_checkpoint.store import ObjectWriter
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class _BufferPull(threading.Thread):
                     self.episodes_added = response.episodes_added
                     self.writer.write(response.chunk)
                 self.writer.close()
-        except BaseException as exc:  # noqa: BLE001 - reported at commit
+        except BaseException as exc:
             self.error = exc
             self.writer.abort()
 
@@ -198,41 +198,8 @@ class Upload:
 
     def _commit(self, commit: checkpoint_pb2.Commit) -> tuple[Manifest, list[Manifest]]:
         self._finish_file()
-        for name, size in self.announced.items():
-            if name not in self.written:
-                if size:
-                    raise InvalidArgument(f"commit: file {name!r} was announced but never sent")
-                with self.store.open_writer(self.key.file_key(name)):  # an empty file
-                    self._written_keys.append(self.key.file_key(name))
-                self.written[name] = _Written(name)
-            elif self.written[name].size != size:
-                raise InvalidArgument(f"commit: file {name!r} is {self.written[name].size} bytes, "
-                                      f"not the {size} announced")
-        digests = {}
-        for i, f in enumerate(commit.files):
-            if f.name not in self.announced:
-                raise InvalidArgument(f"commit.files[{i}].name: {f.name!r} was not announced")
-            digests[f.name] = f.sha256.lower()
-        for name, written in self.written.items():
-            expected = digests.get(name)
-            if expected is None:
-                raise InvalidArgument(f"commit.files: no sha256 for {name!r}; the commit must list every file")
-            if written.digest.hexdigest() != expected:
-                raise InvalidArgument(f"commit.files: {name!r} arrived with sha256 {written.digest.hexdigest()[:12]}"
-                                      f"..., not the {expected[:12]}... announced; it was damaged in transit")
-        buffers = []
-        for pull in self.pulls:
-            pull.join(self.timeout_s)
-            if pull.is_alive():
-                raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
-                                         f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
-            if pull.error is not None:
-                if isinstance(pull.error, RewindError):
-                    pull.error.message = f"buffers: {pull.source.buffer!r} at {pull.source.address}: " \
-                                         f"{pull.error.message}"
-                raise pull.error
-            self.written[pull.file] = pull.written
-            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added))
+        self._check_files(commit)
+        buffers = self._collect_pulls()
         header = self.header
         manifest = Manifest(
             agent_id=self.key.run.agent_id,
@@ -260,6 +227,48 @@ class Upload:
                 log.warning("retention for %s failed after commit: %s", self.key.run, exc)
                 deleted = []
         return manifest, deleted
+
+    def _check_files(self, commit: checkpoint_pb2.Commit) -> None:
+        """Every announced file arrived whole (empty ones are written now) with the sha256 the commit names."""
+        for name, size in self.announced.items():
+            if name not in self.written:
+                if size:
+                    raise InvalidArgument(f"commit: file {name!r} was announced but never sent")
+                with self.store.open_writer(self.key.file_key(name)):  # an empty file
+                    self._written_keys.append(self.key.file_key(name))
+                self.written[name] = _Written(name)
+            elif self.written[name].size != size:
+                raise InvalidArgument(f"commit: file {name!r} is {self.written[name].size} bytes, "
+                                      f"not the {size} announced")
+        digests = {}
+        for i, f in enumerate(commit.files):
+            if f.name not in self.announced:
+                raise InvalidArgument(f"commit.files[{i}].name: {f.name!r} was not announced")
+            digests[f.name] = f.sha256.lower()
+        for name, written in self.written.items():
+            expected = digests.get(name)
+            if expected is None:
+                raise InvalidArgument(f"commit.files: no sha256 for {name!r}; the commit must list every file")
+            if written.digest.hexdigest() != expected:
+                raise InvalidArgument(f"commit.files: {name!r} arrived with sha256 {written.digest.hexdigest()[:12]}"
+                                      f"..., not the {expected[:12]}... announced; it was damaged in transit")
+
+    def _collect_pulls(self) -> list[BufferEntry]:
+        """Wait for every buffer snapshot; any failure is the upload's."""
+        buffers = []
+        for pull in self.pulls:
+            pull.join(self.timeout_s)
+            if pull.is_alive():
+                raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
+                                         f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
+            if pull.error is not None:
+                if isinstance(pull.error, RewindError):
+                    pull.error.message = f"buffers: {pull.source.buffer!r} at {pull.source.address}: " \
+                                         f"{pull.error.message}"
+                raise pull.error
+            self.written[pull.file] = pull.written
+            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added))
+        return buffers
 
     def _abort(self) -> None:
         for pull in self.pulls:

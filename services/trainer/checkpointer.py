@@ -79,7 +79,7 @@ def decode_trainer_state(data: bytes, where: str) -> dict:
 
     try:
         state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+    except Exception as exc:
         raise DataLoss(f"{where}: {TRAINER_FILE} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -104,20 +104,18 @@ class Checkpointer:
         buffer: client of the `buffer` buffer (its service is where captures live).
         test_buffer: client of the `test_buffer` buffer.
         retention: the run's retention policy, sent with every save.
-        resumed_from: path of the checkpoint this run resumed from.
-        on_commit: called with (step, path) after each commit.
+        resumed_from: path of the checkpoint this run resumed from (its last committed one, until the next).
+        resumed_at: the step of that checkpoint.
     """
 
     def __init__(self, client: CheckpointClient, agent_id: str, run_id: str, buffer: BufferClient,
-                 test_buffer: BufferClient, retention: dict, resumed_from: str = "",
-                 on_commit: Callable[[int, str], None] | None = None) -> None:
+                 test_buffer: BufferClient, retention: dict, resumed_from: str = "", resumed_at: int = -1) -> None:
         self.client = client
         self.agent_id, self.run_id = agent_id, run_id
         self.buffers = {"buffer": buffer, "test_buffer": test_buffer}
         self.retention = retention
         self.resumed_from = resumed_from
-        self.on_commit = on_commit or (lambda step, path: None)
-        self.status = CheckpointStatus()
+        self.status = CheckpointStatus(path=resumed_from, step=resumed_at if resumed_from else -1)
         self._current: SaveJob | None = None
         self._lock = threading.Lock()
 
@@ -152,6 +150,10 @@ class Checkpointer:
         threading.Thread(target=self._save, args=(job,), name=f"checkpoint-{step}", daemon=True).start()
         return job
 
+    def report_error(self, message: str) -> None:
+        """Show a failure to start a checkpoint in the status (the next interval retries)."""
+        self.status.error = message
+
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the save in flight, if any (its outcome is in `status`)."""
         job = self._current
@@ -167,7 +169,7 @@ class Checkpointer:
             saved = self.client.save(self.agent_id, self.run_id, job.step, files, episode=job.episode,
                                      metrics=job.metrics, config=job.config, extra=job.extra,
                                      resumed_from=self.resumed_from, buffers=buffers, retention=self.retention)
-        except Exception as exc:  # noqa: BLE001 - a failed save must never end the run
+        except Exception as exc:
             message = str(exc) if isinstance(exc, RewindError) else f"{type(exc).__name__}: {exc}"
             log.warning("checkpoint at step %d failed: %s; training goes on, the next checkpoint retries",
                         job.step, message)
@@ -181,7 +183,6 @@ class Checkpointer:
         for deleted in saved.deleted:
             log.info("retention removed %s", deleted)
         log.info("checkpoint %s committed (trainer blocked %.1f ms)", path, job.blocking_ms)
-        self.on_commit(job.step, path)
         job.done.set_result(path)
 
     def _release_captures(self, job: SaveJob) -> None:

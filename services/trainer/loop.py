@@ -15,165 +15,32 @@ Exact resume rests on three rules:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from rewind.buffer_client import BatchStream, BufferClient
-from rewind.errors import FailedPrecondition
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.envs import Env, make_env
-from rewind_trainer.hparams import AgentConfig
+from rewind_trainer.metrics import MetricsLog
+from rewind_trainer.recorder import EpisodeRecorder
+from rewind_trainer.rngs import capture_rngs, restore_rngs
 from rewind_trainer.settings import TrainSettings
+from rewind_trainer.state import RECENT, LoopState
 
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 32       # batches per stream at most: stop and checkpoint-now wait at most this many updates
-RECENT = 10             # training returns kept for status and the checkpoint
-
-
-@dataclass
-class EpisodeRecorder:
-    """One episode in TD-MPC2's layout: step 0 holds the first observation and NaN action/reward."""
-
-    obs: list[torch.Tensor] = field(default_factory=list)
-    action: list[torch.Tensor] = field(default_factory=list)
-    reward: list[float] = field(default_factory=list)
-    done: list[float] = field(default_factory=list)
-
-    def start(self, obs: torch.Tensor, action_dim: int) -> None:
-        self.obs, self.action = [obs], [torch.full((action_dim,), float("nan"))]
-        self.reward, self.done = [float("nan")], [0.0]
-
-    def record(self, obs: torch.Tensor, action: torch.Tensor, reward: float, terminated: bool) -> None:
-        self.obs.append(obs)
-        self.action.append(action.float())
-        self.reward.append(reward)
-        self.done.append(float(terminated))
-
-    @property
-    def steps(self) -> int:
-        return max(len(self.obs) - 1, 0)
-
-    @property
-    def episode_return(self) -> float:
-        return float(sum(self.reward[1:]))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"obs": torch.stack(self.obs), "action": torch.stack(self.action),
-                "reward": torch.tensor(self.reward), "done": torch.tensor(self.done)}
-
-    def load(self, tensors: dict[str, torch.Tensor] | None) -> None:
-        if not tensors:
-            self.obs, self.action, self.reward, self.done = [], [], [], []
-            return
-        self.obs, self.action = list(tensors["obs"].unbind(0)), list(tensors["action"].unbind(0))
-        self.reward, self.done = tensors["reward"].tolist(), tensors["done"].tolist()
-
-
-@dataclass
-class LoopState:
-    """Where the loop is: everything besides the agent, RNGs, env and buffers."""
-
-    step: int = 0
-    episode: int = 0                   # training episodes added to `buffer`
-    test_episodes: int = 0             # evaluation episodes added to `test_buffer`
-    evaluations: int = 0
-    last_eval_step: int = -1
-    episode_start: int = 0             # step at which the current episode began
-    done: bool = True                  # the current episode has ended (or none began)
-    unadded: bool = False              # ... and is not yet in the buffer
-    eval_next: bool = False
-    owed: int = 0                      # updates due before the next environment step
-    eval_return: float = math.nan
-    episode_return: float = math.nan
-    recent_returns: list[float] = field(default_factory=list)
-    losses: dict[str, float] = field(default_factory=dict)
 
 
 class Stopped(Exception):
     """Raised at a boundary once a stop was asked for (SIGTERM, the Stop call)."""
-
-
-class MetricsLog:
-    """Appends rows to metrics.csv (one file per run, columns fixed at creation)."""
-
-    COLUMNS = ("step", "episode", "kind", "episode_return", "episode_steps", "steps_per_s", "consistency_loss",
-               "reward_loss", "value_loss", "pi_loss", "total_loss", "grad_norm", "pi_entropy", "pi_scale")
-
-    def __init__(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / "metrics.csv"
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self.COLUMNS)
-
-    def write(self, **row) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(c, "")) for c in self.COLUMNS])
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows past `step`: a resumed run rewrites what came after its checkpoint."""
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-        with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-
-def _fmt(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def check_buffer(buffer: BufferClient, cfg: AgentConfig, seed_steps: int) -> None:
-    """The buffer service must sample what the agent learns from.
-
-    Raises:
-        FailedPrecondition: batch size, horizon or min_history do not fit, naming the flag to change.
-    """
-    settings = buffer.stats().settings
-    wrong = []
-    if settings.batch_size != cfg.batch_size:
-        wrong.append(f"batch_size is {settings.batch_size}, the agent needs {cfg.batch_size} (--batch-size)")
-    if settings.horizon != cfg.horizon:
-        wrong.append(f"horizon is {settings.horizon}, the agent needs {cfg.horizon} (--horizon)")
-    if settings.min_history > seed_steps:
-        wrong.append(f"min_history is {settings.min_history}, above the {seed_steps} seed steps (--min-history)")
-    if wrong:
-        raise FailedPrecondition(f"buffer service at {buffer.address}: buffer {buffer.buffer!r}: "
-                                 + "; ".join(wrong) + "; restart `rewind buffer serve` with those flags")
-
-
-def capture_rngs() -> dict:
-    """torch's, numpy's and Python's global generators (torch's drives dropout)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    rngs = {"torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rngs["cuda"] = torch.cuda.get_rng_state_all()
-    return rngs
-
-
-def restore_rngs(rngs: dict) -> None:
-    torch.set_rng_state(rngs["torch"])
-    kind, keys, pos, has_gauss, cached = rngs["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = rngs["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in rngs and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rngs["cuda"])
 
 
 class Trainer:
@@ -188,12 +55,14 @@ class Trainer:
         metrics: where rows go.
         on_boundary: called at every boundary (no batch stream open); it may
             checkpoint, and raises Stopped to end the loop there.
+        interrupt: once set (a stop was asked for), an evaluation in progress is abandoned.
         progress: show a progress bar.
     """
 
     def __init__(self, settings: TrainSettings, env: Env, agent: TDMPC2, buffer: BufferClient,
                  test_buffer: BufferClient, metrics: MetricsLog, *,
-                 on_boundary: Callable[[Trainer], None] | None = None, progress: bool = True) -> None:
+                 on_boundary: Callable[[Trainer], None] | None = None, interrupt: threading.Event | None = None,
+                 progress: bool = True) -> None:
         self.settings = settings
         self.env, self.agent = env, agent
         self.buffer, self.test_buffer = buffer, test_buffer
@@ -205,11 +74,20 @@ class Trainer:
         self.obs: torch.Tensor | None = None
         self.random_actions = torch.Generator().manual_seed(settings.seed)
         self.phase = "starting"
-        self.interrupt = threading.Event()   # set by stop requests; aborts an evaluation in progress
+        self.interrupt = interrupt or threading.Event()
         self._stream: BatchStream | None = None
         self._stream_left = 0
         self._started = time.perf_counter()
         self._steps_at_start = 0
+
+    @contextmanager
+    def phase_of(self, name: str) -> Iterator[None]:
+        """Report `name` as the phase (in the status) while the block runs."""
+        previous, self.phase = self.phase, name
+        try:
+            yield
+        finally:
+            self.phase = previous
 
     @property
     def seed_steps(self) -> int:

@@ -7,15 +7,15 @@ updates), so a checkpoint is always taken where the state is consistent.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import Future, TimeoutError
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rewind.errors import DeadlineExceeded, FailedPrecondition
-from rewind.serving import ServiceBinding, handle_errors
 from rewind.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from rewind_runtime.host import ServiceBinding
 
 if TYPE_CHECKING:
     from rewind_trainer.checkpointer import Checkpointer
@@ -25,7 +25,11 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_na
 
 
 class Control:
-    """Requests to the loop (stop, checkpoint now) and what status reads."""
+    """Requests to the loop from outside: stop, and checkpoint now.
+
+    `stopping` is also the trainer's interrupt: once set, an evaluation in
+    progress is abandoned and the loop stops at its next boundary.
+    """
 
     def __init__(self) -> None:
         self.stop_reason = ""
@@ -33,24 +37,19 @@ class Control:
         self.stopping = threading.Event()
         self.checkpoint_waiters: list[Future] = []
         self._lock = threading.Lock()
-        self.trainer: Trainer | None = None
-        self.checkpointer: Checkpointer | None = None
-        self.agent_id = self.run_id = self.resumed_from = ""
 
     def request_stop(self, reason: str) -> None:
         with self._lock:
             if not self.stopping.is_set():
                 self.stop_reason, self.stop_time = reason, time.monotonic()
                 self.stopping.set()
-        if self.trainer is not None:
-            self.trainer.interrupt.set()
 
     def stop_deadline(self, grace_s: float) -> float:
         """When the checkpoint on the way out must be committed (time.monotonic())."""
         return (self.stop_time or time.monotonic()) + grace_s
 
     def request_checkpoint(self) -> Future:
-        """A future that resolves to the committed path of the next checkpoint."""
+        """A future that resolves to (step, committed path) of the next checkpoint."""
         future: Future = Future()
         with self._lock:
             self.checkpoint_waiters.append(future)
@@ -66,48 +65,46 @@ class Control:
             waiters, self.checkpoint_waiters = self.checkpoint_waiters, []
         return waiters
 
-    def status(self) -> trainer_pb2.TrainerStatus:
-        trainer, checkpointer = self.trainer, self.checkpointer
-        status = trainer_pb2.TrainerStatus(agent_id=self.agent_id, run_id=self.run_id,
-                                           resumed_from=self.resumed_from, eval_return=math.nan)
-        if trainer is not None:
-            s = trainer.state
-            status.task, status.total_steps = trainer.settings.task, trainer.settings.steps
-            status.phase = "stopping" if self.stopping.is_set() and trainer.phase != "done" else trainer.phase
-            status.step, status.episode = s.step, s.episode
-            status.steps_per_second = trainer.steps_per_second
-            status.recent_returns.extend(s.recent_returns)
-            status.eval_return = s.eval_return
-            status.losses.update({k: float(v) for k, v in s.losses.items()})
-            status.acting_mode = trainer.agent.mode
-        if checkpointer is not None:
-            c = checkpointer.status
-            status.last_checkpoint.CopyFrom(trainer_pb2.CheckpointState(
-                path=c.path, step=max(c.step, 0), blocking_ms=c.blocking_ms, error=c.error,
-                in_flight=int(checkpointer.busy)))
-        return status
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a trainer is, for its status."""
+
+    agent_id: str
+    run_id: str
+    resumed_from: str = ""
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """rewind.trainer.v1.TrainerService over a Control."""
+    """rewind.trainer.v1.TrainerService: status, checkpoint-now and stop of one running trainer."""
 
-    def __init__(self, control: Control) -> None:
-        self.control = control
+    def __init__(self, control: Control, trainer: Trainer, checkpointer: Checkpointer, run: RunIdentity) -> None:
+        self.control, self.trainer, self.checkpointer, self.run = control, trainer, checkpointer, run
 
-    @handle_errors
+    def status(self) -> trainer_pb2.TrainerStatus:
+        trainer, s, c = self.trainer, self.trainer.state, self.checkpointer.status
+        status = trainer_pb2.TrainerStatus(
+            agent_id=self.run.agent_id, run_id=self.run.run_id, resumed_from=self.run.resumed_from,
+            task=trainer.settings.task, total_steps=trainer.settings.steps, step=s.step, episode=s.episode,
+            phase="stopping" if self.control.stopping.is_set() and trainer.phase != "done" else trainer.phase,
+            steps_per_second=trainer.steps_per_second, eval_return=s.eval_return, acting_mode=trainer.agent.mode,
+            recent_returns=s.recent_returns, losses={k: float(v) for k, v in s.losses.items()})
+        status.last_checkpoint.CopyFrom(trainer_pb2.CheckpointState(
+            path=c.path, step=max(c.step, 0), blocking_ms=c.blocking_ms, error=c.error,
+            in_flight=int(self.checkpointer.busy)))
+        return status
+
     def GetStatus(self, request, context):
-        return trainer_pb2.GetStatusResponse(status=self.control.status())
+        return trainer_pb2.GetStatusResponse(status=self.status())
 
-    @handle_errors
     def CreateCheckpoint(self, request, context):
-        trainer = self.control.trainer
-        if trainer is None or trainer.phase in ("starting", "done"):
+        if self.trainer.phase in ("starting", "done"):
             raise FailedPrecondition("trainer: not training yet (or already done); try again once step > 0")
         if self.control.stopping.is_set():
             raise FailedPrecondition("trainer: stopping; it writes a checkpoint on its way out")
         future = self.control.request_checkpoint()
         if not request.wait:
-            return trainer_pb2.CreateCheckpointResponse(step=trainer.state.step)
+            return trainer_pb2.CreateCheckpointResponse(step=self.trainer.state.step)
         remaining = context.time_remaining()  # huge when the caller set no deadline
         try:
             step, path = future.result(timeout=remaining if remaining is not None and remaining < 86_400 else None)
@@ -116,12 +113,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                    "in the background, see GetStatus") from None
         return trainer_pb2.CreateCheckpointResponse(step=step, path=path)
 
-    @handle_errors
     def Stop(self, request, context):
         self.control.request_stop("the Stop call")
-        trainer = self.control.trainer
-        return trainer_pb2.StopResponse(step=trainer.state.step if trainer else 0)
+        return trainer_pb2.StopResponse(step=self.trainer.state.step)
 
 
-def binding(control: Control) -> ServiceBinding:
-    return ServiceBinding(SERVICE_NAME, TrainerServicer(control), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
+def binding(servicer: TrainerServicer) -> ServiceBinding:
+    return ServiceBinding(SERVICE_NAME, servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server)

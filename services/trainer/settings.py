@@ -1,18 +1,21 @@
-"""The trainer's own settings: task, schedule, services, checkpoints. The
-agent's hyperparameters live in hparams.py.
+"""The trainer's settings: task, schedule, services, checkpoints. The agent's
+hyperparameters live in hparams.py and are set through `agent`.
 
-Every field is a `rewind train` flag (underscores become dashes) and a key of
-the YAML file given with --config; flags override the file.
+Every field is a `rewind train` flag, a REWIND_<FIELD> variable, a key of the
+YAML file given with --config and a keyword of `rewind.train()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rewind.errors import InvalidArgument
+from rewind_runtime.server_settings import ServerSettings
+from rewind_runtime.settings import setting
+from rewind_trainer.hparams import AgentConfig
 
 # Fields a resumed run may change; each change is applied and recorded.
 SAFE_ON_RESUME = frozenset({
@@ -20,76 +23,78 @@ SAFE_ON_RESUME = frozenset({
     "checkpoint_interval_episodes", "keep_last_n_checkpoints", "keep_every", "keep_best", "device",
     "stop_grace_s", "preempt_exit_code",
 })
-# Where the run happens, not what it learns: free to differ on resume, and not recorded.
+# Where and how the run happens, not what it learns: free to differ on resume, and not recorded.
 PLACEMENT = frozenset({
-    "buffer_address", "checkpoint_address", "out_dir", "host", "port", "prefetch", "torch_threads",
-    "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s",
+    "buffer_address", "checkpoint_address", "out_dir", "host", "port", "port_file", "max_message_mb", "grace_s",
+    "workers", "prefetch", "torch_threads", "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s",
+    "local_services", "store", "checkpoint_dir", "progress",
 })
+# AgentConfig fields that have settings of their own (or come from the task).
+NOT_AGENT_KEYS = frozenset({"lr", "obs_dim", "action_dim", "episode_length", "model_size", "mpc"})
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """What `rewind train` runs."""
+class TrainSettings(ServerSettings):
+    """What `rewind train` runs. Its own gRPC service listens on host:port (-1: none)."""
 
     # task and schedule
-    task: str = "Pendulum-v1"
-    seed: int = 1
-    steps: int = 8_000                 # environment steps (after action repeat)
-    seed_steps: int = 0                # random-action steps before learning; 0: max(1000, 5 episodes)
-    action_repeat: int = 1
-    model_size: str = "1"
-    mpc: bool = True                   # plan with MPPI; False acts with the policy prior only
-    learning_rate: float = 3e-4
-    eval_freq: int = 2_000
-    eval_episodes: int = 10
-    device: str = "cpu"
-    agent: dict[str, Any] = field(default_factory=dict)  # other AgentConfig fields, e.g. {"num_samples": 256}
+    task: str = setting("Pendulum-v1", "Gymnasium id (Pendulum-v1) or DMC task (cartpole-swingup, walker-walk)")
+    seed: int = setting(1, "seed of the agent, the environment and the random seed actions")
+    steps: int = setting(8_000, "agent steps to train to (environment steps / --action-repeat); the counter "
+                                "continues on resume", minimum=1, aliases=("total_timesteps",))
+    seed_steps: int = setting(0, "random-action steps before learning (0: max(1000, 5 episodes))", minimum=0)
+    action_repeat: int = setting(1, "environment steps per agent step", minimum=1)
+    model_size: str = setting("1", "tiny (CPU-friendly), 1, 5, 19, 48 or 317 (millions of parameters)")
+    mpc: bool = setting(True, "plan with MPPI (--no-mpc acts with the policy prior only)")
+    learning_rate: float = setting(3e-4, "Adam learning rate (safe to change on resume)", above=0)
+    eval_freq: int = setting(2_000, "evaluate every this many steps", minimum=1)
+    eval_episodes: int = setting(10, "episodes per evaluation (0: none)", minimum=0)
+    device: str = setting("cpu", "cpu or cuda")
+    agent: dict[str, Any] = setting(factory=dict, help="other agent hyperparameters (hparams.AgentConfig), "
+                                                       "e.g. --agent num_samples=256")
+    buffer_size: int = setting(1_000_000, "capacity of the trainer's buffers, in transitions", minimum=1)
 
     # services
-    buffer_address: str = "127.0.0.1:50051"
-    checkpoint_address: str = "127.0.0.1:50052"
-    prefetch: int = 4                  # batches the buffer service samples ahead
-    host: str = "127.0.0.1"            # the trainer's own gRPC service
-    port: int = 50053                  # 0 picks a free port; -1 runs no service
-    out_dir: str = "runs"              # metrics.csv and learning_curve.png go to <out_dir>/<agent_id>/<run_id>/
-    torch_threads: int = 0             # 0: torch's default
-    wait_for_services_s: float = 10.0  # at start; a cluster may start the trainer before its services
+    buffer_address: str = setting("127.0.0.1:50051", "host:port of the buffer service")
+    checkpoint_address: str = setting("127.0.0.1:50052", "host:port of the checkpoint service")
+    local_services: bool = setting(False, "start a buffer and a checkpoint service on free loopback ports for "
+                                          "this run")
+    store: str = setting("", "with --local-services: the checkpoint store (default file://./rewind-data)")
+    checkpoint_dir: str = setting("", "with --local-services: a local folder as the store (same as --store "
+                                      "file://DIR)")
+    prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
+    port: int = setting(50053, "port of this trainer's gRPC service (0: any free one, -1: none)", minimum=-1,
+                        maximum=65535)
+    grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
+    out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)")
+    progress: bool = setting(True, "show a progress bar")
+    torch_threads: int = setting(0, "torch intra-op threads (0: torch's default)", minimum=0)
+    wait_for_services_s: float = setting(10.0, "at start, seconds to wait for the buffer and checkpoint services "
+                                               "to be SERVING", above=0)
 
     # checkpoints
-    agent_id: str = "tdmpc2"
-    run_id: str = ""                   # default: <task>-seed<seed>, so a rerun finds its checkpoints
-    checkpoint_interval_steps: int = 0
-    checkpoint_interval_episodes: int = 10
-    keep_last_n_checkpoints: int = 3   # 0 keeps all
-    keep_every: int = 0                # also keep every checkpoint whose step is a multiple of this
-    keep_best: int = 0                 # also keep the N best by eval_return
-    resume_from_checkpoint: str = ""   # a checkpoint path, "latest" or "best"
-    stop_grace_s: float = 20.0         # SIGTERM: seconds to write the checkpoint before exiting
-    preempt_exit_code: int = 0         # exit code after a SIGTERM checkpoint
+    agent_id: str = setting("tdmpc2", "agent id: the first folder in the checkpoint store")
+    run_id: str = setting("", "run id (default <task>-seed<seed>, so a rerun finds its checkpoints)")
+    checkpoint_interval_steps: int = setting(0, "checkpoint every N steps (0: off)", minimum=0)
+    checkpoint_interval_episodes: int = setting(10, "checkpoint every N episodes (0: off); a final checkpoint is "
+                                                    "always written", minimum=0)
+    keep_last_n_checkpoints: int = setting(3, "retention: keep the N newest checkpoints (0: keep all)", minimum=0)
+    keep_every: int = setting(0, "retention: also keep every checkpoint whose step is a multiple of N", minimum=0)
+    keep_best: int = setting(0, "retention: also keep the N best by eval_return", minimum=0)
+    resume_from_checkpoint: str = setting("", "a checkpoint path, 'latest' or 'best' of this run")
+    stop_grace_s: float = setting(20.0, "on SIGTERM, seconds to commit the checkpoint before exiting", above=0)
+    preempt_exit_code: int = setting(0, "exit code after a SIGTERM checkpoint (Kubernetes Jobs use a non-zero one)",
+                                     minimum=0, maximum=255)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_freq", "action_repeat", "prefetch"):
-            if getattr(self, name) < 1:
-                raise InvalidArgument(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("seed_steps", "eval_episodes", "checkpoint_interval_steps", "checkpoint_interval_episodes",
-                     "keep_last_n_checkpoints", "keep_every", "keep_best", "torch_threads"):
-            if getattr(self, name) < 0:
-                raise InvalidArgument(f"{name}: must be zero or more, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise InvalidArgument(f"learning_rate: must be positive, got {self.learning_rate}")
-        if not self.wait_for_services_s > 0:
-            raise InvalidArgument(f"wait_for_services_s: must be positive, got {self.wait_for_services_s}")
-        if not self.stop_grace_s > 0:
-            raise InvalidArgument(f"stop_grace_s: must be positive, got {self.stop_grace_s}")
-        if not -1 <= self.port <= 65535:
-            raise InvalidArgument(f"port: must be -1 (no service), 0 (any) or a TCP port, got {self.port}")
-        if not 0 <= self.preempt_exit_code <= 255:
-            raise InvalidArgument(f"preempt_exit_code: must be 0..255, got {self.preempt_exit_code}")
-        if not isinstance(self.agent, dict):
-            raise InvalidArgument(f"agent: must be a mapping of AgentConfig fields, got {self.agent!r}")
-        for name in ("lr", "obs_dim", "action_dim", "episode_length", "model_size", "mpc"):
-            if name in self.agent:
+        super().__post_init__()
+        known = {f.name for f in dataclasses.fields(AgentConfig)} - NOT_AGENT_KEYS
+        for name in self.agent:
+            if name in NOT_AGENT_KEYS:
                 raise InvalidArgument(f"agent.{name}: set it with its own setting, not under agent")
+            if name not in known:
+                raise InvalidArgument(f"agent.{name}: not a hyperparameter of the agent; known: "
+                                      f"{', '.join(sorted(known))}")
 
     @property
     def run(self) -> str:
@@ -98,42 +103,20 @@ class TrainSettings:
             return self.run_id
         return re.sub(r"[^A-Za-z0-9._-]", "-", f"{self.task}-seed{self.seed}").lower()
 
-    def replace(self, **changes) -> TrainSettings:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def store_url(self) -> str:
+        """The store of --local-services."""
+        if self.checkpoint_dir:
+            return "file://" + self.checkpoint_dir
+        return self.store or "file://./rewind-data"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "settings") -> TrainSettings:
-        """Build from a mapping (a YAML file, a checkpoint's config).
+        """Build from a mapping (a checkpoint's settings, train()'s keywords), aliases included.
 
         Raises:
             InvalidArgument: an unknown key, naming it and where it came from.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidArgument(f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                                  f"see `rewind train --help` for the names")
-        return cls(**values)
+        from rewind_runtime.settings import from_mapping
 
-
-def load_yaml(path: str) -> dict[str, Any]:
-    """The settings in a YAML file, dashes in keys read as underscores.
-
-    Raises:
-        InvalidArgument: the file is missing, not YAML, or not a mapping.
-    """
-    import yaml
-
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise InvalidArgument(f"config: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise InvalidArgument(f"config: {path} must hold a mapping of settings, found {type(values).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+        return cls(**from_mapping(cls, values, source))

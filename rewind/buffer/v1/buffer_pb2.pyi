@@ -106,6 +106,34 @@ class CreateBufferResponse(_message.Message):
     stats: BufferStats
     def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
 
+class ResetBufferRequest(_message.Message):
+    __slots__ = ("buffer", "settings")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    settings: BufferSettings
+    def __init__(self, buffer: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ...) -> None: ...
+
+class ResetBufferResponse(_message.Message):
+    __slots__ = ("stats", "episodes_dropped")
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    stats: BufferStats
+    episodes_dropped: int
+    def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ..., episodes_dropped: _Optional[int] = ...) -> None: ...
+
+class DeleteBufferRequest(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    def __init__(self, buffer: _Optional[str] = ...) -> None: ...
+
+class DeleteBufferResponse(_message.Message):
+    __slots__ = ("episodes_dropped",)
+    EPISODES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    episodes_dropped: int
+    def __init__(self, episodes_dropped: _Optional[int] = ...) -> None: ...
+
 class GetStatsRequest(_message.Message):
     __slots__ = ("buffer",)
     BUFFER_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,16 @@ class BufferServiceStub:
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferResponse.FromString,
                 _registered_method=True)
+        self.ResetBuffer = channel.unary_unary(
+                '/rewind.buffer.v1.BufferService/ResetBuffer',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferResponse.FromString,
+                _registered_method=True)
+        self.DeleteBuffer = channel.unary_unary(
+                '/rewind.buffer.v1.BufferService/DeleteBuffer',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/rewind.buffer.v1.BufferService/GetStats',
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.GetStatsRequest.SerializeToString,
@@ -108,6 +118,22 @@ class BufferServiceServicer:
 
     def CreateBuffer(self, request, context):
         """CreateBuffer adds a named buffer, with optional settings overrides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetBuffer(self, request, context):
+        """ResetBuffer replaces a buffer with an empty one with the given settings
+        (unset fields take the service's defaults), creating it if it is missing.
+        A trainer starting a fresh run owns its buffers this way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBuffer(self, request, context):
+        """DeleteBuffer removes a buffer and frees its storage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +210,16 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.CreateBuffer,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferResponse.SerializeToString,
+            ),
+            'ResetBuffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetBuffer,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferResponse.SerializeToString,
+            ),
+            'DeleteBuffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBuffer,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -285,6 +321,60 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/CreateBuffer',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.CreateBufferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetBuffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.buffer.v1.BufferService/ResetBuffer',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.ResetBufferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBuffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.buffer.v1.BufferService/DeleteBuffer',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.DeleteBufferResponse.FromString,
             options,
             channel_credentials,
             insecure,

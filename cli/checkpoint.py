@@ -1,0 +1,322 @@
+"""`rewind ckpt ...`: serve the checkpoint service, and browse, find, download
+and delete checkpoints through it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.checkpoint_client import DEFAULT_ADDRESS, CheckpointClient
+from rewind.errors import InvalidArgument
+from rewind_checkpoint.settings import CheckpointSettings
+from rewind_cli import serving
+
+EXAMPLES = """examples:
+  rewind ckpt serve --store file:///data/rewind --port 50052
+  rewind ckpt serve --store s3://my-bucket/rewind      # AWS_ENDPOINT_URL etc. from the environment
+  rewind ckpt save tdmpc2/run-1 --step 5000 model.pt optim.pt --metric eval_return=-180
+  rewind ckpt ls                                       # every run
+  rewind ckpt ls tdmpc2/run-1                          # a run's checkpoints, with resume commands
+  rewind ckpt show tdmpc2/run-1/latest
+  rewind ckpt latest tdmpc2/run-1                      # prints the path to resume from
+  rewind ckpt latest tdmpc2/run-1 --best eval_return
+  rewind ckpt download tdmpc2/run-1/step-0000005000 --out restore/
+  rewind ckpt rm tdmpc2/run-1/5000
+  rewind ckpt retention tdmpc2/run-1 --keep-last 5 --keep-every 10000
+"""
+
+
+def add_parser(groups: argparse._SubParsersAction) -> None:
+    """Register `rewind ckpt` (alias `checkpoint`)."""
+    ckpt = groups.add_parser("ckpt", aliases=["checkpoint"], help="the checkpoint service", epilog=EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = ckpt.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the checkpoint service until SIGTERM")
+    serving.add_settings(serve_parser, CheckpointSettings, "a TOML or YAML file of settings")
+    serve_parser.set_defaults(func=serve)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"checkpoint service (default {DEFAULT_ADDRESS})")
+        p.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+
+    save_p = commands.add_parser("save", help="save files (and buffer snapshots) as a checkpoint")
+    save_p.add_argument("run", help="AGENT/RUN")
+    save_p.add_argument("files", nargs="*", help="files to store (their base names become the file names)")
+    save_p.add_argument("--step", type=int, required=True, help="the training step")
+    save_p.add_argument("--episode", type=int, default=0, help="the episode counter")
+    save_p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a metric (repeatable)")
+    save_p.add_argument("--buffer", action="append", default=[], metavar="HOST:PORT/NAME",
+                      help="pull this buffer's snapshot from the buffer service (repeatable)")
+    save_p.add_argument("--resumed-from", default="", help="path of the checkpoint this run resumed from")
+    client_args(save_p)
+    save_p.set_defaults(func=save)
+
+    ls_p = commands.add_parser("ls", help="list runs, an agent's runs, or a run's checkpoints")
+    ls_p.add_argument("target", nargs="?", default="", help="nothing, AGENT, or AGENT/RUN")
+    ls_p.add_argument("--json", action="store_true", help="print JSON")
+    client_args(ls_p)
+    ls_p.set_defaults(func=ls)
+
+    show_p = commands.add_parser("show", help="print a checkpoint's manifest")
+    show_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
+    show_p.add_argument("--json", action="store_true", help="print JSON")
+    client_args(show_p)
+    show_p.set_defaults(func=show)
+
+    latest_p = commands.add_parser("latest", help="print the checkpoint to resume from (skipping corrupt ones)")
+    latest_p.add_argument("run", help="AGENT/RUN")
+    latest_p.add_argument("--best", metavar="METRIC", nargs="?", const="",
+                        help="the best by METRIC instead (default: the run's retention metric)")
+    latest_p.add_argument("--mode", choices=["max", "min"], help="with --best: higher or lower is better")
+    latest_p.add_argument("--no-verify", action="store_true", help="check sizes only, not every sha256")
+    client_args(latest_p)
+    latest_p.set_defaults(func=latest)
+
+    download_p = commands.add_parser("download", help="download a checkpoint's files into a directory")
+    download_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
+    download_p.add_argument("--out", required=True, help="directory to write into")
+    download_p.add_argument("--file", default="", help="one file only")
+    client_args(download_p)
+    download_p.set_defaults(func=download)
+
+    rm_p = commands.add_parser("rm", help="delete one checkpoint")
+    rm_p.add_argument("ref", help="AGENT/RUN/{STEP,step-N} or a full path")
+    client_args(rm_p)
+    rm_p.set_defaults(func=rm)
+
+    retention_p = commands.add_parser("retention", help="show or set a run's retention policy")
+    retention_p.add_argument("run", help="AGENT/RUN")
+    retention_p.add_argument("--keep-last", type=int, help="keep the N newest (0: keep everything)")
+    retention_p.add_argument("--keep-every", type=int, help="also keep every step that is a multiple of K")
+    retention_p.add_argument("--keep-best", type=int, help="also keep the K best by --metric")
+    retention_p.add_argument("--metric", help="metric for --keep-best and `latest --best`")
+    retention_p.add_argument("--mode", choices=["max", "min"], help="higher (max) or lower (min) is better")
+    client_args(retention_p)
+    retention_p.set_defaults(func=retention)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from rewind_checkpoint.server import serve as start
+
+    return serving.serve(args, CheckpointSettings, start, "checkpoint service",
+                         lambda host, settings: f"store {host.bindings[0].servicer.catalog.store.url}")
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _split_run(text: str, field: str = "run") -> tuple[str, str]:
+    parts = text.strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise InvalidArgument(f"{field}: expected AGENT/RUN, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _find(client: CheckpointClient, ref: str, verify: bool = False):
+    """AGENT/RUN/{latest,best,STEP,step-N} or a full path -> (Found)."""
+    if "://" not in ref:
+        parts = ref.strip("/").split("/")
+        if len(parts) == 3 and parts[2] in ("latest", "best"):
+            return client.lookup(parts[0], parts[1], parts[2], verify=verify)
+        if len(parts) == 3 and parts[2].isdigit():
+            return client.lookup(parts[0], parts[1], int(parts[2]), verify=verify)
+    return client.lookup(which=ref, verify=verify)
+
+
+def resume_command(checkpoint: checkpoint_pb2.Checkpoint, address: str) -> str:
+    """The command that resumes training from a checkpoint."""
+    flag = f" --checkpoint-address {address}" if address != DEFAULT_ADDRESS else ""
+    return f"rewind train{flag} --resume-from-checkpoint {checkpoint.path}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _metrics(checkpoint: checkpoint_pb2.Checkpoint) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(checkpoint.metrics.items()))
+
+
+def _to_json(message) -> str:
+    from google.protobuf import json_format
+
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
+
+
+def _warn_skipped(found) -> None:
+    import sys
+
+    for path, reason in found.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if found.skipped:
+        print(f"warning: fell back to {found.checkpoint.path}", file=sys.stderr)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def ls(args: argparse.Namespace) -> int:
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        if "/" not in args.target.strip("/"):
+            runs = client.list_runs(args.target.strip("/"))
+            if args.json:
+                print(_to_json(checkpoint_pb2.ListRunsResponse(runs=runs)))
+                return 0
+            if not runs:
+                print("no runs yet; save a checkpoint first (rewind train ..., or CheckpointClient.save)")
+                return 0
+            print(f"{'AGENT/RUN':<40} {'CKPTS':>5} {'LATEST STEP':>12}  {'LATEST COMMIT':<27} {'SIZE':>10}")
+            for r in runs:
+                print(f"{r.agent_id + '/' + r.run_id:<40} {r.checkpoints:>5} {r.latest_step:>12,}  "
+                      f"{r.latest_created or '-':<27} {_size(r.total_bytes):>10}")
+            print(f"\nsee a run's checkpoints: rewind ckpt ls {runs[0].agent_id}/{runs[0].run_id}")
+            return 0
+        agent_id, run_id = _split_run(args.target, "target")
+        checkpoints = client.list(agent_id, run_id)
+    if args.json:
+        print(_to_json(checkpoint_pb2.ListCheckpointsResponse(checkpoints=checkpoints)))
+        return 0
+    if not checkpoints:
+        print(f"run {agent_id}/{run_id} has no committed checkpoints yet")
+        return 0
+    print(f"{'STEP':>12} {'EPISODE':>8}  {'COMMITTED (UTC)':<27} {'SIZE':>10}  METRICS")
+    for c in checkpoints:
+        print(f"{c.step:>12,} {c.episode:>8,}  {c.created:<27} {_size(c.total_bytes):>10}  {_metrics(c)}")
+        print(f"{'':>12} resume: {resume_command(c, args.address)}")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        found = _find(client, args.ref)
+    c = found.checkpoint
+    if args.json:
+        print(_to_json(c))
+        return 0
+    print(f"checkpoint {c.path}")
+    print(f"  agent {c.agent_id}   run {c.run_id}   step {c.step:,}   episode {c.episode:,}")
+    print(f"  committed {c.created}   {len(c.files)} files, {_size(c.total_bytes)}")
+    if c.resumed_from:
+        print(f"  resumed from {c.resumed_from}")
+    if c.metrics:
+        print(f"  metrics {_metrics(c)}")
+    for f in c.files:
+        print(f"  file {f.name:<32} {_size(f.size):>10}  sha256 {f.sha256[:16]}...")
+    for b in c.buffers:
+        print(f"  buffer {b.buffer!r} -> {b.file} ({b.episodes_added:,} episodes added, from {b.address})")
+    if c.config:
+        print(f"  config {json.dumps(_struct(c.config), sort_keys=True)}")
+    if c.extra:
+        print(f"  extra {json.dumps(_struct(c.extra), sort_keys=True)}")
+    print(f"  resume: {resume_command(c, args.address)}")
+    return 0
+
+
+def _struct(message) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message)
+
+
+def latest(args: argparse.Namespace) -> int:
+    agent_id, run_id = _split_run(args.run)
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        if args.best is not None:
+            found = client.lookup(agent_id, run_id, "best", metric=args.best, mode=args.mode or "",
+                                  verify=not args.no_verify)
+        else:
+            found = client.lookup(agent_id, run_id, "latest", verify=not args.no_verify)
+    _warn_skipped(found)
+    c = found.checkpoint
+    print(c.path)
+    print(f"# step {c.step:,}, episode {c.episode:,}, committed {c.created}; resume with:")
+    print(f"# {resume_command(c, args.address)}")
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        found = _find(client, args.ref)
+        total = found.checkpoint.total_bytes
+        if args.file:
+            total = next((f.size for f in found.checkpoint.files if f.name == args.file), 0)
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="download") as bar:
+            c = client.download(found.checkpoint, args.out, file=args.file, progress=lambda _c, n: bar.update(n))
+    names = [args.file] if args.file else [f.name for f in c.files]
+    print(f"downloaded {len(names)} file(s) of {c.path} into {args.out} (sha256 verified)")
+    return 0
+
+
+def save(args: argparse.Namespace) -> int:
+    agent_id, run_id = _split_run(args.run)
+    files = {}
+    for path in args.files:
+        p = Path(path)
+        if not p.is_file():
+            raise InvalidArgument(f"files: {path} is not a readable file")
+        if p.name in files:
+            raise InvalidArgument(f"files: two files are named {p.name!r}; rename one")
+        files[p.name] = p
+    metrics = {}
+    for item in args.metric:
+        name, _, value = item.partition("=")
+        try:
+            metrics[name] = float(value)
+        except ValueError:
+            raise InvalidArgument(f"--metric: expected NAME=NUMBER, got {item!r}") from None
+    buffers = []
+    for item in args.buffer:
+        address, _, name = item.rpartition("/")
+        if not address or not name:
+            raise InvalidArgument(f"--buffer: expected HOST:PORT/NAME, got {item!r}")
+        buffers.append((address, name))
+    if not files and not buffers:
+        raise InvalidArgument("files: nothing to save; give files and/or --buffer HOST:PORT/NAME")
+    total = sum(p.stat().st_size for p in files.values())
+    with CheckpointClient(args.address, timeout=args.timeout) as client, \
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload") as bar:
+        saved = client.save(agent_id, run_id, args.step, files, episode=args.episode, metrics=metrics,
+                            buffers=buffers, resumed_from=args.resumed_from, progress=bar.update)
+    c = saved.checkpoint
+    print(f"committed {c.path} ({len(c.files)} files, {_size(c.total_bytes)})")
+    for path in saved.deleted:
+        print(f"retention deleted {path}")
+    return 0
+
+
+def rm(args: argparse.Namespace) -> int:
+    parts = args.ref.strip("/").split("/")
+    if "://" not in args.ref and len(parts) == 3 and parts[2] in ("latest", "best"):
+        raise InvalidArgument(f"ref: name the step to delete explicitly, not {parts[2]!r}")
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        found = _find(client, args.ref)
+        path = client.delete(found.checkpoint)
+    print(f"deleted {path}")
+    return 0
+
+
+def retention(args: argparse.Namespace) -> int:
+    agent_id, run_id = _split_run(args.run)
+    changes = {k: v for k, v in {"keep_last": args.keep_last, "keep_every": args.keep_every,
+                                 "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}.items()
+               if v is not None}
+    with CheckpointClient(args.address, timeout=args.timeout) as client:
+        policy = client.get_retention(agent_id, run_id)
+        if changes:
+            current = {"keep_last": policy.keep_last, "keep_every": policy.keep_every, "keep_best": policy.keep_best,
+                       "metric": policy.metric, "mode": policy.mode}
+            policy = client.set_retention(agent_id, run_id, **{**current, **changes})
+    print(f"retention of {agent_id}/{run_id}: keep_last {policy.keep_last}, keep_every {policy.keep_every}, "
+          f"keep_best {policy.keep_best} by {policy.metric or '-'} ({policy.mode})")
+    if changes:
+        print("applied after the run's next commit")
+    return 0

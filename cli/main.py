@@ -1,0 +1,78 @@
+"""The `rewind` command line: one module per command group, dispatched by `set_defaults(func=...)`.
+
+    rewind buffer serve --config buffer.toml --port 50051
+    rewind ckpt ls tdmpc2/run-1
+    rewind train --local-services
+    rewind trainer status
+    rewind health --address 127.0.0.1:50051
+
+Each group module registers its parser with `add_parser(groups)` and imports
+what its commands need only when they run, so `rewind health` loads neither
+torch nor a service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from rewind.errors import RewindError
+from rewind_cli import buffer, checkpoint, health, train, trainer
+
+GROUPS = (buffer, checkpoint, train, trainer, health)
+
+EXAMPLES = """examples:
+  rewind buffer serve --port 50051 --min-history 1000
+  rewind buffer serve --config my-buffer.toml --horizon 5
+  rewind buffer stats --address 127.0.0.1:50051 --buffer test_buffer
+  rewind buffer snapshot --buffer buffer --out buffer.snap
+  rewind buffer restore --buffer buffer --in buffer.snap
+  rewind buffer demo
+  rewind ckpt serve --store file://./rewind-data
+  rewind ckpt ls tdmpc2/run-1
+  rewind ckpt latest tdmpc2/run-1
+  rewind train --local-services                       # the whole trio on this machine
+  rewind train --resume-from-checkpoint latest --steps 16000
+  rewind trainer status --address 127.0.0.1:50053
+  rewind health --address 127.0.0.1:50051
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewind", description="Rewind: preemption-proof TD-MPC2 training over gRPC.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,trainer,health}")
+    for group in GROUPS:
+        group.add_parser(groups)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # boto3 announces where it found credentials at INFO; that is noise here.
+        for name in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    # torchrl logs every storage allocation at INFO through its own handler,
+    # and sets that level from RL_LOGGING_LEVEL when it is first imported.
+    os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING" if level != "DEBUG" else "DEBUG")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return args.func(args)
+    except RewindError as exc:
+        print(f"rewind: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`rewind train`: run or resume training (every TrainSettings field is a flag)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+
+from rewind_cli import serving
+from rewind_trainer.settings import TrainSettings
+
+EXAMPLES = """examples:
+  rewind train --local-services                          # start a buffer and a checkpoint service, train Pendulum-v1
+  rewind train --local-services --resume-from-checkpoint latest
+  rewind train --task cartpole-swingup --action-repeat 8 --steps 48000   # needs pip install 'rewind[dmc]'
+  rewind train --config run.yaml --learning-rate 1e-4    # flags override the YAML file
+  rewind train --resume-from-checkpoint file://./rewind-data/tdmpc2/pendulum-v1-seed1/step-0000004000 --steps 16000
+  rewind train --checkpoint-interval-episodes 0 --checkpoint-interval-steps 1000 --keep-last-n-checkpoints 5
+
+A YAML config file holds the same names with underscores (or dashes):
+  task: Pendulum-v1
+  steps: 8000
+  checkpoint_interval_episodes: 10
+  agent: {num_samples: 256}
+
+SIGTERM or Ctrl-C writes a checkpoint and exits; --resume-from-checkpoint latest continues it."""
+
+PLACE_FLAGS = ("buffer_address", "checkpoint_address")
+
+
+def add_parser(groups: argparse._SubParsersAction) -> None:
+    """Register `rewind train`."""
+    train = groups.add_parser("train", help="train (or resume) a TD-MPC2 agent through the services",
+                              description="Train a TD-MPC2 agent: episodes go to the buffer service, batches come "
+                                          "back from it, checkpoints go to the checkpoint service.",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serving.add_settings(train, TrainSettings, "YAML file of settings; flags and REWIND_* variables override it")
+    train.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, set[str]]:
+    """(TrainSettings, the names given explicitly) from --config, REWIND_* variables and the flags.
+
+    REWIND_STORE is also the checkpoint service's setting: without --local-services it is ignored.
+    """
+    loaded = serving.load_settings(args, TrainSettings)
+    settings, explicit = loaded.settings, set(loaded.explicit)
+    if not settings.local_services:
+        ignored = {"store", "checkpoint_dir"} & loaded.from_environment
+        settings = settings.replace(**dict.fromkeys(ignored, ""))
+        explicit -= ignored
+    return settings, explicit
+
+
+def resume_command(settings: TrainSettings, path: str) -> str:
+    """The command that continues this run from `path`."""
+    parts = ["rewind", "train"]
+    if settings.local_services:
+        parts += ["--local-services", "--store", settings.store_url]
+    else:
+        defaults = TrainSettings()
+        for name in PLACE_FLAGS:
+            if getattr(settings, name) != getattr(defaults, name):
+                parts += [f"--{name.replace('_', '-')}", getattr(settings, name)]
+    return shlex.join([*parts, "--resume-from-checkpoint", path])
+
+
+def run(args: argparse.Namespace) -> int:
+    from rewind_trainer.api import launch
+
+    settings, explicit = settings_from_args(args)
+    result = launch(settings, explicit=explicit, handle_signals=True)
+    s = result.settings
+    ret = "n/a" if math.isnan(result.eval_return) else f"{result.eval_return:.1f}"
+    verb = "stopped" if result.stopped else "done"
+    print(f"{verb}: {s.task} step {result.step}/{s.steps}, episode {result.episode}, "
+          f"evaluation return {ret} ({s.eval_episodes} episodes, {result.agent.mode})")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics: {result.run_dir / 'metrics.csv'}  curve: {result.run_dir / 'learning_curve.png'}")
+    if result.checkpoint:
+        more = "" if result.stopped else f" --steps {2 * s.steps}"
+        print(f"resume: {resume_command(settings.replace(local_services=s.local_services), result.checkpoint)}"
+              f"{more}")
+    if not result.committed:
+        print("rewind: error: the last checkpoint was not committed; resume from the previous one "
+              "(--resume-from-checkpoint latest)", file=sys.stderr)
+    return result.exit_code

@@ -1,5 +1,0 @@
-import sys
-
-from rewind.cli import main
-
-sys.exit(main())

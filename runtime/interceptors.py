@@ -1,0 +1,93 @@
+"""What every Rewind RPC shares, written once as server interceptors.
+
+`ErrorInterceptor` turns an exception raised by a servicer method into the
+call's status: a `RewindError` becomes its own code and message, with a
+`google.rpc.ErrorInfo` detail whose reason says which failure it was (so a
+client can tell a store outage from a service it cannot reach without parsing
+messages); anything else becomes INTERNAL, logged here with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from rewind.errors import ERROR_DOMAIN, RewindError
+
+log = logging.getLogger(__name__)
+
+# A status the service chose is an answer, not a lost connection: a negative
+# pushback tells the client's retry policy not to retry it (gRFC A6), so an
+# UNAVAILABLE store is reported at once, within the caller's deadline.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+def to_status(exc: BaseException, method: str) -> grpc.Status:
+    """The status (code, message, ErrorInfo detail, no-retry pushback) an exception is answered with."""
+    if isinstance(exc, RewindError):
+        code, message, reason = exc.code, exc.message, exc.reason or exc.code.name
+    else:
+        log.error("unexpected error in %s", method, exc_info=exc)
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error ({type(exc).__name__}); the server log has details"
+        reason = "INTERNAL"
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    status = rpc_status.to_status(status_pb2.Status(code=getattr(code_pb2, code.name), message=message,
+                                                    details=[detail]))
+    return _Status(status.code, status.details, (*status.trailing_metadata, NO_RETRY))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple) -> None:
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+def _unary(behavior: Callable, method: str) -> Callable:
+    def handle(request, context):
+        try:
+            return behavior(request, context)
+        except Exception as exc:  # every error must become a status
+            context.abort_with_status(to_status(exc, method))
+
+    return handle
+
+
+def _streaming(behavior: Callable, method: str) -> Callable:
+    def handle(request, context) -> Iterator:
+        try:
+            yield from behavior(request, context)
+        except Exception as exc:  # every error must become a status
+            context.abort_with_status(to_status(exc, method))
+
+    return handle
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps exceptions from the methods of the services named by `prefix` to statuses.
+
+    Health and reflection are grpc's own and pass through untouched.
+    """
+
+    def __init__(self, prefix: str = "/rewind.") -> None:
+        self.prefix = prefix
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self.prefix):
+            return handler
+        serializers = {"request_deserializer": handler.request_deserializer,
+                       "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **serializers)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **serializers)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, method), **serializers)
+        return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, method), **serializers)

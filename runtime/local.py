@@ -1,0 +1,98 @@
+"""LocalService: a `rewind <service> serve` subprocess on a free loopback port.
+
+Used by `rewind train --local-services`, the demo, the benchmarks and the
+tests, which all need a service in a separate process and its address once it
+is SERVING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from rewind.errors import Unavailable
+from rewind_runtime.settings import without_settings
+
+
+def _stop_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the parent dies, so a killed parent leaves no service behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class LocalService:
+    """Start `python -m rewind_cli <args> --host 127.0.0.1 --port 0` and wait until it serves.
+
+    Args:
+        args: the command after `rewind`, e.g. ["buffer", "serve", "--min-history", "0"].
+        stdout: where the service's output goes (default: inherited).
+        cwd: working directory of the service.
+        env: extra environment variables.
+        timeout: seconds to wait for it to serve.
+
+    Raises:
+        Unavailable: the service exited or did not serve in time.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        stdout: IO | int | None = None,
+        cwd: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="rewind-service-")
+        port_file = Path(self._dir.name) / "port"
+        listen = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewind_cli", *args, *listen],
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            cwd=cwd,
+            env={**without_settings(os.environ), **(env or {}), "PYTHONUNBUFFERED": "1"},
+            # Its own session: a Ctrl-C meant for the parent must not stop the service mid-checkpoint.
+            start_new_session=True,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+        )
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text()):
+            if self.proc.poll() is not None:
+                raise Unavailable(f"`rewind {' '.join(args)}` exited with code {self.proc.returncode} before serving")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise Unavailable(f"`rewind {' '.join(args)}` did not serve within {timeout:.0f}s")
+            time.sleep(0.02)  # the child writes the file once SERVING; there is no event to wait on
+        self.port = int(port_file.read_text())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a graceful drain) and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._dir.cleanup()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, if still running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._dir.cleanup()
+
+    def __enter__(self) -> LocalService:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()

@@ -1,0 +1,115 @@
+"""Every use of torchrl internals in the buffer service, in one place.
+
+The buffer is built from torchrl's public parts (ReplayBuffer,
+LazyTensorStorage, SliceSampler, a Writer subclass), but three things reach
+below their public contract, for speed and for exact snapshots:
+
+- `EpisodeSliceSampler` overrides SliceSampler's private `_finalize_index`;
+- sampling calls `sampler.sample(storage, n)` directly and gathers batches
+  time-major from the storage's columns, skipping ReplayBuffer.sample;
+- snapshots and the writer read and write the storage's column TensorDict
+  (`storage._storage`).
+
+torchrl is pinned to the minor release these are tested with (pyproject.toml),
+and `check_hooks()` (run by the test suite) fails with a clear message when
+the private hook's signature changes. If it changes anyway, the override is
+not installed and torchrl's own (slower, equivalent) path runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
+from torchrl.data.replay_buffers.storages import Storage
+from torchrl.data.replay_buffers.writers import Writer
+
+log = logging.getLogger(__name__)
+
+# The keyword arguments torchrl 0.14's SliceSampler._finalize_index takes.
+FINALIZE_INDEX_PARAMS = ("index", "num_slices", "seq_length", "target_seq_length", "mask_flat", "storage")
+
+
+def check_hooks() -> None:
+    """Raise RuntimeError, saying what to do, if torchrl's private hook no longer has the expected signature."""
+    found = tuple(p for p in inspect.signature(SliceSampler._finalize_index).parameters if p != "self")
+    if found != FINALIZE_INDEX_PARAMS:
+        import torchrl
+
+        raise RuntimeError(
+            f"torchrl {torchrl.__version__}: SliceSampler._finalize_index takes {found}, not "
+            f"{FINALIZE_INDEX_PARAMS}; rewind_buffer/torchrl_adapter.py must be updated for this torchrl, "
+            "or pin torchrl to the range in pyproject.toml")
+
+
+def _hook_fits() -> bool:
+    try:
+        check_hooks()
+    except RuntimeError as exc:
+        log.warning("%s; sampling falls back to torchrl's own path", exc)
+        return False
+    return True
+
+
+class EpisodeSliceSampler(SliceSampler):
+    """SliceSampler minus a per-sample gather of every column.
+
+    torchrl's `_finalize_index` reads `storage[index]` on each sample only to
+    emit an init marker this buffer never uses; skipping it halves the cost of
+    a sample. With a truncated_key or padding, torchrl's own path runs.
+    """
+
+    if _hook_fits():
+
+        def _finalize_index(self, *, index, num_slices, seq_length, target_seq_length, mask_flat, storage):
+            if self.truncated_key is None and mask_flat is None:
+                return index.to(torch.long).unbind(-1), {}
+            return super()._finalize_index(
+                index=index, num_slices=num_slices, seq_length=seq_length,
+                target_seq_length=target_seq_length, mask_flat=mask_flat, storage=storage,
+            )
+
+
+def replay_buffer(capacity: int, device: torch.device, *, num_slices: int, slice_len: int, traj_key: str,
+                  writer: Writer, generator: torch.Generator) -> ReplayBuffer:
+    """A ReplayBuffer that samples `num_slices` whole-episode slices of `slice_len` steps (strict length)."""
+    return ReplayBuffer(
+        storage=LazyTensorStorage(capacity, device=device),
+        sampler=EpisodeSliceSampler(num_slices=num_slices, traj_key=traj_key, end_key=None, truncated_key=None,
+                                    strict_length=True, cache_values=True),
+        writer=writer,
+        batch_size=num_slices * slice_len,
+        generator=generator,
+    )
+
+
+def sample_index(rb: ReplayBuffer) -> torch.Tensor:
+    """The storage indices of one batch, slice after slice, drawn by the sampler alone."""
+    (index,), _ = rb.sampler.sample(rb.storage, rb.batch_size)
+    return index
+
+
+def columns(storage: Storage) -> TensorDictBase:
+    """The storage's column TensorDict (one tensor per key, capacity rows)."""
+    return storage._storage
+
+
+def storage_bytes(storage: Storage) -> int:
+    """Bytes the storage's columns occupy."""
+    return sum(t.numel() * t.element_size() for t in columns(storage).values(include_nested=True, leaves_only=True))
+
+
+def copy_rows(storage: Storage, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A CPU copy of the used rows of each column (safe to read after the buffer moves on)."""
+    used = len(storage)
+    return {key: columns(storage).get(key)[:used].to("cpu", copy=True) for key in keys}
+
+
+def write_rows(storage: Storage, tensors: dict[str, torch.Tensor]) -> None:
+    """Fill rows 0..n-1 from tensors of n rows each (a restore)."""
+    used = next(iter(tensors.values())).shape[0]
+    if used:
+        storage.set(torch.arange(used), TensorDict(tensors, batch_size=[used]))

@@ -1,0 +1,25 @@
+"""The checkpoint service's settings: `rewind ckpt serve` flags, REWIND_* variables and config-file keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rewind_runtime.server_settings import ServerSettings
+from rewind_runtime.settings import setting
+
+
+@dataclass(frozen=True)
+class CheckpointSettings(ServerSettings):
+    """Everything `serve()` needs."""
+
+    port: int = setting(50052, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
+    store: str = setting("", "file:///path, s3://bucket/prefix or a plain path (default: ./rewind-data)")
+    staging_max_age_s: float = setting(3600.0, "remove uncommitted uploads older than this, in seconds", minimum=0)
+    clean_interval_s: float = setting(600.0, "seconds between sweeps for stale uploads", above=0)
+    # Every S3 request: connect/read timeout and attempts. Together they bound
+    # a store call (about 3 x 5 s plus back-off) below the SDK's 30 s deadline.
+    store_timeout_s: float = setting(5.0, "S3 connect/read timeout per request, seconds", above=0)
+    store_retries: int = setting(3, "S3 attempts per request", minimum=1)
+    part_mb: int = setting(8, "S3 multipart part size in MiB", minimum=5)
+    buffer_timeout_s: float = setting(600.0, "deadline for pulling or pushing one buffer snapshot, seconds",
+                                      above=0)

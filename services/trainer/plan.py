@@ -1,0 +1,112 @@
+"""prepare(): every check a run makes before anything is written, and the Plan it returns.
+
+Order matters for "nothing is lost": the task, the checkpoint to resume from
+(found, readable, its settings merged with the ones given), the architecture,
+and for a fresh run the absence of earlier checkpoints are all checked here;
+only then does the run touch a buffer or the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewind.errors import FailedPrecondition, InvalidArgument, NotFound
+from rewind_trainer.checkpointer import TRAINER_FILE, decode_trainer_state
+from rewind_trainer.connections import Services
+from rewind_trainer.envs import Env, make_env
+from rewind_trainer.hparams import AgentConfig
+from rewind_trainer.resume import check_agent_config, merge_settings
+from rewind_trainer.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from."""
+
+    path: str
+    state: dict                                   # trainer.pt's contents
+    overrides: dict[str, dict[str, Any]]          # {name: {"from": old, "to": new}} applied now
+    history: list = field(default_factory=list)   # the overrides of every resume, this one included
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, checked: its settings, task, agent and where it starts."""
+
+    settings: TrainSettings
+    env: Env
+    agent_config: AgentConfig
+    resume: Resume | None
+
+    @property
+    def resumed_from(self) -> str:
+        return self.resume.path if self.resume else ""
+
+
+def prepare(settings: TrainSettings, explicit: set[str], services: Services) -> Plan:
+    """Check everything and return the plan; nothing is written.
+
+    Raises:
+        InvalidArgument: an unknown task, or seed steps shorter than an episode.
+        NotFound, DataLoss: the checkpoint to resume from is missing or corrupt.
+        FailedPrecondition: the checkpoint does not fit (naming each field), or a
+            fresh run would write over a run that has checkpoints.
+    """
+    if "task" in explicit or not settings.resume_from_checkpoint:
+        make_env(settings.task, settings.seed, settings.action_repeat).close()  # an unknown task fails first
+    settings, resume = _resolve(settings, explicit, services)
+    env = make_env(settings.task, settings.seed, settings.action_repeat)
+    settings = settings.replace(seed_steps=settings.seed_steps or max(1000, 5 * env.episode_length))
+    if settings.seed_steps < env.episode_length < settings.steps:
+        raise InvalidArgument(f"seed_steps: {settings.seed_steps} is shorter than one episode of {settings.task} "
+                              f"({env.episode_length} steps); learning starts from stored episodes")
+    agent_config = AgentConfig(obs_dim=env.obs_dim, action_dim=env.action_dim, episode_length=env.episode_length,
+                               model_size=settings.model_size, mpc=settings.mpc, lr=settings.learning_rate,
+                               **settings.agent)
+    if resume is not None:
+        check_agent_config(resume.state["agent_config"], agent_config, resume.path)
+    else:
+        _check_fresh(services, settings)
+    return Plan(settings, env, agent_config, resume)
+
+
+def _resolve(settings: TrainSettings, explicit: set[str], services: Services) -> tuple[TrainSettings, Resume | None]:
+    """The settings of the run and what it resumes from (None: a fresh run)."""
+    which = settings.resume_from_checkpoint
+    if not which:
+        return settings, None
+    try:
+        if which in ("latest", "best"):
+            found = services.ckpt.lookup(settings.agent_id, settings.run, which, metric="eval_return", mode="max")
+        else:
+            found = services.ckpt.lookup(which=which)
+    except NotFound as exc:
+        if which != "latest":
+            raise
+        log.info("no checkpoint of %s/%s yet (%s): starting fresh", settings.agent_id, settings.run, exc)
+        return settings, None
+    for path, reason in found.skipped:
+        log.warning("skipped checkpoint %s: %s", path, reason)
+    where = found.checkpoint.path
+    state = decode_trainer_state(services.ckpt.read(where, TRAINER_FILE), where)
+    merged, overrides = merge_settings(state["settings"], settings, explicit, where)
+    history = list(state.get("overrides", []))
+    if overrides:
+        history.append({"step": state["loop"]["step"], "changes": overrides})
+    return merged, Resume(where, state, overrides, history)
+
+
+def _check_fresh(services: Services, settings: TrainSettings) -> None:
+    """A fresh run must not write over another run's checkpoints."""
+    try:
+        existing = services.ckpt.list(settings.agent_id, settings.run)
+    except NotFound:
+        existing = []
+    if existing:
+        raise FailedPrecondition(
+            f"run_id: {settings.agent_id}/{settings.run} already has checkpoints (latest step {existing[-1].step}); "
+            "continue it with --resume-from-checkpoint latest, or start another with --run-id NAME")

@@ -1,0 +1,146 @@
+"""compose.yaml and the image definition, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+from tests.support.deploy import COMPOSE, compose, compose_env, dockerfile, pinned, repo_path
+
+REWIND_SERVICES = {"buffer": 50051, "checkpoint": 50052, "trainer": 50053}
+GPU_SERVICES = {"buffer-gpu": 50051, "trainer-gpu": 50053}
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_images_are_pinned_and_minio_has_its_ready_check_and_a_bucket_job():
+    services = compose()["services"]
+    for name, svc in services.items():
+        image = svc["image"]
+        assert pinned(image), f"{name}: pin {image}"
+    assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", services["minio"]["image"])
+    assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    bucket = services["create-bucket"]
+    assert re.fullmatch(r"quay\.io/minio/mc:RELEASE\.[0-9TZ-]+", bucket["image"])
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert "mc mb --ignore-existing" in bucket["command"][0]
+    assert bucket["restart"] == "no"
+
+
+def test_services_start_in_order_with_health_checks_and_the_trainer_resumes_from_latest():
+    services = compose()["services"]
+    for name in (*REWIND_SERVICES, *GPU_SERVICES):
+        assert services[name]["healthcheck"]["test"] == ["CMD", "rewind", "health", "--timeout", "4"], name
+        assert compose_env(services[name])["REWIND_PORT"] == str({**REWIND_SERVICES, **GPU_SERVICES}[name])
+    assert services["checkpoint"]["depends_on"] == {"create-bucket": {"condition": "service_completed_successfully"}}
+    assert services["trainer"]["depends_on"] == {"buffer": {"condition": "service_healthy"},
+                                                 "checkpoint": {"condition": "service_healthy"}}
+    assert services["trainer-gpu"]["depends_on"] == {"buffer-gpu": {"condition": "service_healthy"},
+                                                     "checkpoint": {"condition": "service_healthy"}}
+    for name in ("trainer", "trainer-gpu"):
+        env = compose_env(services[name])
+        assert env["REWIND_RESUME_FROM_CHECKPOINT"] == "latest"
+        assert env["REWIND_BUFFER_ADDRESS"] == f"{next(iter(services[name]['depends_on']))}:50051"
+        assert env["REWIND_CHECKPOINT_ADDRESS"] == "checkpoint:50052"
+        # docker compose down: SIGTERM, then the checkpoint must commit before the kill.
+        assert int(services[name]["stop_grace_period"].rstrip("s")) > 20 + 30
+        assert services[name]["restart"] == "on-failure"  # a finished run stays finished
+    env = compose_env(services["checkpoint"])
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["REWIND_STORE"] == "s3://rewind/checkpoints"
+    assert env["AWS_ACCESS_KEY_ID"] == compose_env(services["minio"])["MINIO_ROOT_USER"]
+
+
+def test_ports_are_published_on_the_documented_numbers_and_volumes_are_named():
+    spec = compose()
+    services = spec["services"]
+    for name, port in {**REWIND_SERVICES, **GPU_SERVICES}.items():
+        assert services[name]["ports"] == [f"{port}:{port}"], name
+    assert services["minio"]["ports"] == ["9000:9000", "9001:9001"]
+    assert set(spec["volumes"]) == {"minio-data", "trainer-runs"}
+    assert "minio-data:/data" in services["minio"]["volumes"]
+    assert "trainer-runs:/var/lib/rewind/runs" in services["trainer"]["volumes"]
+
+
+def test_the_gpu_profile_reserves_nvidia_devices_and_uses_the_cuda_image():
+    services = compose()["services"]
+    for name in GPU_SERVICES:
+        svc = services[name]
+        assert svc["profiles"] == ["gpu"]
+        assert svc["build"]["args"]["VARIANT"] == "cuda"
+        [device] = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] >= 1
+    assert compose_env(services["trainer-gpu"])["REWIND_DEVICE"] == "cuda"
+    for name in ("minio", "create-bucket", *REWIND_SERVICES):
+        assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
+        assert "deploy" not in services[name]
+
+
+# -- the image -----------------------------------------------------------------
+
+
+def test_the_image_is_multi_stage_non_root_with_a_health_check_and_no_credentials():
+    text = dockerfile()
+    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", text, re.M)
+    assert [name for _, name in stages] == ["build", "runtime"]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    assert re.search(r"^ARG VARIANT=cpu$", text, re.M)
+    assert 'cpu) index="$TORCH_INDEX_CPU"' in text and 'cuda) index="$TORCH_INDEX_CUDA"' in text
+    runtime = text.split(" AS runtime", 1)[1]
+    [user] = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+    assert user.split(":")[0] not in ("0", "root") and int(user.split(":")[0]) >= 1000
+    assert re.search(r'^HEALTHCHECK .* CMD \["rewind", "health"', runtime, re.M)
+    assert re.search(r'^ENTRYPOINT \["rewind"\]', runtime, re.M)
+    assert "COPY --from=build /opt/rewind /opt/rewind" in runtime
+    for line in re.findall(r"^(?:ENV|ARG)\s.*$", text, re.M):
+        assert not re.search(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", line), line
+    assert "--constraint constraints.txt" in text
+
+
+def test_the_constraints_pin_every_dependency_and_torch_as_the_project_does():
+    pins = {}
+    for line in repo_path("deploy", "docker", "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            pins[name] = version
+    project = tomllib.loads(repo_path("pyproject.toml").read_text())["project"]
+    direct = project["dependencies"] + project["optional-dependencies"]["dmc"]
+    for req in direct:
+        name = re.split(r"[<>=\[ ;!~]", req, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in deploy/docker/constraints.txt"
+    assert f"torch=={pins['torch']}" in project["dependencies"]
+    assert f"mujoco=={pins['mujoco']}" in project["optional-dependencies"]["dmc"]
+
+
+def test_the_package_builds_from_exactly_the_files_the_docker_context_admits(tmp_path):
+    lines = [line for line in repo_path(".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert lines[0] == "*", "the context is an allow-list"
+    admitted = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
+    context = tmp_path / "context"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for path in admitted:
+        src, dst = repo_path(path), context / path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=ignore) if src.is_dir() else shutil.copy(src, dst)
+    # The Dockerfile copies these and nothing else from the context.
+    copied = re.findall(r"^COPY (?!--from)(\S+)", dockerfile(), re.M)
+    assert {c.rstrip("/") for c in copied} <= set(admitted)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "dist"), str(context)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = (tmp_path / "dist").glob("rewind-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("rewind/cli.py", "rewind/buffer/v1/buffer_pb2.py", "rewind/trainer/v1/trainer_pb2_grpc.py",
+                   "rewind_buffer/server.py", "rewind_checkpoint/server.py", "rewind_trainer/run.py"):
+        assert needed in names, needed
+    assert any(n.startswith("rewind_buffer/") and n.endswith(".toml") for n in names)

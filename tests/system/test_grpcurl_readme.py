@@ -1,0 +1,120 @@
+"""The README's grpcurl block, call by call, through buf curl against a running trio."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+from rewind import CheckpointClient
+from tests.support.curl import curl
+from tests.support.paths import REPO
+from tests.support.processes import ServiceProcess
+from tests.support.trainer import BUFFER_FLAGS, TrainerProcess
+
+RUN = ("tdmpc2", "pendulum-v1-seed1")
+
+
+def readme_commands() -> list[list[str]]:
+    """The grpcurl commands of the README's `## grpcurl` section, in order."""
+    text = REPO.joinpath("README.md").read_text()
+    section = text.split("\n## grpcurl\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.startswith("grpcurl ")]
+
+
+def to_buf_curl(argv: list[str], addresses: dict[str, str]) -> tuple[str, list[str], dict | None]:
+    """(what is called, buf curl arguments, JSON body) for one grpcurl command line."""
+    assert argv[:2] == ["grpcurl", "-plaintext"], argv
+    rest = argv[2:]
+    body = None
+    if rest[0] == "-d":
+        body = json.loads(rest[1])
+        rest = rest[2:]
+    address = addresses[rest[0]]
+    if rest[1] == "list":
+        return "list", ["--list-services", f"http://{address}"], None
+    if rest[1] == "describe":
+        # buf curl lists every method of a server (it takes no service name); the test keeps rest[2]'s.
+        return f"describe {rest[2]}", ["--list-methods", f"http://{address}"], None
+    [method] = rest[1:]
+    return method, [f"http://{address}/{method}"], body
+
+
+@pytest.fixture
+def trio(tmp_path):
+    buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
+    ckpt = ServiceProcess(tmp_path, "--store", f"file://{tmp_path}/store", group="ckpt")
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "100000")
+    try:
+        first = trainer.wait_until_step(200)  # a checkpoint exists, and the buffer holds an episode
+        yield {"127.0.0.1:50051": buffer.address, "127.0.0.1:50052": ckpt.address,
+               "127.0.0.1:50053": f"127.0.0.1:{trainer.port}"}, trainer, ckpt, first
+    finally:
+        if trainer.proc.poll() is None:
+            trainer.proc.kill()
+        trainer.wait()
+        buffer.stop()
+        ckpt.stop()
+
+
+def test_the_readme_grpcurl_commands_work_through_buf_curl(trio):
+    addresses, trainer, ckpt, first = trio
+    commands = readme_commands()
+    assert {a for argv in commands for a in argv if a.startswith("127.0.0.1:")} == set(addresses)
+    seen = []
+    for argv in commands:
+        what, args, body = to_buf_curl(argv, addresses)
+        result = curl("", *args, data=body)
+        assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stderr}"
+        out = result.stdout
+        seen.append(what.rsplit("/", 1)[-1].split()[0])
+        if what == "list":
+            assert {"rewind.buffer.v1.BufferService", "grpc.health.v1.Health"} <= set(out.split())
+        elif what.startswith("describe "):
+            service = what.split()[1]
+            methods = {m for m in out.split() if m.startswith(f"{service}/")}
+            assert methods & {"rewind.buffer.v1.BufferService/Sample", "rewind.checkpoint.v1.CheckpointService/Lookup",
+                              "rewind.trainer.v1.TrainerService/Stop"}, out
+        else:
+            check(what, json.loads(out), first, ckpt)
+    assert seen == ["list", "describe", "Check", "GetStats", "Sample", "describe", "ListRuns", "ListCheckpoints",
+                    "Lookup", "describe", "GetStatus", "CreateCheckpoint", "Stop"]
+    assert trainer.proc.wait(timeout=120) == 0  # Stop: checkpoint and exit, as on SIGTERM
+
+
+def check(method: str, reply: dict, first: int, ckpt: ServiceProcess) -> None:
+    """What each call must answer, given a trainer past its first checkpoint at step `first`."""
+    name = method.rsplit("/", 1)[-1]
+    if name == "Check":
+        assert reply == {"status": "SERVING"}
+    elif name == "GetStats":
+        stats = reply["stats"]
+        assert stats["name"] == "buffer" and int(stats["episodes"]) >= 1
+        assert int(stats["transitions"]) >= 200 and int(stats["settings"]["batchSize"]) == 8
+    elif name == "Sample":
+        batch = reply["batch"]
+        assert batch["obs"]["shape"] == ["4", "8", "3"]  # horizon 3 + 1, batch 8, Pendulum's observation
+        assert batch["action"]["shape"] == ["3", "8", "1"]
+    elif name == "ListRuns":
+        assert [(r["agentId"], r["runId"]) for r in reply["runs"]] == [RUN]
+    elif name == "ListCheckpoints":
+        assert first in [int(c["step"]) for c in reply["checkpoints"]]
+    elif name == "Lookup":
+        assert int(reply["checkpoint"]["step"]) >= first
+        assert reply["checkpoint"]["path"].endswith(f"{RUN[0]}/{RUN[1]}/step-{int(reply['checkpoint']['step']):010d}")
+    elif name == "GetStatus":
+        status = reply["status"]
+        assert (status["agentId"], status["runId"], status["task"]) == (*RUN, "Pendulum-v1")
+        assert int(status["step"]) >= first and status["phase"] in ("seeding", "training", "evaluating")
+    elif name == "CreateCheckpoint":
+        step = int(reply["step"])
+        assert step >= first
+        with CheckpointClient(ckpt.address) as client:
+            assert client.lookup(*RUN, "latest").checkpoint.path == reply["path"]
+    elif name == "Stop":
+        assert int(reply["step"]) >= first
+    else:
+        raise AssertionError(f"no check for {method}: add one when the README gains a call")

@@ -1,0 +1,393 @@
+"""The trainer through the real trio on 127.0.0.1: checkpoints, exact resume,
+overrides, mismatches, SIGTERM, kill -9, the trainer service and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from google.protobuf import json_format
+from safetensors.torch import load as load_safetensors
+
+from rewind import BufferClient, CheckpointClient
+from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from rewind_buffer import BufferSettings, ServiceConfig
+from rewind_buffer.server import serve as serve_buffers
+from rewind_trainer.run import train
+from rewind_trainer.service import Control
+from rewind_trainer.settings import TrainSettings
+from tests.support.configs import checkpoint_config
+from tests.support.processes import ServiceProcess
+from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess
+
+
+def tiny(**changes) -> TrainSettings:
+    base = dict(model_size="tiny", seed_steps=200, eval_freq=400, eval_episodes=1, agent=AGENT, port=-1,
+                checkpoint_interval_episodes=0)
+    return TrainSettings(**{**base, **changes})
+
+
+def params(agent) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in agent.model.state_dict().items()}
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"parameters differ: {different[:5]}"
+
+
+class Trio:
+    """A buffer service and a checkpoint service in this process; the trainer runs here too."""
+
+    def __init__(self, store_url: str) -> None:
+        from rewind_checkpoint.server import serve as serve_checkpoints
+
+        self.buffers = serve_buffers(ServiceConfig(
+            settings=BufferSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3), port=0))
+        self.checkpoints = serve_checkpoints(checkpoint_config(store_url, max_message_mb=64))
+        self.ckpt = CheckpointClient(self.checkpoints.address)
+
+    def settings(self, out_dir: Path, **changes) -> TrainSettings:
+        return tiny(buffer_address=self.buffers.address, checkpoint_address=self.checkpoints.address,
+                    out_dir=str(out_dir), **changes)
+
+    def fresh_buffers(self) -> None:
+        """A new buffer service, as after a preemption (the old one's contents are gone)."""
+        self.buffers.stop(grace_s=0.5)
+        self.buffers = serve_buffers(ServiceConfig(
+            settings=BufferSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3), port=0))
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.buffers.stop(grace_s=0.5)
+        self.checkpoints.stop(grace_s=0.5)
+
+
+@pytest.fixture
+def trio(store_url):
+    t = Trio(store_url)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def file_trio(tmp_path):
+    t = Trio(f"file://{tmp_path}/store")
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run to step 600 (seed steps end at 200, episodes are 200 steps)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    t = Trio(f"file://{tmp}/store")
+    try:
+        result = train(t.settings(tmp / "runs", steps=600), progress=False)
+        test_episodes = BufferClient(t.buffers.address, "test_buffer").stats().episodes_added
+        return params(result.agent), result, test_episodes
+    finally:
+        t.close()
+
+
+# -- exact resume ------------------------------------------------------------
+
+def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run(trio, reference, tmp_path):
+    first = train(trio.settings(tmp_path / "runs", steps=300), progress=False)
+    assert (first.step, first.exit_code) == (300, 0)
+    assert first.checkpoint.endswith("step-0000000300")  # the final save, in the middle of an episode
+    trio.fresh_buffers()  # nothing survives but the checkpoint
+    second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint="latest"),
+                   explicit={"steps", "resume_from_checkpoint"}, progress=False)
+    assert (second.step, second.resumed_from) == (600, first.checkpoint)
+    assert_identical(params(second.agent), reference[0])
+    assert second.episode == reference[1].episode == 3
+
+
+def test_a_checkpoint_holds_the_files_the_metrics_and_a_policy_for_deployment(file_trio, tmp_path):
+    result = train(file_trio.settings(tmp_path / "runs", steps=420), progress=False)
+    found = file_trio.ckpt.lookup(which=result.checkpoint)
+    names = {f.name for f in found.checkpoint.files}
+    assert names == {"trainer.pt", "policy.safetensors", "buffer.snapshot", "test_buffer.snapshot"}
+    assert found.checkpoint.step == 420 and found.checkpoint.episode == 2
+    assert found.checkpoint.metrics["eval_return"] == pytest.approx(result.eval_return)
+    assert found.checkpoint.config["settings"]["task"] == "Pendulum-v1"
+    policy = load_safetensors(file_trio.ckpt.read(result.checkpoint, "policy.safetensors"))
+    model = result.agent.model.state_dict()
+    assert policy.keys() == {k for k in model if not k.startswith("target_qs.")}
+    assert all(torch.equal(policy[k], model[k]) for k in policy)
+    # Both buffers went into the checkpoint as they were at the step.
+    stats = BufferClient(file_trio.buffers.address).stats()
+    assert stats.episodes_added == 2
+    metrics = (result.run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("step,episode,kind,episode_return")
+    assert (result.run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- overrides and mismatches --------------------------------------------------
+
+def test_resume_applies_safe_overrides_and_records_them(file_trio, tmp_path):
+    first = train(file_trio.settings(tmp_path / "runs", steps=250), progress=False)
+    file_trio.fresh_buffers()
+    resumed = train(file_trio.settings(tmp_path / "runs", steps=300, learning_rate=1e-3, keep_last_n_checkpoints=1,
+                                       resume_from_checkpoint=first.checkpoint),
+                    explicit={"steps", "learning_rate", "keep_last_n_checkpoints", "resume_from_checkpoint"},
+                    progress=False)
+    assert resumed.step == 300
+    assert resumed.settings.learning_rate == 1e-3
+    assert [g["lr"] for g in resumed.agent.pi_optim.param_groups] == [1e-3]
+    assert resumed.agent.optim.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.3)  # the encoder's scale
+    checkpoint = file_trio.ckpt.lookup(which=resumed.checkpoint).checkpoint
+    changes = json_format.MessageToDict(checkpoint.extra)["overrides"][0]["changes"]
+    assert changes["learning_rate"] == {"from": 3e-4, "to": 1e-3}
+    assert changes["steps"] == {"from": 250, "to": 300}
+    assert checkpoint.resumed_from == first.checkpoint
+    # keep_last_n_checkpoints=1 went to the service with the save
+    assert [c.step for c in file_trio.ckpt.list("tdmpc2", "pendulum-v1-seed1")] == [300]
+
+
+def test_resume_with_another_architecture_names_each_field_and_touches_nothing(file_trio, tmp_path):
+    first = train(file_trio.settings(tmp_path / "runs", steps=210), progress=False)
+    before = BufferClient(file_trio.buffers.address).stats()
+    with pytest.raises(FailedPrecondition) as info:
+        train(file_trio.settings(tmp_path / "runs", steps=400, resume_from_checkpoint="latest", model_size="1",
+                                 agent={**AGENT, "num_q": 3}),
+              explicit={"steps", "resume_from_checkpoint", "model_size", "agent"}, progress=False)
+    message = str(info.value)
+    assert "model_size (checkpoint 'tiny', given '1')" in message
+    assert "agent.num_q (checkpoint None, given 3)" in message
+    assert [c.path for c in file_trio.ckpt.list("tdmpc2", "pendulum-v1-seed1")] == [first.checkpoint]
+    after = BufferClient(file_trio.buffers.address).stats()
+    assert (after.episodes_added, after.batches_sampled) == (before.episodes_added, before.batches_sampled)
+
+
+def test_resume_with_another_task_shape_is_refused(file_trio, tmp_path):
+    first = train(file_trio.settings(tmp_path / "runs", steps=210), progress=False)
+    with pytest.raises(FailedPrecondition, match=r"task \(checkpoint 'Pendulum-v1', given 'MountainCarContinuous"):
+        train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=first.checkpoint,
+                                 task="MountainCarContinuous-v0"),
+              explicit={"resume_from_checkpoint", "task"}, progress=False)
+
+
+def test_latest_without_a_checkpoint_starts_fresh_and_says_so(file_trio, tmp_path, caplog):
+    caplog.set_level("INFO", logger="rewind_trainer.run")
+    result = train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0,
+                                      resume_from_checkpoint="latest"), progress=False)
+    assert result.resumed_from == "" and result.step == 5
+    assert "no checkpoint of tdmpc2/pendulum-v1-seed1 yet" in caplog.text and "starting fresh" in caplog.text
+
+
+def test_a_fresh_run_never_writes_over_an_existing_run(file_trio, tmp_path):
+    train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0), progress=False)
+    with pytest.raises(FailedPrecondition, match=r"run_id: tdmpc2/pendulum-v1-seed1 already has checkpoints"):
+        train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0), progress=False)
+
+
+def test_a_corrupt_checkpoint_is_reported_as_data_loss(file_trio, tmp_path):
+    first = train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0), progress=False)
+    trainer_pt = Path(first.checkpoint.removeprefix("file://")) / "trainer.pt"
+    data = bytearray(trainer_pt.read_bytes())
+    data[100] ^= 0xFF
+    trainer_pt.write_bytes(bytes(data))
+    with pytest.raises(DataLoss, match="trainer.pt"):
+        train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=first.checkpoint),
+              explicit={"resume_from_checkpoint"}, progress=False)
+    with pytest.raises(NotFound):
+        missing = first.checkpoint.replace("-0000000005", "-0000000099")
+        train(file_trio.settings(tmp_path / "runs", resume_from_checkpoint=missing),
+              explicit={"resume_from_checkpoint"}, progress=False)
+
+
+# -- checkpoints never stop the run ------------------------------------------------
+
+def test_a_failed_save_is_reported_and_the_next_one_succeeds(tmp_path):
+    trio = Trio(f"file://{tmp_path}/store")
+    control = Control()
+    outcome: dict = {}
+    settings = trio.settings(tmp_path / "runs", steps=100_000, eval_episodes=0)
+    runner = threading.Thread(target=lambda: outcome.update(result=train(settings, control=control,
+                                                                         progress=False)))
+    runner.start()
+    try:
+        first = control.request_checkpoint().result(timeout=120)
+        store = tmp_path / "store"
+        store.rename(tmp_path / "gone")  # the store disappears
+        with pytest.raises(Exception, match="store"):
+            control.request_checkpoint().result(timeout=120)
+        assert control.checkpointer.status.failures == 1
+        assert "store" in control.checkpointer.status.error
+        (tmp_path / "gone").rename(store)
+        second = control.request_checkpoint().result(timeout=120)
+        assert second[0] > first[0] and second[1].endswith(f"step-{second[0]:010d}")
+        assert control.checkpointer.status.error == ""
+        control.request_stop("test")
+        runner.join(timeout=120)
+        result = outcome["result"]
+        assert result.stopped and result.exit_code == 0 and result.step < 100_000
+        assert result.checkpoint.endswith(f"step-{result.step:010d}")
+    finally:
+        control.request_stop("test")
+        runner.join(timeout=120)
+        trio.close()
+
+
+def test_checkpoint_blocking_time_is_recorded_and_small(file_trio, tmp_path):
+    control = Control()
+    train(file_trio.settings(tmp_path / "runs", steps=260, checkpoint_interval_steps=130), control=control,
+          progress=False)
+    status = control.checkpointer.status
+    assert status.saves == 2 and status.step == 260
+    assert 0 < status.blocking_ms < 1000  # the 50 ms figure is measured in bench/trainer.py, not here
+
+
+# -- bad settings ----------------------------------------------------------------
+
+def test_bad_settings_are_named():
+    with pytest.raises(InvalidArgument, match="checkpoint_interval_steps: must be zero or more"):
+        TrainSettings(checkpoint_interval_steps=-1)
+    with pytest.raises(InvalidArgument, match="learning_rate: must be positive"):
+        TrainSettings(learning_rate=0)
+    with pytest.raises(InvalidArgument, match=r"agent\.lr: set it with its own setting"):
+        TrainSettings(agent={"lr": 1e-3})
+    with pytest.raises(InvalidArgument, match=r"train\(\): unknown setting\(s\) stepz"):
+        TrainSettings.from_dict({"stepz": 3}, source="train()")
+
+
+def test_an_unreachable_service_is_named_with_its_address(tmp_path):
+    with pytest.raises(Exception, match=r"buffer service at 127\.0\.0\.1:9 is not reachable"):
+        train(tiny(buffer_address="127.0.0.1:9", out_dir=str(tmp_path)), progress=False)
+
+
+# -- the process: CLI, trainer service, SIGTERM, kill -9 ---------------------------------
+
+@pytest.fixture
+def services(tmp_path):
+    buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
+    ckpt = ServiceProcess(tmp_path, "--store", f"file://{tmp_path}/store", group="ckpt")
+    yield buffer, ckpt
+    buffer.stop()
+    ckpt.stop()
+
+
+def final_policy(ckpt_address: str, step: int) -> dict[str, torch.Tensor]:
+    with CheckpointClient(ckpt_address) as ckpt:
+        found = ckpt.lookup("tdmpc2", "pendulum-v1-seed1", step)
+        return load_safetensors(ckpt.read(found.checkpoint, "policy.safetensors"))
+
+
+def test_sigterm_checkpoints_and_exits_then_latest_resumes_exactly(services, reference, tmp_path):
+    buffer, ckpt = services
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "600")
+    trainer.wait_until_step(250)
+    status = trainer.client.status()
+    assert status.phase in ("training", "seeding") and status.total_steps == 600
+    assert status.last_checkpoint.path.endswith(f"step-{status.last_checkpoint.step:010d}")
+    trainer.proc.send_signal(signal.SIGTERM)
+    assert trainer.wait() == 0, trainer.output()
+    out = trainer.output()
+    assert "stopped: Pendulum-v1 step" in out and "--resume-from-checkpoint file://" in out
+    with CheckpointClient(ckpt.address) as c:
+        stopped_at = c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step
+    assert 250 <= stopped_at < 600
+    # The preempted buffer service is gone too: a new one, restored from the checkpoint.
+    buffer.stop()
+    new_buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
+    try:
+        again = TrainerProcess(tmp_path, new_buffer.address, ckpt.address, "--steps", "600",
+                               "--resume-from-checkpoint", "latest")
+        assert again.wait() == 0, again.output()
+        assert f"resuming file://{tmp_path}/store/tdmpc2/pendulum-v1-seed1/step-{stopped_at:010d}" in again.output()
+    finally:
+        new_buffer.stop()
+    policy = final_policy(ckpt.address, 600)
+    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+
+
+def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, tmp_path):
+    buffer, ckpt = services
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "600",
+                             "--checkpoint-interval-steps", "100")
+    committed = trainer.wait_until_step(220)
+    trainer.proc.kill()
+    assert trainer.wait() == -signal.SIGKILL
+    with CheckpointClient(ckpt.address) as c:
+        latest = c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step
+    assert latest >= committed
+    again = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "600", "--checkpoint-interval-steps",
+                           "100", "--resume-from-checkpoint", "latest")
+    assert again.wait() == 0, again.output()
+    assert f"step-{latest:010d} at step {latest}" in again.output()
+    policy = final_policy(ckpt.address, 600)
+    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+
+
+def test_the_trainer_service_reports_and_stops(services, tmp_path):
+    buffer, ckpt = services
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "100000")
+    step = trainer.wait_until_step(1)
+    status = trainer.client.status()
+    assert status.agent_id == "tdmpc2" and status.run_id == "pendulum-v1-seed1" and status.task == "Pendulum-v1"
+    assert status.step >= step and status.acting_mode == "mppi"
+    assert status.last_checkpoint.blocking_ms > 0 and status.last_checkpoint.error == ""
+    # The same through reflection only, as a grpcurl user would (buf curl).
+    from tests.support.curl import call
+
+    service = "rewind.trainer.v1.TrainerService"
+    over_curl = call(trainer.client.address, "GetStatus", {}, service)["status"]
+    assert (over_curl["runId"], over_curl["task"]) == ("pendulum-v1-seed1", "Pendulum-v1")
+    assert int(over_curl["step"]) >= status.step
+    made = call(trainer.client.address, "CreateCheckpoint", {"wait": True}, service)
+    assert made["path"].endswith(f"step-{int(made['step']):010d}")
+    stop_step = int(call(trainer.client.address, "Stop", {}, service)["step"])
+    assert stop_step >= step
+    assert trainer.wait() == 0, trainer.output()
+    with CheckpointClient(ckpt.address) as c:
+        assert c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step >= stop_step
+
+
+def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path):
+    for args, expected in (
+        (["--task", "NoSuchTask-v0"], "rewind: error: task: 'NoSuchTask-v0' is not a known Gymnasium environment"),
+        (["--steps", "0"], "rewind: error: steps: must be at least 1, got 0"),
+        (["--store", "file:///tmp/x"], "rewind: error: store: --store and --checkpoint-dir choose the store of "
+                                       "--local-services"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "rewind", "train", "--port", "-1", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(expected)
+
+
+def test_yaml_settings_are_overridden_by_flags(tmp_path):
+    from rewind.cli import build_parser
+    from rewind.train_cli import settings_from_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("task: Pendulum-v1\nsteps: 500\nlearning-rate: 0.001\nagent: {num_samples: 64}\n"
+                      "checkpoint_interval_episodes: 5\n")
+    args = build_parser().parse_args(["train", "--config", str(config), "--steps", "700", "--agent",
+                                      "num_elites=8", "--no-mpc"])
+    settings, explicit = settings_from_args(args)
+    assert (settings.steps, settings.learning_rate, settings.checkpoint_interval_episodes) == (700, 1e-3, 5)
+    assert settings.agent == {"num_samples": 64, "num_elites": 8} and settings.mpc is False
+    assert explicit == {"task", "steps", "learning_rate", "agent", "checkpoint_interval_episodes", "mpc"}
+    assert dataclasses.replace(settings, steps=500) != settings
+
+
+def test_rewind_train_function_runs_the_trio_locally(tmp_path, monkeypatch):
+    import rewind
+
+    monkeypatch.chdir(tmp_path)
+    result = rewind.train(local_services=True, store=f"file://{tmp_path}/store", model_size="tiny", steps=30,
+                          seed_steps=30, eval_episodes=0, agent={"batch_size": 8}, port=-1, progress=False)
+    assert result.step == 30 and result.checkpoint.endswith("step-0000000030")
+    manifest = json.loads((Path(result.checkpoint.removeprefix("file://")) / "manifest.json").read_text())
+    assert manifest["step"] == 30
