@@ -17,7 +17,7 @@ def add_settings(parser: argparse.ArgumentParser, settings_cls: type, config_hel
     parser.add_argument("--config", help=config_help)
     mechanism.add_arguments(parser, settings_cls)
     parser.epilog = f"{parser.epilog}\n\n{SETTINGS_NOTE}" if parser.epilog else SETTINGS_NOTE
-    parser.set_defaults(settings_parser=parser)
+    parser.set_defaults(settings_parser=parser, settings_class=settings_cls)
 
 
 def load_settings(args: argparse.Namespace, settings_cls: type, **given: Any) -> mechanism.Loaded:

@@ -376,9 +376,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[
         kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS, "help": helptext}
 
         def convert(text: str, spec: Spec = spec) -> Any:
-            value = parse_text(spec, text)
-            check_value(spec, value)
-            return value
+            return parse_text(spec, text)  # ranges are checked with the other sources, naming the field
 
         if spec.kind is bool:
             negatives = [f"--no-{n.removeprefix('--')}" for n in names if "_" not in n]
@@ -452,7 +450,7 @@ class Loaded:
 
     settings: Any
     explicit: frozenset[str]            # the fields given by a file, a variable or a flag
-    from_environment: frozenset[str]    # ... of which by a variable
+    from_environment: frozenset[str]    # ... of which by a variable (and no flag)
 
 
 def load(cls: type, *, file: str | None = None, environ: Mapping[str, str] | None = None,
@@ -477,7 +475,7 @@ def load(cls: type, *, file: str | None = None, environ: Mapping[str, str] | Non
             if isinstance(value, dict) and isinstance(values.get(name), dict):
                 value = {**values[name], **value}  # dict settings merge key by key
             values[name] = value
-    return Loaded(cls(**values), frozenset(values), frozenset(layers[1]))
+    return Loaded(cls(**values), frozenset(values), frozenset(layers[1]) - frozenset(layers[2]))
 
 
 def replace(settings: Any, **changes: Any) -> Any:

@@ -22,7 +22,7 @@ from rewind_runtime.host import ServiceHost
 from rewind_runtime.threads import set_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.checkpointer import Checkpointer
+from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus
 from rewind_trainer.connections import connect, own_buffers
 from rewind_trainer.loop import Stopped, Trainer
 from rewind_trainer.metrics import MetricsLog
@@ -49,6 +49,7 @@ class TrainResult:
     agent: TDMPC2
     exit_code: int = 0
     committed: bool = True        # the last checkpoint (final, or on the way out) committed
+    checkpoints: CheckpointStatus | None = None   # saves, failures, the last error and blocking time
 
 
 def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_signals: bool = False,
@@ -95,7 +96,7 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         exit_code = 1 if not ok else settings.preempt_exit_code if stopped else 0
         s = trainer.state
         return TrainResult(settings, s.step, s.episode, s.eval_return, stopped, checkpointer.status.path,
-                           plan.resumed_from, metrics.path.parent, agent, exit_code, ok)
+                           plan.resumed_from, metrics.path.parent, agent, exit_code, ok, checkpointer.status)
 
 
 def _run(trainer: Trainer, schedule: CheckpointSchedule, control: service.Control) -> tuple[bool, bool]:

@@ -21,11 +21,12 @@ from botocore.exceptions import ClientError
 from rewind import BufferClient, CheckpointClient, TrainerClient
 from rewind.channel import make_channel
 from rewind.health import wait_until_serving
+from rewind_runtime import settings as mechanism
 from tests.support.deploy import compose, compose_env, container_env, find, pod_spec, render
 from tests.support.processes import free_port
 
 SOURCES = ("compose", "k8s-cpu")
-UNKNOWN_WARNING = "is not a setting of"
+UNKNOWN_VARIABLE = "not a setting of this command"
 
 
 def service_specs(source: str) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -53,7 +54,7 @@ class Container:
         self.env = {**clean, **env, **overrides, "REWIND_HOST": "127.0.0.1", "REWIND_PORT": str(self.port)}
         self.log_path = tmp_path / f"{name}.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "rewind", *args], env=self.env, cwd=tmp_path,
+        self.proc = subprocess.Popen([sys.executable, "-m", "rewind_cli", *args], env=self.env, cwd=tmp_path,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_until_serving(self) -> None:
@@ -62,7 +63,7 @@ class Container:
 
     def healthcheck(self) -> subprocess.CompletedProcess:
         """The image's HEALTHCHECK command, run in the container's environment."""
-        return subprocess.run([sys.executable, "-m", "rewind", "health", "--timeout", "4"], env=self.env,
+        return subprocess.run([sys.executable, "-m", "rewind_cli", "health", "--timeout", "4"], env=self.env,
                               capture_output=True, text=True, timeout=60)
 
     def output(self) -> str:
@@ -102,7 +103,7 @@ def test_each_service_starts_from_its_definition_and_passes_the_image_healthchec
         container.wait_until_serving()
         result = container.healthcheck()
         assert (result.returncode, result.stdout.strip()) == (0, "SERVING"), result.stderr
-        assert UNKNOWN_WARNING not in container.output()
+        assert UNKNOWN_VARIABLE not in container.output()
     # The settings given by variables took effect.
     with BufferClient(buffer.address, "buffer") as client:
         settings = client.stats().settings
@@ -131,7 +132,7 @@ def test_the_trainer_starts_from_its_definition_and_a_sigterm_checkpoints_with_t
         trainer.stop()
     expected = int(env.get("REWIND_PREEMPT_EXIT_CODE", "0"))
     assert code == expected, trainer.output()[-3000:]
-    assert UNKNOWN_WARNING not in trainer.output()
+    assert UNKNOWN_VARIABLE not in trainer.output()
     with CheckpointClient(ckpt.address) as client:
         found = client.lookup("tdmpc2", env["REWIND_RUN_ID"], "latest")
     config = found.checkpoint.config["settings"]
@@ -155,18 +156,24 @@ def every_rewind_container() -> list[tuple[str, list[str], dict[str, str]]]:
 
 
 def test_every_container_passes_only_settings_its_command_accepts():
-    from rewind import env_flags
-    from rewind.cli import build_parser
+    from rewind_cli.main import build_parser
+    from rewind_cli.serving import load_settings
 
     containers = every_rewind_container()
     assert len(containers) == 5 + 3 + 3  # compose: buffer, checkpoint, trainer and the two gpu ones
     for where, args, env in containers:
         parsed = build_parser().parse_args(args)
-        assert env_flags.unknown(parsed, env) == [], where
-        used = env_flags.apply(parsed, env)  # raises SystemExit on a value the flag rejects
-        assert sorted(used) == sorted(k for k in env if k.startswith("REWIND_")), where
+        settings_cls = parsed.settings_class
+        variables = {k: v for k, v in env.items() if k.startswith("REWIND_")}
+        used = mechanism.read_environ(settings_cls, variables)  # raises on an unknown variable or a bad value
+        assert sorted(mechanism.env_name(name) for name in used) == sorted(variables), where
+        saved = dict(os.environ)
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            settings = load_settings(parsed, settings_cls).settings  # every value is a valid setting
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         if args[0] == "train":
-            from rewind.train_cli import settings_from_args
-
-            settings, _ = settings_from_args(parsed)  # every value is a valid setting
             assert settings.resume_from_checkpoint == "latest", where

@@ -140,7 +140,9 @@ def test_the_package_builds_from_exactly_the_files_the_docker_context_admits(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     [wheel] = (tmp_path / "dist").glob("rewind-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("rewind/cli.py", "rewind/buffer/v1/buffer_pb2.py", "rewind/trainer/v1/trainer_pb2_grpc.py",
-                   "rewind_buffer/server.py", "rewind_checkpoint/server.py", "rewind_trainer/run.py"):
+    for needed in ("rewind_cli/main.py", "rewind_runtime/host.py", "rewind/buffer/v1/buffer_pb2.py",
+                   "rewind/trainer/v1/trainer_pb2_grpc.py", "rewind_buffer/server.py", "rewind_checkpoint/server.py",
+                   "rewind_trainer/run.py"):
         assert needed in names, needed
-    assert any(n.startswith("rewind_buffer/") and n.endswith(".toml") for n in names)
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "train = rewind_trainer.api:train" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -13,7 +13,7 @@ from tensordict import TensorDict
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2
 from rewind.buffer_messages import encode_episode
-from rewind.errors import FailedPrecondition, NotFound
+from rewind.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.support.episodes import check_batch_against, episode
 
 
@@ -205,3 +205,49 @@ def test_add_reports_num_episodes_and_the_new_episode_id(stub):
         encode_episode(episode(i, 20), request.episode)
         response = stub.AddEpisode(request)
         assert (response.num_episodes, response.episode_id) == (i + 1, i)
+
+
+# -- ResetBuffer and DeleteBuffer ------------------------------------------------
+
+
+def test_reset_empties_a_buffer_with_new_settings_and_reports_what_it_dropped(client):
+    client.load([episode(i, 40) for i in range(3)])
+    stats, dropped = client.reset(batch_size=4, horizon=2, min_history=0)
+    assert dropped == 3
+    assert (stats.episodes, stats.transitions, stats.episodes_added, stats.device) == (0, 0, 0, "")
+    assert (stats.settings.batch_size, stats.settings.horizon, stats.settings.min_history,
+            stats.settings.buffer_size) == (4, 2, 0, 2000)  # unset buffer_size takes the service's default
+    client.add(episode(7, 30))
+    obs, action, _, _ = client.sample()  # ready at once: min_history 0 was honoured
+    assert obs.shape == (3, 4, 3) and action.shape == (2, 4, 2)
+    assert client.using("test_buffer").stats().settings.batch_size == 8  # the other buffer is untouched
+
+
+def test_reset_creates_a_missing_buffer_and_keeps_the_service_defaults_when_asked_for_none(client):
+    stats, dropped = client.using("fresh").reset()
+    assert dropped == 0 and stats.name == "fresh"
+    assert (stats.settings.batch_size, stats.settings.min_history, stats.settings.horizon) == (8, 100, 3)
+    assert "fresh" in [b.name for b in client.list_buffers()]
+
+
+def test_a_bad_reset_is_invalid_and_changes_nothing(client):
+    client.add(episode(0, 40))
+    with pytest.raises(InvalidArgument, match="min_history: 5000 exceeds buffer_size 2000"):
+        client.reset(min_history=5000)
+    with pytest.raises(InvalidArgument, match="buffer: '../x' is not a valid name"):
+        client.using("../x").reset()
+    assert client.stats().episodes == 1
+
+
+def test_delete_removes_a_buffer_and_a_second_delete_is_not_found(client):
+    client.add(episode(0, 40))
+    other = client.using("test_buffer")
+    assert other.delete() == 0
+    assert client.delete() == 1
+    assert client.list_buffers() == []
+    with pytest.raises(NotFound, match="no buffer named 'buffer'"):
+        client.delete()
+    with pytest.raises(NotFound):
+        client.add(episode(1, 40))
+    client.create()  # the name is free again
+    assert client.stats().episodes == 0

@@ -24,9 +24,12 @@ def test_bad_config_is_one_line_error(tmp_path):
     assert result.stderr.strip() == "rewind: error: horizon: must be a positive integer, got -1"
 
 
-def test_bad_flag_value_is_rejected_by_the_parser():
+def test_bad_flag_value_is_one_line_naming_the_setting():
     result = rewind("buffer", "serve", "--buffer-size", "0")
-    assert result.returncode == 2 and "must be a positive integer" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.strip() == "rewind: error: buffer_size: must be a positive integer, got 0"
+    result = rewind("buffer", "serve", "--buffer-size", "ten")
+    assert result.returncode == 2 and "invalid literal for int() with base 10: 'ten'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -49,7 +52,7 @@ def test_print_config_is_the_packaged_default():
 
 def test_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "rewind", "buffer", "demo", "--episodes", "8", "--steps", "100", "--batches", "20",
+        [sys.executable, "-m", "rewind_cli", "buffer", "demo", "--episodes", "8", "--steps", "100", "--batches", "20",
          "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=180, cwd=REPO,
     )

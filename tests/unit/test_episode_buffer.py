@@ -78,7 +78,7 @@ def test_cpu_storage_reported_without_cuda():
     buf = make()
     buf.add(episode(0, 20))
     stats = buf.stats()
-    expected = "cpu" if not torch.cuda.is_available() else stats["device"]
-    assert stats["device"] == expected
+    expected = "cpu" if not torch.cuda.is_available() else stats.device
+    assert stats.device == expected
     # obs 3 + action 2 + reward + done float32, plus the int64 episode id.
-    assert stats["bytes"] == 1000 * (4 * (3 + 2 + 1 + 1) + 8)
+    assert stats.bytes == 1000 * (4 * (3 + 2 + 1 + 1) + 8)
