@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from rewind import addresses
 from rewind_buffer.settings import BufferServiceSettings
 from rewind_cli import serving
 
@@ -45,7 +46,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                              ("snapshot", "save a buffer's contents to a file", snapshot),
                              ("restore", "replace a buffer's contents from a snapshot file", restore)):
         p = commands.add_parser(name, help=text)
-        p.add_argument("--address", default="127.0.0.1:50051", help="host:port of the buffer service")
+        p.add_argument("--address", default=addresses.BUFFER_ADDRESS, help="host:port of the buffer service")
         p.add_argument("--buffer", default="buffer", help="buffer name (default: buffer)")
         p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
         p.set_defaults(func=func)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from rewind.checkpoint.v1 import checkpoint_pb2
-from rewind.checkpoint_client import DEFAULT_ADDRESS, CheckpointClient
+from rewind import addresses
 from rewind.errors import InvalidArgument
 from rewind_checkpoint.settings import CheckpointSettings
 from rewind_cli import serving
+
+if TYPE_CHECKING:
+    from rewind.checkpoint.v1 import checkpoint_pb2
+    from rewind.checkpoint_client import CheckpointClient
+
+DEFAULT_ADDRESS = addresses.CHECKPOINT_ADDRESS
 
 EXAMPLES = """examples:
   rewind ckpt serve --store file:///data/rewind --port 50052
@@ -117,6 +121,12 @@ def _split_run(text: str, field: str = "run") -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def _client(args: argparse.Namespace) -> CheckpointClient:
+    from rewind import CheckpointClient
+
+    return CheckpointClient(args.address, timeout=args.timeout)
+
+
 def _find(client: CheckpointClient, ref: str, verify: bool = False):
     """AGENT/RUN/{latest,best,STEP,step-N} or a full path -> (Found)."""
     if "://" not in ref:
@@ -165,10 +175,12 @@ def _warn_skipped(found) -> None:
 
 
 def ls(args: argparse.Namespace) -> int:
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         if "/" not in args.target.strip("/"):
             runs = client.list_runs(args.target.strip("/"))
             if args.json:
+                from rewind.checkpoint.v1 import checkpoint_pb2
+
                 print(_to_json(checkpoint_pb2.ListRunsResponse(runs=runs)))
                 return 0
             if not runs:
@@ -183,6 +195,8 @@ def ls(args: argparse.Namespace) -> int:
         agent_id, run_id = _split_run(args.target, "target")
         checkpoints = client.list(agent_id, run_id)
     if args.json:
+        from rewind.checkpoint.v1 import checkpoint_pb2
+
         print(_to_json(checkpoint_pb2.ListCheckpointsResponse(checkpoints=checkpoints)))
         return 0
     if not checkpoints:
@@ -196,7 +210,7 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         found = _find(client, args.ref)
     c = found.checkpoint
     if args.json:
@@ -229,7 +243,7 @@ def _struct(message) -> dict:
 
 def latest(args: argparse.Namespace) -> int:
     agent_id, run_id = _split_run(args.run)
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         if args.best is not None:
             found = client.lookup(agent_id, run_id, "best", metric=args.best, mode=args.mode or "",
                                   verify=not args.no_verify)
@@ -244,7 +258,9 @@ def latest(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    from tqdm import tqdm
+
+    with _client(args) as client:
         found = _find(client, args.ref)
         total = found.checkpoint.total_bytes
         if args.file:
@@ -257,6 +273,8 @@ def download(args: argparse.Namespace) -> int:
 
 
 def save(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     agent_id, run_id = _split_run(args.run)
     files = {}
     for path in args.files:
@@ -282,7 +300,7 @@ def save(args: argparse.Namespace) -> int:
     if not files and not buffers:
         raise InvalidArgument("files: nothing to save; give files and/or --buffer HOST:PORT/NAME")
     total = sum(p.stat().st_size for p in files.values())
-    with CheckpointClient(args.address, timeout=args.timeout) as client, \
+    with _client(args) as client, \
             tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload") as bar:
         saved = client.save(agent_id, run_id, args.step, files, episode=args.episode, metrics=metrics,
                             buffers=buffers, resumed_from=args.resumed_from, progress=bar.update)
@@ -297,7 +315,7 @@ def rm(args: argparse.Namespace) -> int:
     parts = args.ref.strip("/").split("/")
     if "://" not in args.ref and len(parts) == 3 and parts[2] in ("latest", "best"):
         raise InvalidArgument(f"ref: name the step to delete explicitly, not {parts[2]!r}")
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         found = _find(client, args.ref)
         path = client.delete(found.checkpoint)
     print(f"deleted {path}")
@@ -309,7 +327,7 @@ def retention(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"keep_last": args.keep_last, "keep_every": args.keep_every,
                                  "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}.items()
                if v is not None}
-    with CheckpointClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         policy = client.get_retention(agent_id, run_id)
         if changes:
             current = {"keep_last": policy.keep_last, "keep_every": policy.keep_every, "keep_best": policy.keep_best,

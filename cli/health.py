@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from rewind import addresses
+
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
     health = groups.add_parser("health", help="probe a service's gRPC health (exit 0 when SERVING)")
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Docker's HEALTHCHECK cannot expand variables in its exec form, so the
     # default follows the REWIND_PORT the service itself was started with.
-    address = args.address or f"127.0.0.1:{os.environ.get('REWIND_PORT') or 50051}"
+    address = args.address or f"127.0.0.1:{os.environ.get('REWIND_PORT') or addresses.BUFFER_PORT}"
     with make_channel(address) as channel:
         try:
             status = check(channel, args.service, timeout=args.timeout)

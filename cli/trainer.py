@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rewind import addresses
+
 EXAMPLES = """examples:
   rewind trainer status --address 127.0.0.1:50053
   rewind trainer checkpoint                 # checkpoint now, wait for the commit
@@ -20,7 +22,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                                       ("checkpoint", "checkpoint now", checkpoint, 600.0),
                                       ("stop", "checkpoint and exit", stop, 10.0)):
         p = commands.add_parser(name, help=text)
-        p.add_argument("--address", default="127.0.0.1:50053", help="host:port of the trainer service")
+        p.add_argument("--address", default=addresses.TRAINER_ADDRESS, help="host:port of the trainer service")
         p.add_argument("--timeout", type=float, default=timeout, help="seconds to wait")
         p.set_defaults(func=func)
         if name == "status":

@@ -15,7 +15,6 @@ service's package declares.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,6 +36,8 @@ __all__ = ["BatchStream", "BufferClient", "CheckpointClient", "TrainerClient", "
 
 def _provided(name: str) -> Any:
     """A function that an installed Rewind package provides under `name` in the `rewind.api` entry points."""
+    from importlib import metadata
+
     for entry in metadata.entry_points(group=API_GROUP, name=name):
         return entry.load()
     raise AttributeError(f"module 'rewind' has no attribute {name!r}")

@@ -21,6 +21,7 @@ from typing import IO
 import grpc
 import torch
 
+from rewind import addresses
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import BatchTuple, decode_batch, encode_episode
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
@@ -33,7 +34,7 @@ from rewind.errors import (
 )
 from rewind.service_client import ServiceClient
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = addresses.BUFFER_ADDRESS
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 600.0
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024

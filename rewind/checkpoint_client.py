@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from rewind import addresses
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import DataLoss, InvalidArgument
 from rewind.service_client import ServiceClient
 
-DEFAULT_ADDRESS = "127.0.0.1:50052"
+DEFAULT_ADDRESS = addresses.CHECKPOINT_ADDRESS
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 3600.0
 CHUNK_BYTES = 4 * 1024 * 1024

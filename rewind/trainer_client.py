@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+from rewind import addresses
 from rewind.service_client import ServiceClient
 from rewind.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50053"
+DEFAULT_ADDRESS = addresses.TRAINER_ADDRESS
 
 
 class TrainerClient(ServiceClient):

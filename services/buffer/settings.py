@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+from rewind import addresses
 from rewind.errors import InvalidArgument
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import Settings, render_toml, setting
@@ -45,7 +46,7 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
     FILE_TABLES = {"config": tuple(f.name for f in fields(BufferSettings))}
     DEFAULT_TABLE = "service"
 
-    port: int = setting(50051, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
+    port: int = setting(addresses.BUFFER_PORT, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
     buffers: tuple[str, ...] = setting(("buffer", "test_buffer"), "buffers created at start (CreateBuffer adds more)")
     storage_device: str = setting("auto", "where storage lives: auto (CUDA when 2.5x the storage fits), cpu or cuda",
                                   choices=STORAGE_DEVICES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rewind import addresses
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import setting
 
@@ -12,7 +13,7 @@ from rewind_runtime.settings import setting
 class CheckpointSettings(ServerSettings):
     """Everything `serve()` needs."""
 
-    port: int = setting(50052, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
+    port: int = setting(addresses.CHECKPOINT_PORT, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
     store: str = setting("", "file:///path, s3://bucket/prefix or a plain path (default: ./rewind-data)")
     staging_max_age_s: float = setting(3600.0, "remove uncommitted uploads older than this, in seconds", minimum=0)
     clean_interval_s: float = setting(600.0, "seconds between sweeps for stale uploads", above=0)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rewind import addresses
 from rewind.errors import InvalidArgument
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import setting
@@ -55,16 +56,16 @@ class TrainSettings(ServerSettings):
     buffer_size: int = setting(1_000_000, "capacity of the trainer's buffers, in transitions", minimum=1)
 
     # services
-    buffer_address: str = setting("127.0.0.1:50051", "host:port of the buffer service")
-    checkpoint_address: str = setting("127.0.0.1:50052", "host:port of the checkpoint service")
+    buffer_address: str = setting(addresses.BUFFER_ADDRESS, "host:port of the buffer service")
+    checkpoint_address: str = setting(addresses.CHECKPOINT_ADDRESS, "host:port of the checkpoint service")
     local_services: bool = setting(False, "start a buffer and a checkpoint service on free loopback ports for "
                                           "this run")
     store: str = setting("", "with --local-services: the checkpoint store (default file://./rewind-data)")
     checkpoint_dir: str = setting("", "with --local-services: a local folder as the store (same as --store "
                                       "file://DIR)")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
-    port: int = setting(50053, "port of this trainer's gRPC service (0: any free one, -1: none)", minimum=-1,
-                        maximum=65535)
+    port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
+                        minimum=-1, maximum=65535)
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
     out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)")
     progress: bool = setting(True, "show a progress bar")

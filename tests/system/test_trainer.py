@@ -27,7 +27,6 @@ from tests.support.configs import checkpoint_config
 from tests.support.processes import ServiceProcess
 from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess
 
-
 BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3, port=0)
 
 
