@@ -77,3 +77,11 @@ def test_storage_device_follows_the_2_5x_rule(monkeypatch):
     assert episode_buffer.choose_storage_device(1) == torch.device("cpu")
     with pytest.raises(FailedPrecondition, match="no CUDA device"):
         episode_buffer.choose_storage_device(1, "cuda")
+
+
+def test_the_readme_shows_the_generated_configuration_file():
+    from tests.support.paths import REPO
+
+    readme = (REPO / "README.md").read_text()
+    body = default_config_text().split("\n\n", 1)[1]  # the file without its header comment
+    assert f"```toml\n{body}```" in readme, "README's buffer config block is stale: paste --print-config's output"
