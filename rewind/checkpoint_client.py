@@ -31,7 +31,6 @@ DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 3600.0
 CHUNK_BYTES = 4 * 1024 * 1024
 
-Checkpoint = checkpoint_pb2.Checkpoint
 FileSource = bytes | str | os.PathLike | IO[bytes]
 RefLike = str | checkpoint_pb2.CheckpointRef | checkpoint_pb2.Checkpoint
 

@@ -147,9 +147,9 @@ def from_rpc_error(error: grpc.RpcError) -> RewindError:
     reason = _reason(error)
     cls = StoreUnavailable if reason == StoreUnavailable.reason else _BY_CODE.get(code, RewindError)
     exc = cls(details or code.name)
-    exc.reason = reason
+    exc.reason = reason  # "" when no Rewind service chose the status
     if cls is RewindError:
-        exc.code = code
+        exc.code = code  # a status with no class of its own (UNKNOWN, PERMISSION_DENIED, ...)
     return exc
 
 

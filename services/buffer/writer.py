@@ -36,11 +36,6 @@ class EpisodeWriter(Writer):
         self.evicted = 0
 
     @property
-    def episodes(self) -> list[tuple[int, int, int]]:
-        """Live episodes as (id, first slot, length), oldest first."""
-        return list(self._episodes)
-
-    @property
     def num_episodes(self) -> int:
         return len(self._episodes)
 

@@ -261,10 +261,10 @@ class Upload:
             if pull.is_alive():
                 raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
                                          f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
+            if isinstance(pull.error, RewindError):
+                where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
+                raise type(pull.error)(f"{where}: {pull.error.message}", pull.error.reason) from None
             if pull.error is not None:
-                if isinstance(pull.error, RewindError):
-                    pull.error.message = f"buffers: {pull.source.buffer!r} at {pull.source.address}: " \
-                                         f"{pull.error.message}"
                 raise pull.error
             self.written[pull.file] = pull.written
             buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added))

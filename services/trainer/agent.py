@@ -252,7 +252,7 @@ class TDMPC2:
         self.generator.set_state(state["generator"])
         self._prev_mean.copy_(state["prev_mean"])
 
-    def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors acting needs (encoder, dynamics, reward, policy, Qs), for deployment files."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                if not k.startswith("target_qs.")}
+
+def policy_tensors(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors acting needs (encoder, dynamics, reward, policy, Qs) of a model's state, for deployment files."""
+    return {k: v.detach().cpu().contiguous() for k, v in model_state.items() if not k.startswith("target_qs.")}

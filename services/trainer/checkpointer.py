@@ -30,6 +30,7 @@ import torch
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint_client import CheckpointClient, buffer_source
 from rewind.errors import RewindError
+from rewind_trainer.agent import policy_tensors
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def decode_trainer_state(data: bytes, where: str) -> dict:
 def encode_policy(model_state: dict[str, torch.Tensor], agent_config: dict) -> bytes:
     from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items() if not k.startswith("target_qs.")}
-    return save(tensors, metadata={"format": "rewind.policy/1", "agent_config": json.dumps(agent_config)})
+    metadata = {"format": "rewind.policy/1", "agent_config": json.dumps(agent_config)}
+    return save(policy_tensors(model_state), metadata=metadata)
 
 
 class Checkpointer:

@@ -101,9 +101,6 @@ class AgentConfig:
         frac = self.episode_length / self.discount_denom
         return min(max((frac - 1) / frac, self.discount_min), self.discount_max)
 
-    @property
-    def bin_size(self) -> float:
-        return (self.vmax - self.vmin) / (self.num_bins - 1)
 
     def replace(self, **changes) -> AgentConfig:
         return dataclasses.replace(self, **changes)

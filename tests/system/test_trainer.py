@@ -20,6 +20,7 @@ from rewind import BufferClient, CheckpointClient
 from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from rewind_buffer.server import serve as serve_buffers
 from rewind_buffer.settings import BufferServiceSettings
+from rewind_trainer.api import train as rewind_train
 from rewind_trainer.run import train
 from rewind_trainer.service import Control
 from rewind_trainer.settings import TrainSettings
@@ -252,7 +253,7 @@ def test_bad_settings_are_named():
     with pytest.raises(InvalidArgument, match=r"agent\.lr: set it with its own setting"):
         TrainSettings(agent={"lr": 1e-3})
     with pytest.raises(InvalidArgument, match=r"train\(\): unknown setting\(s\) stepz"):
-        TrainSettings.from_dict({"stepz": 3}, source="train()")
+        rewind_train(stepz=3)
 
 
 def test_an_unreachable_service_is_named_with_its_address(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rewind.errors import InvalidArgument
-from rewind_trainer.agent import TDMPC2
+from rewind_trainer.agent import TDMPC2, policy_tensors
 from rewind_trainer.hparams import AgentConfig
 from rewind_trainer.twohot import TwoHot, symexp, symlog
 from rewind_trainer.world_model import SimNorm
@@ -133,5 +133,5 @@ def test_set_lr_and_policy_state():
     agent.set_lr(1e-3)
     assert [g["lr"] for g in agent.optim.param_groups] == [pytest.approx(3e-4), 1e-3, 1e-3, 1e-3]
     assert agent.pi_optim.param_groups[0]["lr"] == 1e-3
-    state = agent.policy_state_dict()
+    state = policy_tensors(agent.model.state_dict())
     assert not any(k.startswith("target_qs") for k in state) and "pi_head.0.weight" in state

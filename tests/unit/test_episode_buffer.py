@@ -43,7 +43,7 @@ def test_fifo_evicts_oldest_whole_episodes():
     buf = make(buffer_size=1000, batch_size=64, min_history=0, horizon=3)
     for i in range(4):
         buf.add(episode(i, 300))  # the fourth does not fit: episode 0 goes
-    live = [eid for eid, _, _ in buf._writer.episodes]
+    live = [eid for eid, _, _ in buf._writer.state_dict()["episodes"]]
     assert live == [1, 2, 3]
     assert buf.transitions == 900 and buf.num_eps == 3 and buf.episodes_evicted == 1
     seen = set()
@@ -51,7 +51,7 @@ def test_fifo_evicts_oldest_whole_episodes():
         seen |= set((buf.sample().obs[0, :, 0] // 1000).long().tolist())
     assert seen == {1, 2, 3}, "an evicted episode (or a fragment of it) was sampled"
     buf.add(episode(4, 450))  # needs the space of episodes 1 and 2
-    assert [eid for eid, _, _ in buf._writer.episodes] == [3, 4]
+    assert [eid for eid, _, _ in buf._writer.state_dict()["episodes"]] == [3, 4]
     assert buf.transitions == 750 and buf.episodes_evicted == 3
 
 
