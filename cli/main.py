@@ -20,9 +20,9 @@ import sys
 from collections.abc import Sequence
 
 from rewind.errors import RewindError
-from rewind_cli import buffer, checkpoint, health, train, trainer
+from rewind_cli import buffer, checkpoint, health, sweep, train, trainer
 
-GROUPS = (buffer, checkpoint, train, trainer, health)
+GROUPS = (buffer, checkpoint, train, sweep, trainer, health)
 
 EXAMPLES = """examples:
   rewind buffer serve --port 50051 --min-history 1000
@@ -36,6 +36,7 @@ EXAMPLES = """examples:
   rewind ckpt latest tdmpc2/run-1
   rewind train --local-services                       # the whole trio on this machine
   rewind train --resume-from-checkpoint latest --steps 16000
+  rewind sweep --seeds 1,2 -- --local-services --model-size tiny   # two runs, each on its share of the CPUs
   rewind trainer status --address 127.0.0.1:50053
   rewind health --address 127.0.0.1:50051
 """
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewind", description="Rewind: preemption-proof TD-MPC2 training over gRPC.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,trainer,health}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,sweep,trainer,health}")
     for group in GROUPS:
         group.add_parser(groups)
     return parser

@@ -47,6 +47,7 @@ def status(args: argparse.Namespace) -> int:
         return 0
     print(f"{s.agent_id}/{s.run_id} {s.task}: {s.phase}, step {s.step}/{s.total_steps}, episode {s.episode}, "
           f"{s.steps_per_second:.1f} steps/s, eval return {s.eval_return:.1f}")
+    print(f"torch threads: {s.torch_threads} ({s.torch_threads_reason})")
     if s.last_checkpoint.path:
         print(f"last checkpoint: {s.last_checkpoint.path}")
     return 0

@@ -9,18 +9,13 @@
 
 from __future__ import annotations
 
-import logging
-
-import torch
-
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.servicer import BufferServicer
 from rewind_buffer.settings import BufferServiceSettings
 from rewind_runtime.host import ServiceBinding, ServiceHost
-
-log = logging.getLogger(__name__)
+from rewind_runtime.threads import configure_torch_threads
 
 SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
 
@@ -42,10 +37,9 @@ def serve(settings: BufferServiceSettings, *, handle_signals: bool = False) -> S
         settings: the service's settings.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
     """
-    if settings.torch_threads:
-        # Small gathers gain nothing from intra-op threads, which would only
-        # contend with the gRPC threads for the same cores.
-        torch.set_num_threads(settings.torch_threads)
+    # 1 by default: small gathers gain nothing from intra-op threads, which
+    # would only contend with the gRPC threads for the same cores.
+    configure_torch_threads(settings.torch_threads, "buffer")
     host, _ = build(settings)
     if handle_signals:
         host.install_signal_handlers()

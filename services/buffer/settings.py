@@ -52,7 +52,7 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
                                   choices=STORAGE_DEVICES)
     seed: int = setting(1, "seeds each buffer's sampling generator")
     torch_threads: int = setting(1, "torch intra-op threads; gRPC threads already run calls in parallel "
-                                    "(0: torch's default)", minimum=0)
+                                    "(0: detect)", minimum=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

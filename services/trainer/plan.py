@@ -56,8 +56,6 @@ def prepare(settings: TrainSettings, explicit: set[str], services: Services) -> 
         FailedPrecondition: the checkpoint does not fit (naming each field), or a
             fresh run would write over a run that has checkpoints.
     """
-    if "task" in explicit or not settings.resume_from_checkpoint:
-        make_env(settings.task, settings.seed, settings.action_repeat).close()  # an unknown task fails first
     settings, resume = _resolve(settings, explicit, services)
     env = make_env(settings.task, settings.seed, settings.action_repeat)
     settings = settings.replace(seed_steps=settings.seed_steps or max(1000, 5 * env.episode_length))
@@ -72,6 +70,16 @@ def prepare(settings: TrainSettings, explicit: set[str], services: Services) -> 
     else:
         _check_fresh(services, settings)
     return Plan(settings, env, agent_config, resume)
+
+
+def check_task(settings: TrainSettings, explicit: set[str]) -> None:
+    """An unknown task fails first, before any service is asked (a resumed run's task comes from its checkpoint).
+
+    Raises:
+        InvalidArgument: the task is not a known Gymnasium id or DMC task.
+    """
+    if "task" in explicit or not settings.resume_from_checkpoint:
+        make_env(settings.task, settings.seed, settings.action_repeat).close()
 
 
 def _resolve(settings: TrainSettings, explicit: set[str], services: Services) -> tuple[TrainSettings, Resume | None]:

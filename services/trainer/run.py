@@ -19,14 +19,14 @@ from pathlib import Path
 
 from rewind.errors import Internal
 from rewind_runtime.host import ServiceHost
-from rewind_runtime.threads import set_torch_threads
+from rewind_runtime.threads import configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus
 from rewind_trainer.connections import connect, own_buffers
 from rewind_trainer.loop import Stopped, Trainer
 from rewind_trainer.metrics import MetricsLog
-from rewind_trainer.plan import Plan, prepare
+from rewind_trainer.plan import Plan, check_task, prepare
 from rewind_trainer.plot import plot_learning_curve
 from rewind_trainer.schedule import CheckpointSchedule
 from rewind_trainer.settings import TrainSettings
@@ -71,10 +71,11 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
     """
     explicit = _changed(settings) if explicit is None else explicit
     control = control or service.Control()
-    set_torch_threads(settings.torch_threads, "trainer")
+    check_task(settings, explicit)
     with connect(settings) as services:
         plan = prepare(settings, explicit, services)
         settings = plan.settings
+        threads = configure_torch_threads(settings.torch_threads, "trainer")  # once checked, before any work
         own_buffers(services, settings, plan.agent_config, plan.resumed_from)
         agent = TDMPC2(plan.agent_config, seed=settings.seed, device=settings.device)
         metrics = MetricsLog(Path(settings.out_dir) / settings.agent_id / settings.run)
@@ -88,8 +89,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         if plan.resume is not None:
             _continue(trainer, plan, metrics)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
-        with _trainer_service(settings, service.TrainerServicer(control, trainer, checkpointer, identity)), \
-                _signals(control, handle_signals), _settled(control):
+        servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads)
+        with _trainer_service(settings, servicer), _signals(control, handle_signals), _settled(control):
             stopped, ok = _run(trainer, schedule, control)
         plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
                             settings.action_repeat)

@@ -18,6 +18,7 @@ from rewind.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from rewind_runtime.host import ServiceBinding
 
 if TYPE_CHECKING:
+    from rewind_runtime.threads import ThreadChoice
     from rewind_trainer.checkpointer import Checkpointer
     from rewind_trainer.loop import Trainer
 
@@ -78,8 +79,10 @@ class RunIdentity:
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """rewind.trainer.v1.TrainerService: status, checkpoint-now and stop of one running trainer."""
 
-    def __init__(self, control: Control, trainer: Trainer, checkpointer: Checkpointer, run: RunIdentity) -> None:
+    def __init__(self, control: Control, trainer: Trainer, checkpointer: Checkpointer, run: RunIdentity,
+                 threads: ThreadChoice) -> None:
         self.control, self.trainer, self.checkpointer, self.run = control, trainer, checkpointer, run
+        self.threads = threads
 
     def status(self) -> trainer_pb2.TrainerStatus:
         trainer, s, c = self.trainer, self.trainer.state, self.checkpointer.status
@@ -88,7 +91,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             task=trainer.settings.task, total_steps=trainer.settings.steps, step=s.step, episode=s.episode,
             phase="stopping" if self.control.stopping.is_set() and trainer.phase != "done" else trainer.phase,
             steps_per_second=trainer.steps_per_second, eval_return=s.eval_return, acting_mode=trainer.agent.mode,
-            recent_returns=s.recent_returns, losses={k: float(v) for k, v in s.losses.items()})
+            recent_returns=s.recent_returns, losses={k: float(v) for k, v in s.losses.items()},
+            torch_threads=self.threads.threads, torch_threads_reason=self.threads.reason)
         status.last_checkpoint.CopyFrom(trainer_pb2.CheckpointState(
             path=c.path, step=max(c.step, 0), blocking_ms=c.blocking_ms, error=c.error,
             in_flight=int(self.checkpointer.busy)))

@@ -69,7 +69,8 @@ class TrainSettings(ServerSettings):
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
     out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)")
     progress: bool = setting(True, "show a progress bar")
-    torch_threads: int = setting(0, "torch intra-op threads (0: torch's default)", minimum=0)
+    torch_threads: int = setting(0, "torch intra- and inter-op threads (0: the CPUs this process may use "
+                                    "(affinity mask and cgroup quota))", minimum=0)
     wait_for_services_s: float = setting(10.0, "at start, seconds to wait for the buffer and checkpoint services "
                                                "to be SERVING", above=0)
 
@@ -110,14 +111,3 @@ class TrainSettings(ServerSettings):
         if self.checkpoint_dir:
             return "file://" + self.checkpoint_dir
         return self.store or "file://./rewind-data"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "settings") -> TrainSettings:
-        """Build from a mapping (a checkpoint's settings, train()'s keywords), aliases included.
-
-        Raises:
-            InvalidArgument: an unknown key, naming it and where it came from.
-        """
-        from rewind_runtime.settings import from_mapping
-
-        return cls(**from_mapping(cls, values, source))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -61,8 +63,32 @@ def container_env(docs: list[dict], container: dict) -> dict[str, str]:
             env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
             env.update(secret.get("stringData", {}))
     for var in container.get("env", []):
-        env[var["name"]] = var["value"]
+        env[var["name"]] = var["value"] if "value" in var else _value_from(container, var)
     return env
+
+
+def _value_from(container: dict, var: dict) -> str:
+    """A variable from the Downward API's resourceFieldRef: the container's own limit or request."""
+    ref = var.get("valueFrom", {}).get("resourceFieldRef")
+    assert ref is not None, f"{var['name']}: only value and valueFrom.resourceFieldRef are resolved here"
+    assert ref.get("containerName", container["name"]) == container["name"], \
+        f"{var['name']}: refers to container {ref['containerName']}, not its own"
+    kind, resource = ref["resource"].split(".", 1)  # "limits.cpu"
+    amount = container.get("resources", {}).get(kind, {}).get(resource)
+    # Without a limit Kubernetes would pass the node's allocatable CPUs: a manifest must set one.
+    assert amount is not None, f"{var['name']}: the container sets no {ref['resource']}"
+    # Kubernetes divides by the divisor and rounds up: a 500m limit with divisor 1 reads "1".
+    return str(math.ceil(quantity(str(amount)) / quantity(str(ref.get("divisor", "1")))))
+
+
+SUFFIXES = {"m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(text: str) -> Fraction:
+    """A Kubernetes resource quantity ("2", "500m", "1.5", "6Gi") as an exact number."""
+    number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text).groups()
+    return Fraction(number) * SUFFIXES[suffix] if suffix else Fraction(number)
 
 
 def compose() -> dict:

@@ -33,7 +33,8 @@ BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0,
 
 def tiny(**changes) -> TrainSettings:
     base = dict(model_size="tiny", seed_steps=200, eval_freq=400, eval_episodes=1, agent=AGENT, port=-1,
-                checkpoint_interval_episodes=0, progress=False, buffer_size=20_000)
+                checkpoint_interval_episodes=0, progress=False, buffer_size=20_000,
+                torch_threads=1)  # as TrainerProcess runs: float sums depend on the thread count
     return TrainSettings(**{**base, **changes})
 
 
@@ -178,7 +179,7 @@ def test_resume_with_another_task_shape_is_refused(file_trio, tmp_path):
 
 
 def test_latest_without_a_checkpoint_starts_fresh_and_says_so(file_trio, tmp_path, caplog):
-    caplog.set_level("INFO", logger="rewind_trainer.run")
+    caplog.set_level("INFO", logger="rewind_trainer.plan")
     result = train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0,
                                       resume_from_checkpoint="latest"))
     assert result.resumed_from == "" and result.step == 5
