@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,9 +46,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     serving.add_settings(serve_parser, CheckpointSettings, "a TOML or YAML file of settings")
     serve_parser.set_defaults(func=serve)
 
-    def client_args(p: argparse.ArgumentParser) -> None:
+    def client_args(p: argparse.ArgumentParser, read_only: bool = False) -> None:
         p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"checkpoint service (default {DEFAULT_ADDRESS})")
         p.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+        if read_only:
+            p.add_argument("--store", default="", help="read this store (a folder, file:// or s3:// URL) directly, "
+                                                       "with no service running, instead of --address")
 
     save_p = commands.add_parser("save", help="save files (and buffer snapshots) as a checkpoint")
     save_p.add_argument("run", help="AGENT/RUN")
@@ -63,13 +68,13 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     ls_p = commands.add_parser("ls", help="list runs, an agent's runs, or a run's checkpoints")
     ls_p.add_argument("target", nargs="?", default="", help="nothing, AGENT, or AGENT/RUN")
     ls_p.add_argument("--json", action="store_true", help="print JSON")
-    client_args(ls_p)
+    client_args(ls_p, read_only=True)
     ls_p.set_defaults(func=ls)
 
     show_p = commands.add_parser("show", help="print a checkpoint's manifest")
     show_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
     show_p.add_argument("--json", action="store_true", help="print JSON")
-    client_args(show_p)
+    client_args(show_p, read_only=True)
     show_p.set_defaults(func=show)
 
     latest_p = commands.add_parser("latest", help="print the checkpoint to resume from (skipping corrupt ones)")
@@ -78,14 +83,14 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                         help="the best by METRIC instead (default: the run's retention metric)")
     latest_p.add_argument("--mode", choices=["max", "min"], help="with --best: higher or lower is better")
     latest_p.add_argument("--no-verify", action="store_true", help="check sizes only, not every sha256")
-    client_args(latest_p)
+    client_args(latest_p, read_only=True)
     latest_p.set_defaults(func=latest)
 
     download_p = commands.add_parser("download", help="download a checkpoint's files into a directory")
     download_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
     download_p.add_argument("--out", required=True, help="directory to write into")
     download_p.add_argument("--file", default="", help="one file only")
-    client_args(download_p)
+    client_args(download_p, read_only=True)
     download_p.set_defaults(func=download)
 
     rm_p = commands.add_parser("rm", help="delete one checkpoint")
@@ -122,6 +127,17 @@ def _split_run(text: str, field: str = "run") -> tuple[str, str]:
 
 
 def _client(args: argparse.Namespace) -> CheckpointClient:
+    """A client of the service at --address, or of one in this process that only reads --store."""
+    if getattr(args, "store", ""):
+        from rewind_checkpoint.api import open_existing_store
+        from rewind_checkpoint.server import serve_in_process
+        from rewind_checkpoint.settings import CheckpointSettings
+
+        open_existing_store(args.store)  # a folder that does not exist is an error, not a new empty store
+        logging.getLogger("rewind_runtime").setLevel(logging.WARNING)  # its start and stop are not news here
+        logging.getLogger("rewind_checkpoint").setLevel(logging.WARNING)
+        # Reading only: no staging is ever old enough to be swept.
+        return serve_in_process(args.store, CheckpointSettings(staging_max_age_s=math.inf), timeout=args.timeout)
     from rewind import CheckpointClient
 
     return CheckpointClient(args.address, timeout=args.timeout)
@@ -138,9 +154,14 @@ def _find(client: CheckpointClient, ref: str, verify: bool = False):
     return client.lookup(which=ref, verify=verify)
 
 
-def resume_command(checkpoint: checkpoint_pb2.Checkpoint, address: str) -> str:
-    """The command that resumes training from a checkpoint."""
-    flag = f" --checkpoint-address {address}" if address != DEFAULT_ADDRESS else ""
+def resume_command(checkpoint: checkpoint_pb2.Checkpoint, args: argparse.Namespace) -> str:
+    """The command that resumes training from a checkpoint: through the service at --address, or
+    with local services on --store (a file:// path names its store by itself)."""
+    store = getattr(args, "store", "")
+    if store:
+        flag = " --local-services" + ("" if checkpoint.path.startswith("file://") else f" --store {store}")
+    else:
+        flag = f" --checkpoint-address {args.address}" if args.address != DEFAULT_ADDRESS else ""
     return f"rewind train{flag} --resume-from-checkpoint {checkpoint.path}"
 
 
@@ -205,7 +226,7 @@ def ls(args: argparse.Namespace) -> int:
     print(f"{'STEP':>12} {'EPISODE':>8}  {'COMMITTED (UTC)':<27} {'SIZE':>10}  METRICS")
     for c in checkpoints:
         print(f"{c.step:>12,} {c.episode:>8,}  {c.created:<27} {_size(c.total_bytes):>10}  {_metrics(c)}")
-        print(f"{'':>12} resume: {resume_command(c, args.address)}")
+        print(f"{'':>12} resume: {resume_command(c, args)}")
     return 0
 
 
@@ -231,7 +252,7 @@ def show(args: argparse.Namespace) -> int:
         print(f"  config {json.dumps(_struct(c.config), sort_keys=True)}")
     if c.extra:
         print(f"  extra {json.dumps(_struct(c.extra), sort_keys=True)}")
-    print(f"  resume: {resume_command(c, args.address)}")
+    print(f"  resume: {resume_command(c, args)}")
     return 0
 
 
@@ -253,7 +274,7 @@ def latest(args: argparse.Namespace) -> int:
     c = found.checkpoint
     print(c.path)
     print(f"# step {c.step:,}, episode {c.episode:,}, committed {c.created}; resume with:")
-    print(f"# {resume_command(c, args.address)}")
+    print(f"# {resume_command(c, args)}")
     return 0
 
 

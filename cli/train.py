@@ -6,8 +6,11 @@ import argparse
 import math
 import shlex
 import sys
+from typing import Any
 
+from rewind.errors import InvalidArgument
 from rewind_cli import serving
+from rewind_runtime.settings import flags, from_mapping, parse_pair
 from rewind_trainer.settings import TrainSettings
 
 EXAMPLES = """examples:
@@ -36,6 +39,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                                           "back from it, checkpoints go to the checkpoint service.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     serving.add_settings(train, TrainSettings, "YAML file of settings; flags and REWIND_* variables override it")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="settings in TD-MPC2's (Hydra's) form, with the names of the flags: task=Pendulum-v1 "
+                            "steps=16000 agent.num_samples=256")
     train.set_defaults(func=run)
 
 
@@ -44,13 +50,35 @@ def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, set[str
 
     REWIND_STORE is also the checkpoint service's setting: without --local-services it is ignored.
     """
-    loaded = serving.load_settings(args, TrainSettings)
+    loaded = serving.load_settings(args, TrainSettings, **overrides_of(args))
     settings, explicit = loaded.settings, set(loaded.explicit)
     if not settings.local_services:
         ignored = {"store", "checkpoint_dir"} & loaded.from_environment
         settings = settings.replace(**dict.fromkeys(ignored, ""))
         explicit -= ignored
     return settings, explicit
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """KEY=VALUE positional arguments as settings (agent.KEY=VALUE sets one agent hyperparameter).
+
+    Raises:
+        InvalidArgument: not KEY=VALUE, an unknown name, or a setting also given as a flag.
+    """
+    values: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{item!r}: expected KEY=VALUE (e.g. steps=16000), or a --flag")
+        if key.startswith("agent."):
+            values.setdefault("agent", {}).update(dict([parse_pair(f"{key.removeprefix('agent.')}={value}")]))
+        else:
+            values[key.replace("-", "_")] = value
+    given = from_mapping(TrainSettings, values, "KEY=VALUE arguments")
+    both = sorted(set(given) & set(flags(TrainSettings, args)))
+    if both:
+        raise InvalidArgument(f"{', '.join(both)}: given both as KEY=VALUE and as a flag; give one")
+    return given
 
 
 def resume_command(settings: TrainSettings, path: str) -> str:

@@ -3,13 +3,14 @@
 The SDK: `BufferClient` speaks to the buffer service with TD-MPC2's buffer
 API; `CheckpointClient` saves, finds and downloads checkpoints through the
 checkpoint service; `TrainerClient` talks to a running trainer; `rewind.errors`
-holds the exceptions every call may raise; `train()` runs or resumes training.
+holds the exceptions every call may raise; `train()` runs or resumes training;
+`list_checkpoints()` lists a store's checkpoints with no service running.
 
 The SDK holds the clients, the wire format and the errors, and imports no
 service. Its names load on first use (PEP 562), so `import rewind` needs
 neither torch nor grpc. Functions that a service provides, such as `train`
 (the trainer), are found through the `rewind.api` entry-point group that the
-service's package declares.
+service's package declares (`list_checkpoints`, the checkpoint service's).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _EXPORTS = {
 API_GROUP = "rewind.api"
 
 __all__ = ["BatchStream", "BufferClient", "CheckpointClient", "TrainerClient", "__version__", "buffer_source",
-           "errors", "train"]
+           "errors", "list_checkpoints", "train"]
 
 
 def _provided(name: str) -> Any:

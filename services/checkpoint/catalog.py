@@ -155,7 +155,11 @@ class Catalog:
     def resolve(self, agent_id: str, run_id: str, step: int, path: str) -> CheckpointKey:
         """A CheckpointRef's fields -> a key (path wins when given)."""
         if path:
-            return parse_path(path, self.store.url)
+            inside = self.store.relative(path)
+            if inside is None and path.startswith(("/", "file://")):
+                raise InvalidArgument(f"path: {path} is not in this service's store {self.store.url} (symlinks "
+                                      "are followed); name a checkpoint under it, or start a service on that store")
+            return parse_path(path if inside is None else inside, self.store.url)
         return CheckpointKey.checked(agent_id, run_id, step)
 
     def read_file(self, manifest: Manifest, name: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:

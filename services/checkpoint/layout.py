@@ -13,16 +13,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rewind.checkpoint_paths import STEP_DIGITS, parse_step_dir, step_dir
 from rewind.errors import InvalidArgument
 
 MANIFEST = "manifest.json"
 RETENTION = "retention.json"
-STEP_DIGITS = 10
 MAX_STEP = 10**STEP_DIGITS - 1
 MAX_ID_CHARS = 128
 # Letters, digits and . _ - ; must start with a letter or digit (so never '.' or '..').
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STEP_DIR = re.compile(rf"^step-(\d{{{STEP_DIGITS}}})$")
 
 
 def check_id(value: str, field: str) -> str:
@@ -57,16 +56,6 @@ def check_step(step: int, field: str = "step") -> int:
     if not 0 <= step <= MAX_STEP:
         raise InvalidArgument(f"{field}: {step} is outside 0..{MAX_STEP}")
     return step
-
-
-def step_dir(step: int) -> str:
-    return f"step-{step:0{STEP_DIGITS}d}"
-
-
-def parse_step_dir(name: str) -> int | None:
-    """The step a 'step-NNNNNNNNNN' directory name holds, or None for other names."""
-    m = _STEP_DIR.fullmatch(name)
-    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True, order=True)
@@ -130,10 +119,9 @@ def parse_path(path: str, store_url: str) -> CheckpointKey:
         if not rel.startswith(root):
             raise InvalidArgument(f"path: {path!r} is not in this service's store {store_url}")
         rel = rel[len(root):]
-    rel = rel.strip("/")
-    if rel.endswith("/" + MANIFEST):
-        rel = rel[: -len(MANIFEST) - 1]
-    parts = rel.split("/")
+    parts = rel.strip("/").split("/")
+    if len(parts) == 4 and parse_step_dir(parts[2]) is not None:
+        parts = parts[:3]  # a file inside the checkpoint names the checkpoint
     if len(parts) != 3:
         raise InvalidArgument(f"path: {path!r} is not a checkpoint path; expected <agent_id>/<run_id>/step-<N> "
                               f"or a full path under {store_url}")

@@ -77,6 +77,13 @@ class Store(ABC):
 
     url: str
 
+    def relative(self, path: str) -> str | None:
+        """The key of a filesystem path (or file:// URL) inside this store; None when it is not one.
+
+        Only a store on this machine's file system has such paths.
+        """
+        return None
+
     def location(self, key: str) -> str:
         """The full URL of a key (or key prefix)."""
         return f"{self.url}/{key}" if key else self.url
@@ -183,6 +190,16 @@ class FileStore(Store):
 
     def path_of(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/")) if key else self.root
+
+    def relative(self, path: str) -> str | None:
+        # resolve() follows symlinks: a link inside the store that points out of it is outside.
+        text = path.removeprefix("file://")
+        if not text.startswith("/"):
+            return None
+        try:
+            return Path(text).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return None
 
     def errors(self, action: str, path: Path):
         """Context manager: OSError -> Unavailable/ResourceExhausted naming the store."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewind.errors import InvalidArgument
+from rewind.checkpoint_paths import local_checkpoint
 from rewind_runtime.settings import from_mapping
 from rewind_trainer.connections import local_services
 from rewind_trainer.run import TrainResult
@@ -48,16 +48,26 @@ def train(**settings: Any) -> TrainResult:
 
 def launch(settings: TrainSettings, *, explicit: set[str], handle_signals: bool = False,
            control: Control | None = None) -> TrainResult:
-    """Run against the configured services, or start local ones first (settings.local_services).
-
-    Raises:
-        InvalidArgument: a store is named without local services (a running checkpoint service has its own).
-    """
+    """Run against the configured services, or start local ones first (see `placement`)."""
+    settings = placement(settings, explicit)
     if not settings.local_services:
-        if {"store", "checkpoint_dir"} & explicit:
-            raise InvalidArgument("store: --store and --checkpoint-dir choose the store of --local-services; the "
-                                  f"checkpoint service at {settings.checkpoint_address} has its own "
-                                  "(rewind ckpt serve --store URL)")
         return run(settings, explicit=explicit, handle_signals=handle_signals, control=control)
     with local_services(settings) as placed:
         return run(placed, explicit=explicit, handle_signals=handle_signals, control=control)
+
+
+def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
+    """Where the run's services come from.
+
+    - A store named (--store or --checkpoint-dir, as seed 000's checkpoint_dir=) means local services on it.
+    - With local services and no store named, a checkpoint path on this machine names its store, so
+      `--resume-from-checkpoint ./rewind-data/tdmpc2/run/step-N` needs nothing more.
+    - Otherwise the services at buffer_address and checkpoint_address are used.
+    """
+    if {"store", "checkpoint_dir"} & explicit:
+        return settings.replace(local_services=True)
+    if settings.local_services and settings.resume_from_checkpoint:
+        local = local_checkpoint(settings.resume_from_checkpoint)
+        if local is not None:
+            return settings.replace(store=local.store)
+    return settings

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewind.checkpoint_paths import SELECTORS, local_checkpoint
 from rewind.errors import FailedPrecondition, InvalidArgument, NotFound
 from rewind_trainer.checkpointer import TRAINER_FILE, decode_trainer_state
 from rewind_trainer.connections import Services
@@ -88,10 +89,11 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
     if not which:
         return settings, None
     try:
-        if which in ("latest", "best"):
+        if which in SELECTORS:
             found = services.ckpt.lookup(settings.agent_id, settings.run, which, metric="eval_return", mode="max")
         else:
-            found = services.ckpt.lookup(which=which)
+            local = local_checkpoint(which)
+            found = services.ckpt.lookup(which=local.url if local else which)
     except NotFound as exc:
         if which != "latest":
             raise

@@ -67,7 +67,8 @@ class TrainSettings(ServerSettings):
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
-    out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)")
+    out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)",
+                           aliases=("output_dir",))
     progress: bool = setting(True, "show a progress bar")
     torch_threads: int = setting(0, "torch intra- and inter-op threads (0: the CPUs this process may use "
                                     "(affinity mask and cgroup quota))", minimum=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 
 import pytest
 
@@ -160,3 +161,33 @@ def test_a_yaml_file_takes_the_same_names_and_unknown_keys_name_themselves(tmp_p
     path.write_text("steps: ten\n")
     with pytest.raises(InvalidArgument, match="steps: invalid literal"):
         mechanism.read_file(TrainSettings, path)
+
+
+def test_hydra_style_key_value_arguments_set_any_setting_and_aliases(monkeypatch):
+    args = parse(["train", "task=Pendulum-v1", "total_timesteps=16000", "agent.num_samples=256", "output_dir=out",
+                  "mpc=false", "model_size=1"], {}, monkeypatch)
+    settings, explicit = settings_from_args(args)
+    assert (settings.task, settings.steps, settings.agent, settings.out_dir, settings.mpc, settings.model_size) == (
+        "Pendulum-v1", 16000, {"num_samples": 256}, "out", False, "1")
+    assert {"task", "steps", "agent", "out_dir", "mpc", "model_size"} <= explicit
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "stepz=3"], "unknown setting(s) stepz"),
+    (["train", "steps"], "'steps': expected KEY=VALUE"),
+    (["train", "steps=3", "--steps", "4"], "steps: given both as KEY=VALUE and as a flag"),
+    (["train", "steps=ten"], "steps: invalid literal"),
+])
+def test_bad_key_value_arguments_name_themselves(argv, message, monkeypatch):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        settings_from_args(parse(argv, {}, monkeypatch))
+
+
+def test_every_alias_is_a_flag_a_file_key_and_a_keyword(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("total_timesteps: 300\noutput_dir: out\n")
+    assert mechanism.read_file(TrainSettings, path) == {"steps": 300, "out_dir": "out"}
+    assert mechanism.from_mapping(TrainSettings, {"output_dir": "o", "total_timesteps": 5}, "train()") == {
+        "out_dir": "o", "steps": 5}
+    args = build_parser().parse_args(["train", "--output_dir", "o", "--total_timesteps", "5"])
+    assert mechanism.flags(TrainSettings, args) == {"out_dir": "o", "steps": 5}
