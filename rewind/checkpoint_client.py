@@ -199,7 +199,7 @@ class CheckpointClient(ServiceClient):
         return list(self._call(self._stub.ListCheckpoints, request).checkpoints)
 
     def lookup(self, agent_id: str = "", run_id: str = "", which: str | int = "latest", *, metric: str = "",
-               mode: str = "", verify: bool = True) -> Found:
+               mode: str = "", verify: bool = True, fall_back: bool = False) -> Found:
         """Find the checkpoint to resume from.
 
         Args:
@@ -209,12 +209,15 @@ class CheckpointClient(ServiceClient):
             metric: for "best": the metric (default: the run's retention metric).
             mode: for "best": "max" or "min" (default: the run's retention mode).
             verify: read every file and check its sha256 (recommended).
+            fall_back: for a step or a path: if it fails verification, the
+                newest older checkpoint that passes instead (as "latest" does).
 
         Raises:
             NotFound: no such run, step, or no committed checkpoint yet.
             DataLoss: the named checkpoint (or every one, for latest/best) is corrupt.
         """
-        request = checkpoint_pb2.LookupRequest(agent_id=agent_id, run_id=run_id, skip_verify=not verify)
+        request = checkpoint_pb2.LookupRequest(agent_id=agent_id, run_id=run_id, skip_verify=not verify,
+                                               fall_back=fall_back)
         if which == "latest":
             request.latest = True
         elif which == "best":

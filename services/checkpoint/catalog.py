@@ -237,11 +237,15 @@ class Catalog:
                            f"(metrics present: {', '.join(known) or 'none'})")
         return self._first_good(ranked, verify, f"run {run} by {metric} ({mode})")
 
-    def lookup_exact(self, key: CheckpointKey, verify: bool = True) -> LookupResult:
-        """One named checkpoint; DataLoss if it does not verify (no fallback: it was asked for by name)."""
+    def lookup_exact(self, key: CheckpointKey, verify: bool = True, fall_back: bool = False) -> LookupResult:
+        """One named checkpoint; if it does not verify, DataLoss, or with `fall_back` the newest
+        older checkpoint of its run that does (the named one is reported as skipped)."""
         manifest = self.manifest(key)
-        self.verify(manifest, full=verify)
-        return LookupResult(manifest)
+        if not fall_back:
+            self.verify(manifest, full=verify)
+            return LookupResult(manifest)
+        older = [m for m in self.manifests(key.run) if (m.created, m.step) < (manifest.created, manifest.step)]
+        return self._first_good([manifest, *older[::-1]], verify, str(key))
 
     def _first_good(self, candidates: list[Manifest], verify: bool, what: str) -> LookupResult:
         skipped = []

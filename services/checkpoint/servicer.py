@@ -69,14 +69,15 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         verify = not request.skip_verify
         selector = request.WhichOneof("selector")
         if selector == "path":
-            result = self.catalog.lookup_exact(self.catalog.resolve("", "", 0, request.path), verify)
+            result = self.catalog.lookup_exact(self.catalog.resolve("", "", 0, request.path), verify,
+                                               request.fall_back)
         else:
             run = RunKey.checked(request.agent_id, request.run_id)
             if selector == "best":
                 result = self.catalog.lookup_best(run, request.best.metric, request.best.mode, verify)
             elif selector == "step":
                 result = self.catalog.lookup_exact(self.catalog.resolve(run.agent_id, run.run_id, request.step, ""),
-                                                   verify)
+                                                   verify, request.fall_back)
             elif selector == "latest" and request.latest:
                 result = self.catalog.lookup_latest(run, verify)
             else:

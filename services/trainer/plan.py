@@ -93,7 +93,7 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
             found = services.ckpt.lookup(settings.agent_id, settings.run, which, metric="eval_return", mode="max")
         else:
             local = local_checkpoint(which)
-            found = services.ckpt.lookup(which=local.url if local else which)
+            found = services.ckpt.lookup(which=local.url if local else which, fall_back=True)
     except NotFound as exc:
         if which != "latest":
             raise
@@ -102,6 +102,9 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
     for path, reason in found.skipped:
         log.warning("skipped checkpoint %s: %s", path, reason)
     where = found.checkpoint.path
+    if found.skipped:
+        log.warning("resume_from_checkpoint: resuming from %s, the newest checkpoint before it that verifies",
+                    where)
     state = decode_trainer_state(services.ckpt.read(where, TRAINER_FILE), where)
     merged, overrides = merge_settings(state["settings"], settings, explicit, where)
     history = list(state.get("overrides", []))

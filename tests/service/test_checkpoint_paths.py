@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import rewind
-from rewind.errors import InvalidArgument, NotFound
+from rewind.errors import DataLoss, InvalidArgument, NotFound
 from rewind_checkpoint.server import serve_in_process
 from tests.support.configs import checkpoint_config
 
@@ -61,3 +61,19 @@ def test_list_checkpoints_of_a_missing_folder_says_so(tmp_path):
     with pytest.raises(NotFound, match=f"checkpoint_dir: {tmp_path}/nope does not exist"):
         rewind.list_checkpoints(checkpoint_dir=str(tmp_path / "nope"))
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_corrupt_named_checkpoint_falls_back_to_the_newest_older_good_one_when_asked(file_ckpt):
+    client, root = file_ckpt
+    client.save("tdmpc2", "run123", 300, {"trainer.pt": b"newer"})
+    newer = root / "tdmpc2" / "run123" / "step-0000000300"
+    (newer / "trainer.pt").write_bytes(b"NEWER")  # same size, other bytes
+    with pytest.raises(DataLoss, match="trainer.pt of tdmpc2/run123/step-0000000300 failed its sha256"):
+        client.lookup(which=str(newer))
+    found = client.lookup(which=str(newer), fall_back=True)
+    assert found.checkpoint.step == 200
+    assert [p for p, _ in found.skipped] == [f"file://{newer}"] and "sha256" in found.skipped[0][1]
+    older = root / "tdmpc2" / "run123" / "step-0000000200"
+    (older / "trainer.pt").write_bytes(b"WEIGHTS")
+    with pytest.raises(DataLoss, match="every checkpoint of tdmpc2/run123/step-0000000300 failed verification"):
+        client.lookup(which=str(newer), fall_back=True)

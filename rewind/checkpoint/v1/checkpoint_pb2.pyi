@@ -248,7 +248,7 @@ class BestSelector(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("agent_id", "run_id", "latest", "best", "step", "path", "skip_verify")
+    __slots__ = ("agent_id", "run_id", "latest", "best", "step", "path", "skip_verify", "fall_back")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class LookupRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SKIP_VERIFY_FIELD_NUMBER: _ClassVar[int]
+    FALL_BACK_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     run_id: str
     latest: bool
@@ -263,7 +264,8 @@ class LookupRequest(_message.Message):
     step: int
     path: str
     skip_verify: bool
-    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., latest: _Optional[bool] = ..., best: _Optional[_Union[BestSelector, _Mapping]] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., skip_verify: _Optional[bool] = ...) -> None: ...
+    fall_back: bool
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., latest: _Optional[bool] = ..., best: _Optional[_Union[BestSelector, _Mapping]] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., skip_verify: _Optional[bool] = ..., fall_back: _Optional[bool] = ...) -> None: ...
 
 class Skipped(_message.Message):
     __slots__ = ("path", "reason")
