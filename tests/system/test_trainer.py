@@ -387,3 +387,16 @@ def test_rewind_train_function_runs_the_trio_locally(tmp_path, monkeypatch):
     assert result.step == 30 and result.checkpoint.endswith("step-0000000030")
     manifest = json.loads((Path(result.checkpoint.removeprefix("file://")) / "manifest.json").read_text())
     assert manifest["step"] == 30
+
+
+def test_resuming_another_runs_checkpoint_under_a_new_run_id_starts_a_new_run_that_records_it(file_trio, tmp_path):
+    first = train(file_trio.settings(tmp_path / "runs", steps=210))
+    second = train(file_trio.settings(tmp_path / "runs", steps=260, run_id="fine-tune", learning_rate=1e-4,
+                                      resume_from_checkpoint=first.checkpoint),
+                   explicit={"steps", "run_id", "learning_rate", "resume_from_checkpoint"})
+    assert (second.step, second.resumed_from, second.settings.run) == (260, first.checkpoint, "fine-tune")
+    [made] = file_trio.ckpt.list("tdmpc2", "fine-tune")
+    assert made.resumed_from == first.checkpoint and made.step == 260
+    changes = json_format.MessageToDict(made.extra)["overrides"][0]["changes"]
+    assert changes["learning_rate"] == {"from": 3e-4, "to": 1e-4}
+    assert [c.path for c in file_trio.ckpt.list("tdmpc2", "pendulum-v1-seed1")] == [first.checkpoint]
