@@ -353,8 +353,7 @@ def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path):
     for args, expected in (
         (["--task", "NoSuchTask-v0"], "rewind: error: task: 'NoSuchTask-v0' is not a known Gymnasium environment"),
         (["--steps", "0"], "rewind: error: steps: must be a positive integer, got 0"),
-        (["--store", "file:///tmp/x"], "rewind: error: store: --store and --checkpoint-dir choose the store of "
-                                       "--local-services"),
+        (["--agent", "num_sampels=8"], "rewind: error: agent.num_sampels: not a hyperparameter of the agent"),
     ):
         proc = subprocess.run([sys.executable, "-m", "rewind_cli", "train", "--port", "-1", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
