@@ -46,6 +46,7 @@ proto: $(STAMP)
 venv: $(STAMP)
 
 bench: $(STAMP)
+	$(PY) bench/health.py
 	$(PY) bench/buffer.py
 	$(PY) bench/checkpoint.py
 	$(PY) bench/trainer.py

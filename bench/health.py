@@ -2,7 +2,9 @@
 
 One run, side by side in interleaved rounds against a running buffer service
 (`rewind buffer serve` in a subprocess): the `rewind health` command as the
-image runs it, and `python -c pass` (the interpreter's own start-up, the floor).
+image runs it, `python -c "import grpc"` (the gRPC library's own import, which
+any gRPC health probe in Python pays) and `python -c pass` (the interpreter's
+start-up).
 
     python bench/health.py [--rounds 20]
 
@@ -41,6 +43,7 @@ def main() -> None:
     rewind = shutil.which("rewind") or str(Path(sys.executable).with_name("rewind"))
     with LocalService(["buffer", "serve"]) as service:
         commands = {"rewind health": [rewind, "health", "--address", service.address],
+                    "import grpc": [sys.executable, "-c", "import grpc"],
                     "python -c pass": [sys.executable, "-c", "pass"]}
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.rounds):
