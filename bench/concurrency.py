@@ -53,7 +53,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rewind import TrainerClient
-from rewind_runtime.threads import affinity, cgroup_mounts, cpu_shares
+from rewind_runtime.threads import affinity_cpus, cgroup_mounts, cpu_shares
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("none", "quota", "taskset", "sweep")
@@ -152,7 +152,7 @@ def prefix(mode: str, procs: Path | None, index: int, count: int) -> list[str]:
     if mode == "taskset":
         return ["taskset", "-c", "0"]
     if mode == "sweep":
-        return ["taskset", "-c", ",".join(map(str, cpu_shares(affinity(), count)[index]))]
+        return ["taskset", "-c", ",".join(map(str, cpu_shares(affinity_cpus(), count)[index]))]
     if mode == "quota":
         # The shell enters the group, then becomes the trainer: the trainer and its services start inside.
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]

@@ -48,13 +48,13 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rewind.errors import InvalidArgument
-    from rewind_runtime.threads import affinity, cpu_shares
+    from rewind_runtime.threads import affinity_cpus, cpu_shares
 
     train_args = [a for a in args.train_args if a != "--"]
     if any(a in ("--seed", "--run-id", "--run_id") or a.startswith(("--seed=", "--run-id=")) for a in train_args):
         raise InvalidArgument("train_args: --seed and --run-id are the sweep's: each run gets its seed and "
                               "the run id <task>-seed<seed>")
-    cpus = affinity()
+    cpus = affinity_cpus()
     parallel = args.parallel or min(len(args.seeds), len(cpus))
     if parallel < 1:
         raise InvalidArgument(f"parallel: must be a positive integer, got {args.parallel}")

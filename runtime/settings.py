@@ -478,11 +478,6 @@ def load(cls: type, *, file: str | None = None, environ: Mapping[str, str] | Non
     return Loaded(cls(**values), frozenset(values), frozenset(layers[1]) - frozenset(layers[2]))
 
 
-def replace(settings: Any, **changes: Any) -> Any:
-    """A copy with the non-None changes applied (and checked again)."""
-    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
-
-
 def render_toml(cls: type, header: str = "") -> str:
     """A config file of every field at its default, each with its help, grouped by table."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
@@ -523,7 +518,7 @@ class Settings:
 
     def replace(self, **changes: Any):
         """A copy with the non-None changes applied (and checked again)."""
-        return replace(self, **changes)
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -101,7 +101,7 @@ def usable_cpus(*, proc_root: Path | str = "/proc", fs_root: Path | str = "/",
         fs_root: prefixed to the cgroup mount points read from mountinfo (tests: a tmp folder).
         affinity: the CPUs of the affinity mask (default: `os.sched_getaffinity(0)`).
     """
-    cpus = _affinity() if affinity is None else set(affinity)
+    cpus = affinity_cpus() if affinity is None else set(affinity)
     mask = max(1, len(cpus))
     quota = cgroup_cpu_quota(Path(proc_root), Path(fs_root))
     mask_text = f"affinity mask of {_cpus(mask)}"
@@ -124,11 +124,6 @@ def cpu_shares(cpus: Collection[int], parts: int) -> list[list[int]]:
         bounds = [i * size + min(i, extra) for i in range(parts + 1)]
         return [ordered[bounds[i]:bounds[i + 1]] for i in range(parts)]
     return [[ordered[i % len(ordered)]] for i in range(parts)]
-
-
-def affinity() -> set[int]:
-    """The CPUs of this process's affinity mask."""
-    return _affinity()
 
 
 def cgroup_cpu_quota(proc_root: Path = Path("/proc"), fs_root: Path = Path("/")) -> Quota | None:
@@ -216,7 +211,8 @@ def _read_quota(version: int, folder: Path, where: str) -> Quota | None:
     return Quota(quota / period, where)
 
 
-def _affinity() -> set[int]:
+def affinity_cpus() -> set[int]:
+    """The CPUs of this process's affinity mask."""
     try:
         return os.sched_getaffinity(0)
     except AttributeError:  # not on Linux: no mask, every core

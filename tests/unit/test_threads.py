@@ -129,7 +129,7 @@ def test_listed_mounts_without_their_files_mean_no_quota(tmp_path):
 
 
 def test_this_process_gets_at_least_one_cpu():
-    assert 1 <= usable_cpus().count <= len(threads._affinity())
+    assert 1 <= usable_cpus().count <= len(threads.affinity_cpus())
 
 
 # -- configure_torch_threads -----------------------------------------------------
