@@ -361,12 +361,9 @@ def from_mapping(cls: type, values: Mapping[str, Any], source: str) -> dict[str,
 # -- the command line ----------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = ()) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add a flag for every field of `cls` (default SUPPRESS, so `flags()` sees only what was given)."""
-    skipped = set(skip)
     for spec in sorted(specs(cls), key=lambda spec: _depth(cls, spec.name)):
-        if spec.name in skipped:
-            continue
         names = []
         for name in spec.names:
             for spelling in (name.replace("_", "-"), name):
