@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"metrics: {result.run_dir / 'metrics.csv'}  curve: {result.run_dir / 'learning_curve.png'}")
     if result.checkpoint:
         more = "" if result.stopped else f" --steps {2 * s.steps}"
-        print(f"resume: {resume_command(settings.replace(local_services=s.local_services), result.checkpoint)}"
-              f"{more}")
+        placed = s if s.local_services else settings  # local services: their store, not their random ports
+        print(f"resume: {resume_command(placed, result.checkpoint)}{more}")
     if not result.committed:
         print("rewind: error: the last checkpoint was not committed; resume from the previous one "
               "(--resume-from-checkpoint latest)", file=sys.stderr)

@@ -29,35 +29,56 @@ def parse_step_dir(name: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class LocalCheckpoint:
-    """A checkpoint named by a path on this machine."""
+class CheckpointLocation:
+    """A checkpoint named by a path on this machine or a store URL, and the store it lies in."""
 
-    url: str        # file:///abs/<agent>/<run>/step-N: what the checkpoint service looks up
-    store: str      # file:///abs: the store it lies in
+    url: str        # file:///abs/<agent>/<run>/step-N[/file] or s3://...: what the service looks up
+    store: str      # file:///abs or s3://bucket/prefix: the store it lies in
 
 
-def local_checkpoint(text: str, cwd: Path | None = None) -> LocalCheckpoint | None:
-    """The checkpoint a filesystem path names (the step folder, or any file or folder inside it).
+def is_local_path(text: str, cwd: Path | None = None) -> bool:
+    """Whether `text` is read as a path on this machine rather than a name inside a service's store.
 
-    A path is read as one on this machine when it is a file:// URL, is
-    absolute, starts with ./ ../ or ~, or exists relative to `cwd`;
-    `agent/run/step-N` that does not exist here stays a path inside the
-    service's store, and other URLs (s3://) stay URLs.
-
-    Returns:
-        None when `text` is not a local path, or no step folder is on its way up.
+    It is when it is a file:// URL, is absolute, starts with ./ ../ or ~, or
+    exists relative to `cwd`; `agent/run/step-N` that does not exist here
+    stays a path inside the service's store, and other URLs (s3://) stay URLs.
     """
     if text.startswith("file://"):
-        text = text.removeprefix("file://")
-    elif "://" in text or text in SELECTORS:
-        return None
+        return True
+    if "://" in text or text in SELECTORS or not text:
+        return False
     path = Path(text).expanduser()
-    base = cwd or Path.cwd()
-    local = path.is_absolute() or text.startswith(("./", "../", "~")) or (base / path).exists()
-    if not local:
+    return path.is_absolute() or text.startswith(("./", "../", "~")) or ((cwd or Path.cwd()) / path).exists()
+
+
+def locate_checkpoint(text: str, cwd: Path | None = None) -> CheckpointLocation | None:
+    """The checkpoint a path or URL names (the step folder, or any file or folder inside it), and its store.
+
+    Returns:
+        None when `text` is a name inside a service's store (latest, best,
+        agent/run/step-N) or has no step folder on its way up, or its store would
+        be above the root.
+    """
+    if "://" in text and not text.startswith("file://"):
+        return _locate_url(text)
+    if not is_local_path(text, cwd):
         return None
-    absolute = Path(base, path).resolve()  # resolve: a symlink is judged by where it points
-    for folder in (absolute, *absolute.parents):
+    path = Path(text.removeprefix("file://")).expanduser()
+    absolute = Path(cwd or Path.cwd(), path).resolve()  # resolve: a symlink is judged by where it points
+    for depth, folder in enumerate((absolute, *absolute.parents)):
         if parse_step_dir(folder.name) is not None and len(folder.parents) >= 3:
-            return LocalCheckpoint(f"file://{folder}", f"file://{folder.parents[2]}")
+            named = absolute if depth <= 1 else folder  # keep a file's name: the service checks it is there
+            return CheckpointLocation(f"file://{named}", f"file://{folder.parents[2]}")
     return None
+
+
+def _locate_url(text: str) -> CheckpointLocation | None:
+    """s3://bucket/prefix/<agent>/<run>/step-N[/file]: the store is everything before <agent>."""
+    scheme, _, rest = text.partition("://")
+    parts = rest.strip("/").split("/")
+    steps = [i for i, part in enumerate(parts) if parse_step_dir(part) is not None and i >= 3]
+    if not steps:
+        return None
+    i = steps[-1]
+    named = parts[:i + 2]  # the step folder, and a file inside it
+    return CheckpointLocation(f"{scheme}://{'/'.join(named)}", f"{scheme}://{'/'.join(parts[:i - 2])}")

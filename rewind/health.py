@@ -7,6 +7,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rewind.channel import make_channel
 from rewind.errors import Unavailable
 
 
@@ -15,6 +16,18 @@ def check(channel: grpc.Channel, service: str = "", timeout: float = 2.0) -> str
     stub = health_pb2_grpc.HealthStub(channel)
     response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether any service answers its health check at `address` (a refused connection fails at once)."""
+    channel = make_channel(address)
+    try:
+        check(channel, timeout=timeout)
+        return True
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
 
 
 def wait_until_serving(channel: grpc.Channel, service: str = "", timeout: float = 30.0, target: str = "") -> None:

@@ -38,6 +38,8 @@ class LocalService:
         cwd: working directory of the service.
         env: extra environment variables.
         timeout: seconds to wait for it to serve.
+        wait: wait until it serves (False: start it and call wait_until_serving() later,
+            so that several services start side by side).
 
     Raises:
         Unavailable: the service exited or did not serve in time.
@@ -51,6 +53,7 @@ class LocalService:
         cwd: str | os.PathLike | None = None,
         env: dict[str, str] | None = None,
         timeout: float = 60.0,
+        wait: bool = True,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="rewind-service-")
         port_file = Path(self._dir.name) / "port"
@@ -65,16 +68,29 @@ class LocalService:
             start_new_session=True,
             preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
         )
-        deadline = time.monotonic() + timeout
-        while not (port_file.exists() and port_file.read_text()):
+        self._port_file, self._timeout, self._args = port_file, timeout, args
+        self.port, self.address = 0, ""
+        if wait:
+            self.wait_until_serving()
+
+    def wait_until_serving(self) -> LocalService:
+        """Wait for the port file the child writes once SERVING; returns self.
+
+        Raises:
+            Unavailable: the service exited or did not serve within the timeout.
+        """
+        deadline = time.monotonic() + self._timeout
+        while not (self._port_file.exists() and self._port_file.read_text()):
             if self.proc.poll() is not None:
-                raise Unavailable(f"`rewind {' '.join(args)}` exited with code {self.proc.returncode} before serving")
+                raise Unavailable(f"`rewind {' '.join(self._args)}` exited with code {self.proc.returncode} "
+                                  "before serving")
             if time.monotonic() > deadline:
                 self.kill()
-                raise Unavailable(f"`rewind {' '.join(args)}` did not serve within {timeout:.0f}s")
+                raise Unavailable(f"`rewind {' '.join(self._args)}` did not serve within {self._timeout:.0f}s")
             time.sleep(0.02)  # the child writes the file once SERVING; there is no event to wait on
-        self.port = int(port_file.read_text())
+        self.port = int(self._port_file.read_text())
         self.address = f"127.0.0.1:{self.port}"
+        return self
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM (a graceful drain) and wait; returns the exit code."""

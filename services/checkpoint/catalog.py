@@ -20,8 +20,8 @@ from rewind_checkpoint.layout import (
     CheckpointKey,
     RunKey,
     check_id,
-    parse_path,
     parse_step_dir,
+    split_path,
     step_dir,
 )
 from rewind_checkpoint.manifest import Manifest
@@ -155,12 +155,16 @@ class Catalog:
     def resolve(self, agent_id: str, run_id: str, step: int, path: str) -> CheckpointKey:
         """A CheckpointRef's fields -> a key (path wins when given)."""
         if path:
-            inside = self.store.relative(path)
-            if inside is None and path.startswith(("/", "file://")):
-                raise InvalidArgument(f"path: {path} is not in this service's store {self.store.url} (symlinks "
-                                      "are followed); name a checkpoint under it, or start a service on that store")
-            return parse_path(path if inside is None else inside, self.store.url)
+            return self.resolve_path(path)[0]
         return CheckpointKey.checked(agent_id, run_id, step)
+
+    def resolve_path(self, path: str) -> tuple[CheckpointKey, str]:
+        """A path a user typed -> (the checkpoint's key, the file inside it it names, or "")."""
+        inside = self.store.relative(path)
+        if inside is None and path.startswith(("/", "file://")):
+            raise InvalidArgument(f"path: {path} is not in this service's store {self.store.url} (symlinks "
+                                  "are followed); name a checkpoint under it, or start a service on that store")
+        return split_path(path if inside is None else inside, self.store.url)
 
     def read_file(self, manifest: Manifest, name: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """Stream one file, checking its size and sha256 as it goes.

@@ -113,6 +113,15 @@ def parse_path(path: str, store_url: str) -> CheckpointKey:
     Raises:
         InvalidArgument: the path is outside this store or is not a checkpoint path.
     """
+    return split_path(path, store_url)[0]
+
+
+def split_path(path: str, store_url: str) -> tuple[CheckpointKey, str]:
+    """A checkpoint path, or the path of a file inside one -> (its key, the file's name or "").
+
+    Raises:
+        InvalidArgument: the path is outside this store or is not a checkpoint path.
+    """
     rel = path.strip()
     if "://" in rel:
         root = store_url.rstrip("/") + "/"
@@ -120,8 +129,9 @@ def parse_path(path: str, store_url: str) -> CheckpointKey:
             raise InvalidArgument(f"path: {path!r} is not in this service's store {store_url}")
         rel = rel[len(root):]
     parts = rel.strip("/").split("/")
+    file = ""
     if len(parts) == 4 and parse_step_dir(parts[2]) is not None:
-        parts = parts[:3]  # a file inside the checkpoint names the checkpoint
+        parts, file = parts[:3], parts[3]  # a file inside the checkpoint names the checkpoint
     if len(parts) != 3:
         raise InvalidArgument(f"path: {path!r} is not a checkpoint path; expected <agent_id>/<run_id>/step-<N> "
                               f"or a full path under {store_url}")
@@ -132,4 +142,4 @@ def parse_path(path: str, store_url: str) -> CheckpointKey:
             step = int(step_name)
         else:
             raise InvalidArgument(f"path: {step_name!r} in {path!r} is not a step directory (step-{'0' * 9}1)")
-    return CheckpointKey.checked(agent_id, run_id, step)
+    return CheckpointKey.checked(agent_id, run_id, step), file

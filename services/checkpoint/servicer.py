@@ -5,7 +5,7 @@ from __future__ import annotations
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import InvalidArgument, NotFound
 from rewind_checkpoint.catalog import Catalog, LookupResult
-from rewind_checkpoint.layout import RunKey, check_file_name
+from rewind_checkpoint.layout import MANIFEST, RunKey, check_file_name
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.restore import restore_buffers
 from rewind_checkpoint.retention import RetentionPolicy
@@ -69,8 +69,9 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         verify = not request.skip_verify
         selector = request.WhichOneof("selector")
         if selector == "path":
-            result = self.catalog.lookup_exact(self.catalog.resolve("", "", 0, request.path), verify,
-                                               request.fall_back)
+            key, file = self.catalog.resolve_path(request.path)
+            result = self.catalog.lookup_exact(key, verify, request.fall_back)
+            _check_named_file(result.manifest, file, request.path)
         else:
             run = RunKey.checked(request.agent_id, request.run_id)
             if selector == "best":
@@ -111,3 +112,11 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         policy = RetentionPolicy.from_proto(request.retention)
         self.catalog.set_retention(run, policy)
         return checkpoint_pb2.SetRetentionResponse(retention=policy.to_proto())
+
+
+def _check_named_file(manifest: Manifest, file: str, path: str) -> None:
+    """A path to a file inside a checkpoint names the checkpoint only if the file is in it: refuse, never guess."""
+    if file and file != MANIFEST and manifest.file(file) is None:
+        names = ", ".join(f.name for f in manifest.files)
+        raise NotFound(f"path: {path} names file {file!r}, which {manifest.key} does not have (files: {names}); "
+                       "name the checkpoint's folder or one of its files")

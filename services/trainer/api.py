@@ -11,15 +11,21 @@ The trainer package provides this function to the SDK's namespace through the
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
-from rewind.checkpoint_paths import local_checkpoint
+from rewind.checkpoint_paths import CheckpointLocation, is_local_path, locate_checkpoint
+from rewind.errors import InvalidArgument
+from rewind.health import answers
 from rewind_runtime.settings import from_mapping
 from rewind_trainer.connections import local_services
 from rewind_trainer.run import TrainResult
 from rewind_trainer.run import train as run
 from rewind_trainer.service import Control
 from rewind_trainer.settings import TrainSettings
+
+log = logging.getLogger(__name__)
 
 
 def train(**settings: Any) -> TrainResult:
@@ -57,17 +63,53 @@ def launch(settings: TrainSettings, *, explicit: set[str], handle_signals: bool 
 
 
 def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
-    """Where the run's services come from.
+    """Where the run's services come from, decided before anything is started or written.
 
-    - A store named (--store or --checkpoint-dir, as seed 000's checkpoint_dir=) means local services on it.
-    - With local services and no store named, a checkpoint path on this machine names its store, so
-      `--resume-from-checkpoint ./rewind-data/tdmpc2/run/step-N` needs nothing more.
-    - Otherwise the services at buffer_address and checkpoint_address are used.
+    - A store named (--store, or --checkpoint-dir as seed 000's checkpoint_dir=) means local services on it.
+    - Services named (--buffer-address, --checkpoint-address) are used as they are.
+    - With --local-services and no store named, the store is the one the resume path lies in
+      (`--resume-from-checkpoint ./rewind-data/tdmpc2/run/step-N` needs nothing more), else
+      --output-dir when given (seed 001 keeps its checkpoints there), else file://./rewind-data.
+    - With none of these, a resume path that names its store (a folder here, an s3:// URL) or an
+      --output-dir uses the checkpoint service running at the default address if one answers, and
+      otherwise starts local services on that store, as seeds 000 and 001 resume from a path alone.
+
+    Raises:
+        InvalidArgument: the resume path is a path on this machine that names no checkpoint.
     """
+    location = _resume_location(settings.resume_from_checkpoint)
     if {"store", "checkpoint_dir"} & explicit:
         return settings.replace(local_services=True)
-    if settings.local_services and settings.resume_from_checkpoint:
-        local = local_checkpoint(settings.resume_from_checkpoint)
-        if local is not None:
-            return settings.replace(store=local.store)
-    return settings
+    if {"buffer_address", "checkpoint_address"} & explicit and not settings.local_services:
+        return settings
+    if not settings.local_services:
+        if not (location or "out_dir" in explicit) or answers(settings.checkpoint_address):
+            return settings
+        log.info("no checkpoint service answers at %s: starting local services for this run",
+                 settings.checkpoint_address)
+    if location is not None:
+        return settings.replace(local_services=True, store=location.store)
+    if "out_dir" in explicit:
+        return settings.replace(local_services=True, store="file://" + str(Path(settings.out_dir).resolve()))
+    return settings.replace(local_services=True)
+
+
+def _resume_location(which: str) -> CheckpointLocation | None:
+    """The checkpoint and store a resume path names; None for latest, best and agent/run/step-N.
+
+    Raises:
+        InvalidArgument: a path on this machine that does not exist or has no step folder on its way up.
+    """
+    if not which:
+        return None
+    location = locate_checkpoint(which)
+    if location is None and is_local_path(which):
+        path = Path(which.removeprefix("file://")).expanduser()
+        why = "there is no such file or folder" if not path.exists() else "no step-<N> folder is on its path"
+        raise InvalidArgument(
+            f"resume_from_checkpoint: {which} is not a checkpoint: {why}. A checkpoint is a folder "
+            "<store>/<agent_id>/<run_id>/step-<N> (or a file in it); `rewind ckpt ls --store DIR` lists them")
+    if location is not None and location.url.startswith("file://") and not Path(location.url[7:]).exists():
+        raise InvalidArgument(f"resume_from_checkpoint: {which}: there is no such file or folder "
+                              f"(`rewind ckpt ls --store {location.store}` lists the checkpoints there)")
+    return location

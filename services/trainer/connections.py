@@ -69,12 +69,16 @@ def local_services(settings: TrainSettings) -> Iterator[TrainSettings]:
     Yields the settings with their addresses.
     """
     log.info("starting a buffer service and a checkpoint service (store %s)", settings.store_url)
-    buffer = LocalService(["buffer", "serve"])  # the trainer makes its buffers with its own shapes
+    # Side by side: each spends its first seconds importing, on its own core.
+    buffer = LocalService(["buffer", "serve"], wait=False)  # the trainer makes its buffers with its own shapes
+    ckpt = LocalService(["ckpt", "serve", "--store", settings.store_url], wait=False)
     try:
-        with LocalService(["ckpt", "serve", "--store", settings.store_url]) as ckpt:
-            yield settings.replace(buffer_address=buffer.address, checkpoint_address=ckpt.address)
-            ckpt.terminate(timeout=60)
+        buffer.wait_until_serving()
+        ckpt.wait_until_serving()
+        yield settings.replace(buffer_address=buffer.address, checkpoint_address=ckpt.address)
+        ckpt.terminate(timeout=60)
     finally:
+        ckpt.kill()
         buffer.terminate(timeout=60) if buffer.proc.poll() is None else buffer.kill()
 
 

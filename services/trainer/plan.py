@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewind.checkpoint_paths import SELECTORS, local_checkpoint
+from rewind.checkpoint_paths import SELECTORS, locate_checkpoint
 from rewind.errors import FailedPrecondition, InvalidArgument, NotFound
 from rewind_trainer.checkpointer import TRAINER_FILE, decode_trainer_state
 from rewind_trainer.connections import Services
@@ -60,9 +60,10 @@ def prepare(settings: TrainSettings, explicit: set[str], services: Services) -> 
     settings, resume = _resolve(settings, explicit, services)
     env = make_env(settings.task, settings.seed, settings.action_repeat)
     settings = settings.replace(seed_steps=settings.seed_steps or max(1000, 5 * env.episode_length))
-    if settings.seed_steps < env.episode_length < settings.steps:
+    if settings.seed_steps < min(env.episode_length, settings.steps):
         raise InvalidArgument(f"seed_steps: {settings.seed_steps} is shorter than one episode of {settings.task} "
-                              f"({env.episode_length} steps); learning starts from stored episodes")
+                              f"({env.episode_length} steps), and learning starts from stored episodes; give "
+                              f"--seed-steps {env.episode_length} or more (or --steps {settings.seed_steps} or fewer)")
     agent_config = AgentConfig(obs_dim=env.obs_dim, action_dim=env.action_dim, episode_length=env.episode_length,
                                model_size=settings.model_size, mpc=settings.mpc, lr=settings.learning_rate,
                                **settings.agent)
@@ -92,8 +93,8 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
         if which in SELECTORS:
             found = services.ckpt.lookup(settings.agent_id, settings.run, which, metric="eval_return", mode="max")
         else:
-            local = local_checkpoint(which)
-            found = services.ckpt.lookup(which=local.url if local else which, fall_back=True)
+            location = locate_checkpoint(which)
+            found = services.ckpt.lookup(which=location.url if location else which, fall_back=True)
     except NotFound as exc:
         if which != "latest":
             raise

@@ -60,9 +60,9 @@ class TrainSettings(ServerSettings):
     checkpoint_address: str = setting(addresses.CHECKPOINT_ADDRESS, "host:port of the checkpoint service")
     local_services: bool = setting(False, "start a buffer and a checkpoint service on free loopback ports for "
                                           "this run")
-    store: str = setting("", "with --local-services: the checkpoint store (default file://./rewind-data)")
-    checkpoint_dir: str = setting("", "with --local-services: a local folder as the store (same as --store "
-                                      "file://DIR)")
+    store: str = setting("", "the store of local services, which naming it starts (default "
+                             "file://./rewind-data, or --out-dir when given)")
+    checkpoint_dir: str = setting("", "a folder (or s3:// URL) as the store of local services: --store file://DIR")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)
@@ -110,5 +110,5 @@ class TrainSettings(ServerSettings):
     def store_url(self) -> str:
         """The store of --local-services."""
         if self.checkpoint_dir:
-            return "file://" + self.checkpoint_dir
+            return self.checkpoint_dir if "://" in self.checkpoint_dir else "file://" + self.checkpoint_dir
         return self.store or "file://./rewind-data"
