@@ -10,7 +10,7 @@ from typing import Any
 
 from rewind.errors import InvalidArgument
 from rewind_cli import serving
-from rewind_runtime.settings import flags, from_mapping, parse_pair
+from rewind_runtime.settings import flags, from_mapping, parse_pair, render_yaml
 from rewind_trainer.settings import TrainSettings
 
 EXAMPLES = """examples:
@@ -39,6 +39,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
                                           "back from it, checkpoints go to the checkpoint service.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     serving.add_settings(train, TrainSettings, "YAML file of settings; flags and REWIND_* variables override it")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the settings this command would run with, as a --config YAML file, and exit")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="settings in TD-MPC2's (Hydra's) form, with the names of the flags: task=Pendulum-v1 "
                             "steps=16000 agent.num_samples=256")
@@ -48,11 +50,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, set[str]]:
     """(TrainSettings, the names given explicitly) from --config, REWIND_* variables and the flags.
 
-    REWIND_STORE is also the checkpoint service's setting: without --local-services it is ignored.
+    REWIND_STORE is also the checkpoint service's setting: a trainer told where its
+    services are (compose, Kubernetes) ignores it, since it starts none of its own.
     """
     loaded = serving.load_settings(args, TrainSettings, **overrides_of(args))
     settings, explicit = loaded.settings, set(loaded.explicit)
-    if not settings.local_services:
+    if not settings.local_services and {"buffer_address", "checkpoint_address"} & explicit:
         ignored = {"store", "checkpoint_dir"} & loaded.from_environment
         settings = settings.replace(**dict.fromkeys(ignored, ""))
         explicit -= ignored
@@ -98,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     from rewind_trainer.api import launch
 
     settings, explicit = settings_from_args(args)
+    if args.print_config:
+        print(render_yaml(settings), end="")
+        return 0
     result = launch(settings, explicit=explicit, handle_signals=True)
     s = result.settings
     ret = "n/a" if math.isnan(result.eval_return) else f"{result.eval_return:.1f}"

@@ -8,7 +8,7 @@ After CleanRL's `Args`: each setting is written once, as a field made with
 - the environment variables (`REWIND_BUFFER_SIZE`);
 - the config-file keys (TOML or YAML; a class may place fields in TOML tables,
   as the buffer service keeps the seed's `[config]` table);
-- range and choice checks, and the `--print-config` file.
+- range and choice checks, and the `--print-config` files (TOML for the services, YAML for the trainer).
 
 Precedence, lowest first: the default, the config file, the environment, the
 command line (or keyword arguments from Python). `load()` also returns which
@@ -489,6 +489,15 @@ def render_toml(cls: type, header: str = "") -> str:
         width = max(map(len, assignments), default=0) + 2
         lines += [a.ljust(width) + f"# {by_spec[name].help}" for a, name in zip(assignments, names, strict=True)]
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def render_yaml(settings: Any) -> str:
+    """A settings object as the YAML file --config takes: every field, its value and its help."""
+    assignments = {spec.name: f"{spec.name}: {json.dumps(getattr(settings, spec.name))}"
+                   for spec in specs(type(settings))}  # JSON values are YAML flow values
+    width = max(map(len, assignments.values()), default=0) + 2
+    return "".join(line.ljust(width) + f"# {spec.help}\n"
+                   for spec, line in zip(specs(type(settings)), assignments.values(), strict=True))
 
 
 def _toml_value(value: Any) -> str:

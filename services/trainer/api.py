@@ -67,12 +67,11 @@ def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
 
     - A store named (--store, or --checkpoint-dir as seed 000's checkpoint_dir=) means local services on it.
     - Services named (--buffer-address, --checkpoint-address) are used as they are.
-    - With --local-services and no store named, the store is the one the resume path lies in
+    - With neither, the checkpoint service at the default address is used if one answers;
+      if none does (or with --local-services), the run starts its own services, as seeds 000, 001
+      and 003 run with nothing but their command. Their store is the one the resume path lies in
       (`--resume-from-checkpoint ./rewind-data/tdmpc2/run/step-N` needs nothing more), else
       --output-dir when given (seed 001 keeps its checkpoints there), else file://./rewind-data.
-    - With none of these, a resume path that names its store (a folder here, an s3:// URL) or an
-      --output-dir uses the checkpoint service running at the default address if one answers, and
-      otherwise starts local services on that store, as seeds 000 and 001 resume from a path alone.
 
     Raises:
         InvalidArgument: the resume path is a path on this machine that names no checkpoint.
@@ -80,13 +79,11 @@ def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
     location = _resume_location(settings.resume_from_checkpoint)
     if {"store", "checkpoint_dir"} & explicit:
         return settings.replace(local_services=True)
-    if {"buffer_address", "checkpoint_address"} & explicit and not settings.local_services:
-        return settings
     if not settings.local_services:
-        if not (location or "out_dir" in explicit) or answers(settings.checkpoint_address):
+        if {"buffer_address", "checkpoint_address"} & explicit or answers(settings.checkpoint_address):
             return settings
-        log.info("no checkpoint service answers at %s: starting local services for this run",
-                 settings.checkpoint_address)
+        log.info("no checkpoint service answers at %s: starting a buffer and a checkpoint service for this run "
+                 "(name running ones with --buffer-address and --checkpoint-address)", settings.checkpoint_address)
     if location is not None:
         return settings.replace(local_services=True, store=location.store)
     if "out_dir" in explicit:

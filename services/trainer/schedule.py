@@ -33,6 +33,7 @@ class CheckpointSchedule:
         self.agent_cfg = agent_cfg
         self.history = history
         self.mark: tuple[int, int] | None = None  # (step, episode) where the last checkpoint was started
+        self.start_step = 0  # the step the loop started (or resumed) at
         self.job: SaveJob | None = None
 
     def _due(self, trainer: Trainer) -> bool:
@@ -49,10 +50,12 @@ class CheckpointSchedule:
         """The loop's boundary hook: raise Stopped, start a checkpoint, or let the loop go on."""
         if self.mark is None:
             self.mark = (trainer.state.step, trainer.state.episode)  # the start (or the resumed step)
+            self.start_step = trainer.state.step
         if self.control.stopping.is_set():
             raise Stopped
         waiters = self.control.take_checkpoint_waiters()
-        if not (waiters or self._due(trainer)) or trainer.state.step == 0:
+        # Nothing new since the start (a resumed step is already a checkpoint): requests wait for the next boundary.
+        if not (waiters or self._due(trainer)) or trainer.state.step == self.start_step:
             self._give_back(waiters)
             return
         job = self.job

@@ -102,8 +102,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetStatusResponse(status=self.status())
 
     def CreateCheckpoint(self, request, context):
-        if self.trainer.phase in ("starting", "done"):
-            raise FailedPrecondition("trainer: not training yet (or already done); try again once step > 0")
+        if self.trainer.phase == "done":
+            raise FailedPrecondition("trainer: already done; its final checkpoint is in GetStatus")
         if self.control.stopping.is_set():
             raise FailedPrecondition("trainer: stopping; it writes a checkpoint on its way out")
         future = self.control.request_checkpoint()

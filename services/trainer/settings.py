@@ -67,8 +67,8 @@ class TrainSettings(ServerSettings):
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
-    out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/)",
-                           aliases=("output_dir",))
+    out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/); "
+                                   "given, it is also the store of services this run starts", aliases=("output_dir",))
     progress: bool = setting(True, "show a progress bar")
     torch_threads: int = setting(0, "torch intra- and inter-op threads (0: the CPUs this process may use "
                                     "(affinity mask and cgroup quota))", minimum=0)
@@ -84,7 +84,8 @@ class TrainSettings(ServerSettings):
     keep_last_n_checkpoints: int = setting(3, "retention: keep the N newest checkpoints (0: keep all)", minimum=0)
     keep_every: int = setting(0, "retention: also keep every checkpoint whose step is a multiple of N", minimum=0)
     keep_best: int = setting(0, "retention: also keep the N best by eval_return", minimum=0)
-    resume_from_checkpoint: str = setting("", "a checkpoint path, 'latest' or 'best' of this run")
+    resume_from_checkpoint: str = setting("", "'latest' or 'best' of this run, or a checkpoint: a path (relative, "
+                                              "absolute, a file in it), a file:// or s3:// URL, or AGENT/RUN/step-N")
     stop_grace_s: float = setting(20.0, "on SIGTERM, seconds to commit the checkpoint before exiting", above=0)
     preempt_exit_code: int = setting(0, "exit code after a SIGTERM checkpoint (Kubernetes Jobs use a non-zero one)",
                                      minimum=0, maximum=255)

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewind import TrainerClient
@@ -46,11 +46,14 @@ class Workspace:
         root: the seed's checkpoint folder as the user writes it: a relative
             folder name on file://, an s3:// URL on S3.
         url: the same store as the checkpoint service names it.
+        env: variables every command of the workspace gets (REWIND_STORE where
+            the seed's default folder is an S3 store).
     """
 
     cwd: Path
     root: str
     url: str
+    env: dict[str, str] = field(default_factory=dict)  # what every command gets besides QUICK
 
     def checkpoint(self, step: int) -> str:
         """The checkpoint of the default run at `step`, as the user would type it."""
@@ -61,13 +64,18 @@ class Workspace:
         return f"{self.url}/{RUN}/{step_dir(step)}"
 
 
-def workspace(tmp_path: Path, store_url: str, name: str) -> Workspace:
-    """A working folder whose checkpoint folder `name` lives in the test's store (file:// or S3)."""
+def workspace(tmp_path: Path, store_url: str, name: str, default_store: bool = False) -> Workspace:
+    """A working folder whose checkpoint folder `name` lives in the test's store (file:// or S3).
+
+    Args:
+        default_store: the commands name no store; on S3, REWIND_STORE names it.
+    """
     cwd = tmp_path / "work"
     cwd.mkdir()
     if store_url.startswith("file://"):
         return Workspace(cwd, name, f"file://{cwd / name}")
-    return Workspace(cwd, f"{store_url}/{name}", f"{store_url}/{name}")
+    url = f"{store_url}/{name}"
+    return Workspace(cwd, url, url, {"REWIND_STORE": url} if default_store else {})
 
 
 def environment(steps: int | None, **more: str) -> dict[str, str]:
@@ -79,7 +87,7 @@ def environment(steps: int | None, **more: str) -> dict[str, str]:
 
 def command(ws: Workspace, *args: str, steps: int | None = None, **env: str) -> subprocess.CompletedProcess:
     """`rewind <args>` in the workspace, its stdout and log in .stdout, quick settings from REWIND_*."""
-    return subprocess.run([REWIND, *args], cwd=ws.cwd, env=environment(steps, **env), stdout=subprocess.PIPE,
+    return subprocess.run([REWIND, *args], cwd=ws.cwd, env=environment(steps, **ws.env, **env), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=300)
 
 
@@ -99,7 +107,8 @@ def interrupt(ws: Workspace, *args: str) -> Interrupted:
     has committed; that is the synchronisation, no sleeping.
     """
     port = free_port()
-    proc = subprocess.Popen([REWIND, "train", *args], cwd=ws.cwd, env=environment(None, REWIND_PORT=str(port)),
+    proc = subprocess.Popen([REWIND, "train", *args], cwd=ws.cwd,
+                            env=environment(None, **ws.env, REWIND_PORT=str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with TrainerClient(f"127.0.0.1:{port}", timeout=120) as client:
