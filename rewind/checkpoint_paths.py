@@ -39,16 +39,20 @@ class CheckpointLocation:
 def is_local_path(text: str, cwd: Path | None = None) -> bool:
     """Whether `text` is read as a path on this machine rather than a name inside a service's store.
 
-    It is when it is a file:// URL, is absolute, starts with ./ ../ or ~, or
-    exists relative to `cwd`; `agent/run/step-N` that does not exist here
-    stays a path inside the service's store, and other URLs (s3://) stay URLs.
+    Names inside a store are `latest`, `best`, other URLs (s3://) and
+    `<agent>/<run>/step-N[/<file>]` (or `<agent>/<run>/N`) that does not exist
+    here; everything else is a path here, relative to `cwd` unless absolute.
     """
     if text.startswith("file://"):
         return True
     if "://" in text or text in SELECTORS or not text:
         return False
     path = Path(text).expanduser()
-    return path.is_absolute() or text.startswith(("./", "../", "~")) or ((cwd or Path.cwd()) / path).exists()
+    if path.is_absolute() or text.startswith(("./", "../", "~")) or ((cwd or Path.cwd()) / path).exists():
+        return True
+    parts = text.strip("/").split("/")
+    in_store = len(parts) in (3, 4) and (parse_step_dir(parts[2]) is not None or parts[2].isdigit())
+    return not in_store
 
 
 def locate_checkpoint(text: str, cwd: Path | None = None) -> CheckpointLocation | None:

@@ -56,3 +56,24 @@ def test_a_model_file_the_checkpoint_does_not_have_is_refused_and_nothing_is_wri
     assert "no such file or folder" in error or "does not have (files: " in error  # file:// here, S3 at the service
     assert listing(ws) == before
     assert rewind.list_checkpoints(checkpoint_dir=ws.root) == [ws.checkpoint_url(5)]
+
+
+def test_paths_outside_the_named_store_are_refused_one_line_each_and_nothing_is_written(tmp_path):
+    ws = workspace(tmp_path, f"file://{tmp_path}/unused", "checkpoints")
+    other = ws.cwd / "other"
+    for store in (ws.root, "other"):
+        assert command(ws, "train", "task=Pendulum-v1", f"checkpoint_dir={store}", steps=5).returncode == 0
+    elsewhere = other / "tdmpc2" / "pendulum-v1-seed1" / "step-0000000005"
+    (ws.cwd / ws.root / "tdmpc2" / "pendulum-v1-seed1" / "step-0000000007").symlink_to(elsewhere)
+    before = sorted(str(p) for p in ws.cwd.rglob("*"))
+    cases = {f"{elsewhere}/trainer.pt": "is not in this service's store",  # a checkpoint of another store
+             f"{ws.root}/tdmpc2/pendulum-v1-seed1/step-0000000007": "is not in this service's store",  # symlink out
+             f"{ws.root}/tdmpc2/pendulum-v1-seed1": "no step-<N> folder is on its path",  # not a checkpoint
+             f"{ws.root}/tdmpc2/pendulum-v1-seed1/step-0000000009": "there is no such file or folder"}
+    for path, error in cases.items():
+        refused = command(ws, "train", "task=Pendulum-v1", f"checkpoint_dir={ws.root}",
+                          f"resume_from_checkpoint={path}", steps=10)
+        assert refused.returncode == 1, refused.stdout
+        [line] = [line for line in refused.stdout.splitlines() if line.startswith("rewind: error:")]
+        assert error in line and "Traceback" not in refused.stdout, (path, refused.stdout)
+    assert sorted(str(p) for p in ws.cwd.rglob("*")) == before

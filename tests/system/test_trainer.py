@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -102,12 +103,23 @@ def reference(tmp_path_factory):
 
 # -- exact resume ------------------------------------------------------------
 
-def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run(trio, reference, tmp_path):
+def plain_path(checkpoint: str, cwd: Path) -> str:
+    """How a user names the checkpoint with no selector: a relative path to a file in it, or its s3:// URL."""
+    if checkpoint.startswith("file://"):
+        return os.path.relpath(checkpoint.removeprefix("file://") + "/trainer.pt", cwd)
+    return checkpoint
+
+
+@pytest.mark.parametrize("named_by", ["latest", "plain path"])
+def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run(trio, reference, tmp_path,
+                                                                                 named_by, monkeypatch):
     first = train(trio.settings(tmp_path / "runs", steps=300))
     assert (first.step, first.exit_code) == (300, 0)
     assert first.checkpoint.endswith("step-0000000300")  # the final save, in the middle of an episode
     trio.fresh_buffers()  # nothing survives but the checkpoint
-    second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint="latest"),
+    monkeypatch.chdir(tmp_path / "runs")
+    which = "latest" if named_by == "latest" else plain_path(first.checkpoint, tmp_path / "runs")
+    second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint=which),
                    explicit={"steps", "resume_from_checkpoint"})
     assert (second.step, second.resumed_from) == (600, first.checkpoint)
     assert_identical(params(second.agent), reference[0])
