@@ -14,12 +14,14 @@ from rewind_runtime.settings import flags, from_mapping, parse_pair, render_yaml
 from rewind_trainer.settings import TrainSettings
 
 EXAMPLES = """examples:
-  rewind train --local-services                          # start a buffer and a checkpoint service, train Pendulum-v1
+  rewind train                                           # train Pendulum-v1 (with no service running: its own)
   rewind train --local-services --resume-from-checkpoint latest
   rewind train --task cartpole-swingup --action-repeat 8 --steps 48000   # needs pip install 'rewind[dmc]'
   rewind train --config run.yaml --learning-rate 1e-4    # flags override the YAML file
-  rewind train --resume-from-checkpoint file://./rewind-data/tdmpc2/pendulum-v1-seed1/step-0000004000 --steps 16000
+  rewind train --resume-from-checkpoint rewind-data/tdmpc2/pendulum-v1-seed1/step-0000004000 --steps 16000
+  rewind train task=Pendulum-v1 checkpoint_dir=./checkpoints agent.num_samples=256   # TD-MPC2's (Hydra's) form
   rewind train --checkpoint-interval-episodes 0 --checkpoint-interval-steps 1000 --keep-last-n-checkpoints 5
+  rewind train --config run.yaml --print-config          # the settings it would run with, as a YAML file
 
 A YAML config file holds the same names with underscores (or dashes):
   task: Pendulum-v1
