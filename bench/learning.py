@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = rewind.train(local_services=True, store=f"file://{work}/store", task=args.task, steps=args.steps,
                               action_repeat=args.action_repeat, model_size=args.model_size, seed=args.seed,
-                              eval_freq=args.eval_freq, eval_episodes=10, out_dir=str(work / "runs"), port=-1,
+                              eval_freq=args.eval_freq, eval_episodes=10, eval_at_start=True,  # the untrained agent too
+                              out_dir=str(work / "runs"), port=-1,
                               checkpoint_interval_episodes=0, agent=agent)
         minutes = (time.perf_counter() - started) / 60
         curves = read_curves(result.run_dir / "metrics.csv")

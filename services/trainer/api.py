@@ -20,6 +20,7 @@ from rewind.errors import InvalidArgument
 from rewind.health import answers
 from rewind_runtime.settings import from_mapping
 from rewind_trainer.connections import local_services
+from rewind_trainer.plan import check_task
 from rewind_trainer.run import TrainResult
 from rewind_trainer.run import train as run
 from rewind_trainer.service import Control
@@ -55,6 +56,7 @@ def train(**settings: Any) -> TrainResult:
 def launch(settings: TrainSettings, *, explicit: set[str], handle_signals: bool = False,
            control: Control | None = None) -> TrainResult:
     """Run against the configured services, or start local ones first (see `placement`)."""
+    check_task(settings, explicit)  # a wrong task fails before any service is started
     settings = placement(settings, explicit)
     if not settings.local_services:
         return run(settings, explicit=explicit, handle_signals=handle_signals, control=control)

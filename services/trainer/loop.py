@@ -79,6 +79,7 @@ class Trainer:
         self._stream_left = 0
         self._started = time.perf_counter()
         self._steps_at_start = 0
+        self._evaluating_s = 0.0  # seconds spent evaluating since the start, left out of the rate
 
     @contextmanager
     def phase_of(self, name: str) -> Iterator[None]:
@@ -95,8 +96,15 @@ class Trainer:
 
     @property
     def steps_per_second(self) -> float:
-        elapsed = time.perf_counter() - self._started
+        """Training's rate since the start (or resume): evaluation time does not count."""
+        elapsed = time.perf_counter() - self._started - self._evaluating_s
         return (self.state.step - self._steps_at_start) / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eval_summary(self) -> str:
+        """The last evaluation return and the step it is from ("n/a" before the first)."""
+        s = self.state
+        return "n/a" if s.last_eval_step < 0 else f"{s.eval_return:.1f} at step {s.last_eval_step}"
 
     # -- the loop ------------------------------------------------------------
 
@@ -126,11 +134,11 @@ class Trainer:
 
     def _env_step(self) -> None:
         s = self.state
-        if s.step % self.settings.eval_freq == 0:
+        if s.step % self.settings.eval_freq == 0 and (s.step or self.settings.eval_at_start):
             s.eval_next = True
         if s.done:
-            if s.eval_next and self.settings.eval_episodes:
-                self._evaluate()
+            if s.eval_next and self.settings.eval_episodes and not self._evaluate():
+                return  # abandoned for a stop: the next boundary stops, and the resumed run evaluates here again
             s.eval_next = False
             self.obs = self.env.reset()
             self.recorder.start(self.obs, self.env.action_dim)
@@ -162,8 +170,7 @@ class Trainer:
         s.recent_returns = (s.recent_returns + [s.episode_return])[-RECENT:]
         self.metrics.write(step=s.step, episode=s.episode, kind="train", episode_return=s.episode_return,
                            episode_steps=self.recorder.steps, steps_per_s=self.steps_per_second, **s.losses)
-        bar.set_postfix(ret=f"{s.episode_return:.1f}", eval=f"{s.eval_return:.1f}",
-                        sps=f"{self.steps_per_second:.1f}")
+        bar.set_postfix(ret=f"{s.episode_return:.1f}", eval=self.eval_summary, sps=f"{self.steps_per_second:.1f}")
 
     # -- batches -------------------------------------------------------------
 
@@ -207,13 +214,23 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------
 
-    def _evaluate(self) -> None:
+    def _evaluate(self) -> bool:
         """Mean return of eval episodes, on an env and generators of their own.
 
         Training's env, agent generator and torch's global generator are left
         as they were, so evaluating (or being stopped mid-way) changes nothing
         that training depends on. Episodes go to test_buffer only once all ran.
+
+        Returns:
+            False when a stop abandoned it: nothing of it was kept.
         """
+        started = time.perf_counter()
+        try:
+            return self._evaluate_episodes()
+        finally:
+            self._evaluating_s += time.perf_counter() - started
+
+    def _evaluate_episodes(self) -> bool:
         s, cfg = self.state, self.settings
         self.phase = "evaluating"
         eval_seed = cfg.seed + 100_003 * (s.evaluations + 1)
@@ -228,7 +245,7 @@ class Trainer:
                     if self.interrupt.is_set():
                         log.info("evaluation at step %d abandoned: stopping; it reruns on resume", s.step)
                         env.close()
-                        return
+                        return False
                     action = self.agent.act(obs, t0=recorder.steps == 0, eval_mode=True)
                     obs, reward, terminated, truncated = env.step(action)
                     recorder.record(obs, action, reward, terminated)
@@ -244,6 +261,7 @@ class Trainer:
         s.eval_return = sum(returns) / len(returns)
         self.metrics.write(step=s.step, episode=s.episode, kind="eval", episode_return=s.eval_return,
                            episode_steps=env.episode_length)
+        return True
 
     def final_evaluation(self) -> float:
         """Evaluate at the end of the run unless the last evaluation was at this step."""

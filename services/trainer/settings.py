@@ -20,7 +20,7 @@ from rewind_trainer.hparams import AgentConfig
 
 # Fields a resumed run may change; each change is applied and recorded.
 SAFE_ON_RESUME = frozenset({
-    "steps", "learning_rate", "eval_freq", "eval_episodes", "checkpoint_interval_steps",
+    "steps", "learning_rate", "eval_freq", "eval_episodes", "eval_at_start", "checkpoint_interval_steps",
     "checkpoint_interval_episodes", "keep_last_n_checkpoints", "keep_every", "keep_best", "device",
     "stop_grace_s", "preempt_exit_code",
 })
@@ -50,6 +50,8 @@ class TrainSettings(ServerSettings):
     learning_rate: float = setting(3e-4, "Adam learning rate (safe to change on resume)", above=0)
     eval_freq: int = setting(2_000, "evaluate every this many steps", minimum=1)
     eval_episodes: int = setting(10, "episodes per evaluation (0: none)", minimum=0)
+    eval_at_start: bool = setting(False, "also evaluate the untrained agent at step 0, as TD-MPC2 does (its MPPI "
+                                         "episodes delay the first training step by minutes on a CPU)")
     device: str = setting("cpu", "cpu or cuda")
     agent: dict[str, Any] = setting(factory=dict, help="other agent hyperparameters (hparams.AgentConfig), "
                                                        "e.g. --agent num_samples=256")

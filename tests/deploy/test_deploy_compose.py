@@ -70,6 +70,18 @@ def test_ports_are_published_on_the_documented_numbers_and_volumes_are_named():
     assert "trainer-runs:/var/lib/rewind/runs" in services["trainer"]["volumes"]
 
 
+def test_every_folder_a_volume_is_mounted_on_is_made_by_the_image_for_the_service_user():
+    """A named volume takes its owner from the image's folder; a missing one would be root's (a crash loop)."""
+    services = compose()["services"]
+    made = re.search(r"install -d -o 10001 -g 10001 -m \d+ ([^\n]+)", dockerfile()).group(1).split()
+    for name, svc in services.items():
+        if "build" not in svc:
+            continue  # MinIO's own image
+        for volume in svc.get("volumes", []):
+            assert volume.split(":")[1] in made, (name, volume)
+    assert "# syntax=" not in dockerfile()  # a BuildKit frontend would be pulled from Docker Hub
+
+
 def test_the_gpu_profile_reserves_nvidia_devices_and_uses_the_cuda_image():
     services = compose()["services"]
     for name in GPU_SERVICES:

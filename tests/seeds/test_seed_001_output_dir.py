@@ -54,7 +54,13 @@ def test_against_running_services_the_output_dir_path_resolves_in_their_store(tm
                          "--resume_from_checkpoint", path, steps=10, **addresses)
         assert second.returncode == 0, second.stdout
         assert f"resuming {ws.checkpoint_url(5)} at step 5" in second.stdout
-        assert rewind.list_checkpoints(checkpoint_dir=ws.url) == [ws.checkpoint_url(5), ws.checkpoint_url(10)]
+        # the service's own form, <agent>/<run>/step-N, and its full URL name the same store's checkpoints
+        third = command(ws, "train", "--output_dir", OUT, "--resume_from_checkpoint", f"{RUN}/step-0000000010",
+                        steps=15, **addresses)
+        assert f"resuming {ws.checkpoint_url(10)} at step 10" in third.stdout, third.stdout
+        fourth = command(ws, "train", "--resume_from_checkpoint", ws.checkpoint_url(15), steps=20, **addresses)
+        assert f"resuming {ws.checkpoint_url(15)} at step 15" in fourth.stdout, fourth.stdout
+        assert rewind.list_checkpoints(checkpoint_dir=ws.url) == [ws.checkpoint_url(s) for s in (10, 15, 20)]
     finally:
         buffer.stop()
         ckpt.stop()

@@ -26,7 +26,7 @@ from rewind_trainer.run import train
 from rewind_trainer.service import Control
 from rewind_trainer.settings import TrainSettings
 from tests.support.configs import checkpoint_config
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, wait_for
 from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess
 
 BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3, port=0)
@@ -219,6 +219,26 @@ def test_a_corrupt_checkpoint_is_reported_as_data_loss(file_trio, tmp_path):
               explicit={"resume_from_checkpoint"})
 
 
+def test_a_corrupt_checkpoint_named_by_path_falls_back_to_the_newest_good_one_and_says_so(file_trio, tmp_path,
+                                                                                         caplog):
+    quick = dict(seed_steps=1000, eval_episodes=0)
+    good = train(file_trio.settings(tmp_path / "runs", steps=5, **quick))
+    newer = train(file_trio.settings(tmp_path / "runs", steps=10, resume_from_checkpoint=good.checkpoint, **quick),
+                  explicit={"steps", "resume_from_checkpoint"})
+    trainer_pt = Path(newer.checkpoint.removeprefix("file://")) / "trainer.pt"
+    data = bytearray(trainer_pt.read_bytes())
+    data[100] ^= 0xFF
+    trainer_pt.write_bytes(bytes(data))
+    caplog.set_level("WARNING", logger="rewind_trainer.plan")
+    third = train(file_trio.settings(tmp_path / "runs", steps=15, resume_from_checkpoint=newer.checkpoint, **quick),
+                  explicit={"steps", "resume_from_checkpoint"})
+    assert (third.resumed_from, third.step) == (good.checkpoint, 15)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"skipped checkpoint {newer.checkpoint}: ") and "sha256" in m for m in warnings)
+    assert f"resume_from_checkpoint: resuming from {good.checkpoint}, the newest checkpoint before it that " \
+           "verifies" in warnings
+
+
 # -- checkpoints never stop the run ------------------------------------------------
 
 def test_a_failed_save_is_reported_and_the_next_one_succeeds(tmp_path):
@@ -317,6 +337,56 @@ def test_sigterm_checkpoints_and_exits_then_latest_resumes_exactly(services, ref
         new_buffer.stop()
     policy = final_policy(ckpt.address, 600)
     assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+
+
+def test_sigterm_during_an_evaluation_commits_and_resumes_exactly(services, reference, tmp_path):
+    buffer, ckpt = services
+    trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "600")
+    trainer.client.wait_until_serving(timeout=120)
+    wait_for(lambda: (lambda s: s.phase == "evaluating" and s.step == 400)(trainer.client.status()),
+             "the evaluation at step 400", timeout=120)
+    trainer.proc.send_signal(signal.SIGTERM)
+    assert trainer.wait() == 0, trainer.output()
+    assert "evaluation at step 400 abandoned" in trainer.output()
+    with CheckpointClient(ckpt.address) as c:
+        assert c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step == 400  # the evaluation's step
+    buffer.stop()
+    new_buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
+    try:
+        again = TrainerProcess(tmp_path, new_buffer.address, ckpt.address, "--steps", "600",
+                               "--resume-from-checkpoint", "latest")
+        assert again.wait() == 0, again.output()
+        test_episodes = BufferClient(new_buffer.address, "test_buffer").stats().episodes_added
+    finally:
+        new_buffer.stop()
+    policy = final_policy(ckpt.address, 600)
+    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+    assert test_episodes == reference[2]  # the abandoned evaluation ran again, once
+
+
+def test_a_stop_during_the_update_burst_checkpoints_at_the_next_boundary_and_resumes_exactly(
+        trio, reference, tmp_path, monkeypatch):
+    """The stop is asked for at the 50th of the 200 updates the seed steps end with (counted, not timed)."""
+    from rewind_trainer.agent import TDMPC2
+
+    control, update, calls = Control(), TDMPC2.update, []
+
+    def counted(agent, *batch):
+        calls.append(1)
+        if len(calls) == 50:
+            control.request_stop("the test, mid-burst")
+        return update(agent, *batch)
+
+    monkeypatch.setattr(TDMPC2, "update", counted)
+    first = train(trio.settings(tmp_path / "runs", steps=600), control=control)
+    monkeypatch.setattr(TDMPC2, "update", update)
+    assert (first.stopped, first.step, first.checkpoint.endswith("step-0000000201")) == (True, 201, True)
+    assert len(calls) <= 50 + 32  # at most one stream of updates after the stop (loop.STREAM_CHUNK)
+    trio.fresh_buffers()
+    second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint="latest"),
+                   explicit={"steps", "resume_from_checkpoint"})
+    assert second.resumed_from == first.checkpoint
+    assert_identical(params(second.agent), reference[0])
 
 
 def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, tmp_path):

@@ -34,12 +34,14 @@ def ckpt_address(tmp_path):
     host.stop(grace_s=0.5)
 
 
-def test_a_short_run_fills_both_buffers_and_learns(buffer_service, ckpt_address, tmp_path):
+@pytest.mark.parametrize("eval_at_start", [False, True])
+def test_a_short_run_fills_both_buffers_and_learns(buffer_service, ckpt_address, tmp_path, eval_at_start):
     from rewind import BufferClient
 
     settings = TrainSettings(steps=450, seed_steps=200, eval_freq=400, eval_episodes=1, model_size="tiny",
                              buffer_address=buffer_service.address, checkpoint_address=ckpt_address,
-                             out_dir=str(tmp_path), agent=AGENT, port=-1, progress=False, buffer_size=5000)
+                             out_dir=str(tmp_path), agent=AGENT, port=-1, progress=False, buffer_size=5000,
+                             eval_at_start=eval_at_start)
     result = train(settings)
     assert (result.step, result.episode) == (450, 2)
     buffer = BufferClient(buffer_service.address, "buffer")
@@ -47,13 +49,13 @@ def test_a_short_run_fills_both_buffers_and_learns(buffer_service, ckpt_address,
     assert (stats.episodes_added, stats.transitions) == (2, 2 * 201)  # 200 steps + the first observation
     # The burst at step 200, then one per step to 449; streams never sample a batch nobody uses.
     assert stats.batches_sampled == 200 + 249
-    # Evaluations at steps 0 and 400 (episode boundaries), and a final one at 450.
-    assert buffer.using("test_buffer").stats().episodes_added == 3
+    # Evaluations at step 400 (an episode boundary), a final one at 450, and at step 0 only when asked.
+    assert buffer.using("test_buffer").stats().episodes_added == 2 + eval_at_start
     assert all(math.isfinite(v) for v in result.agent.update(*buffer.sample()).values())
     rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
-    assert [(r["kind"], r["step"]) for r in rows] == [("eval", "0"), ("train", "200"), ("train", "400"),
-                                                      ("eval", "400"), ("eval", "450")]
-    assert float(rows[1]["episode_return"]) < 0  # Pendulum's rewards are negative
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", "0")] * eval_at_start + [
+        ("train", "200"), ("train", "400"), ("eval", "400"), ("eval", "450")]
+    assert float(rows[eval_at_start]["episode_return"]) < 0  # Pendulum's rewards are negative
 
 
 def test_the_trainer_makes_its_buffers_with_its_own_shapes(buffer_service, ckpt_address, tmp_path):
