@@ -311,6 +311,23 @@ def final_policy(ckpt_address: str, step: int) -> dict[str, torch.Tensor]:
         return load_safetensors(ckpt.read(found.checkpoint, "policy.safetensors"))
 
 
+def resume_on_a_new_buffer_service(tmp_path: Path, buffer: ServiceProcess, ckpt: ServiceProcess) -> tuple[str, int]:
+    """The preempted buffer service is gone too: resume to step 600 on a new one, restored from the checkpoint.
+
+    Returns:
+        The resumed trainer's output, and the evaluation episodes its test_buffer holds.
+    """
+    buffer.stop()
+    new_buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
+    try:
+        again = TrainerProcess(tmp_path, new_buffer.address, ckpt.address, "--steps", "600",
+                               "--resume-from-checkpoint", "latest")
+        assert again.wait() == 0, again.output()
+        return again.output(), BufferClient(new_buffer.address, "test_buffer").stats().episodes_added
+    finally:
+        new_buffer.stop()
+
+
 def test_sigterm_checkpoints_and_exits_then_latest_resumes_exactly(services, reference, tmp_path):
     buffer, ckpt = services
     trainer = TrainerProcess(tmp_path, buffer.address, ckpt.address, "--steps", "600")
@@ -325,16 +342,8 @@ def test_sigterm_checkpoints_and_exits_then_latest_resumes_exactly(services, ref
     with CheckpointClient(ckpt.address) as c:
         stopped_at = c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step
     assert 250 <= stopped_at < 600
-    # The preempted buffer service is gone too: a new one, restored from the checkpoint.
-    buffer.stop()
-    new_buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
-    try:
-        again = TrainerProcess(tmp_path, new_buffer.address, ckpt.address, "--steps", "600",
-                               "--resume-from-checkpoint", "latest")
-        assert again.wait() == 0, again.output()
-        assert f"resuming file://{tmp_path}/store/tdmpc2/pendulum-v1-seed1/step-{stopped_at:010d}" in again.output()
-    finally:
-        new_buffer.stop()
+    output, _ = resume_on_a_new_buffer_service(tmp_path, buffer, ckpt)
+    assert f"resuming file://{tmp_path}/store/tdmpc2/pendulum-v1-seed1/step-{stopped_at:010d}" in output
     policy = final_policy(ckpt.address, 600)
     assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
 
@@ -350,15 +359,7 @@ def test_sigterm_during_an_evaluation_commits_and_resumes_exactly(services, refe
     assert "evaluation at step 400 abandoned" in trainer.output()
     with CheckpointClient(ckpt.address) as c:
         assert c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step == 400  # the evaluation's step
-    buffer.stop()
-    new_buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
-    try:
-        again = TrainerProcess(tmp_path, new_buffer.address, ckpt.address, "--steps", "600",
-                               "--resume-from-checkpoint", "latest")
-        assert again.wait() == 0, again.output()
-        test_episodes = BufferClient(new_buffer.address, "test_buffer").stats().episodes_added
-    finally:
-        new_buffer.stop()
+    _, test_episodes = resume_on_a_new_buffer_service(tmp_path, buffer, ckpt)
     policy = final_policy(ckpt.address, 600)
     assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
     assert test_episodes == reference[2]  # the abandoned evaluation ran again, once
