@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: venv run test test-fast lint proto bench clean
+.PHONY: venv run test test-fast test-deploy lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP) $(NODE_STAMP)
 
 test-fast: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest tests/unit tests/service
+
+# Builds the image and runs the containers and the compose stack for real (root, Debian):
+# deploy/test/setup.sh installs and starts what is missing first (see README, Deploy).
+test-deploy: $(STAMP)
+	bash deploy/test/setup.sh
+	REWIND_TEST_DEPLOY=1 $(PY) -m pytest -s -o timeout=1800 tests/container
 
 lint: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .

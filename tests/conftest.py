@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rewind import BufferClient
@@ -7,6 +9,10 @@ from rewind.buffer.v1 import buffer_pb2_grpc
 from rewind.channel import make_channel
 from rewind_buffer.server import serve
 from tests.support.configs import SMALL, checkpoint_config
+
+# The container tests build the image and run the compose stack: `make test-deploy` runs them,
+# after deploy/test/setup.sh has prepared the engine (`make test` runs everything else).
+collect_ignore = [] if os.environ.get("REWIND_TEST_DEPLOY") else ["container"]
 
 
 @pytest.fixture

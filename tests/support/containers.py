@@ -1,0 +1,76 @@
+"""The container engine for `make test-deploy`: the image, hardened runs, the compose stack.
+
+deploy/test/setup.sh prepares the machine first (engine, compose plugin, base image,
+torch index, S3 stand-in) and writes the build arguments to $REWIND_DEPLOY_STATE/build.env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.paths import REPO
+
+STATE = Path(os.environ.get("REWIND_DEPLOY_STATE", "/var/tmp/rewind-deploy"))
+IMAGE = "rewind:cpu"
+COMPOSE_FILES = ["-f", "compose.yaml", "-f", "deploy/test/compose.test.yaml"]
+# As the Kubernetes pods run (deploy/k8s/base): read-only root, no capabilities, no new
+# privileges, uid 10001; /tmp (and the trainer's runs folder) are emptyDirs there, tmpfs here.
+HARDENED = ["--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--user", "10001:10001"]
+
+
+def build_args() -> dict[str, str]:
+    """What setup.sh chose: the base image, the torch index, the S3 stand-in image."""
+    path = STATE / "build.env"
+    assert path.exists(), f"{path} is missing: run deploy/test/setup.sh (make test-deploy does)"
+    return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
+
+
+def docker(*args: str, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess:
+    """`docker <args>` in the repository, output captured; a failure shows it."""
+    proc = subprocess.run(["docker", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "DOCKER_BUILDKIT": "0", **(env or {})})
+    if check:
+        assert proc.returncode == 0, f"docker {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def build_image(tag: str = IMAGE) -> float:
+    """Build the CPU image from deploy/docker/Dockerfile; returns the seconds it took."""
+    args = build_args()
+    started = time.monotonic()
+    docker("build", "--network", "host", "-f", "deploy/docker/Dockerfile",
+           "--build-arg", f"PYTHON_IMAGE={args['PYTHON_IMAGE']}",
+           "--build-arg", f"TORCH_INDEX_CPU={args['TORCH_INDEX_CPU']}", "-t", tag, ".", timeout=1800)
+    return time.monotonic() - started
+
+
+def image_bytes(tag: str = IMAGE) -> int:
+    return int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+
+
+def inspect(container: str) -> dict:
+    return json.loads(docker("inspect", container).stdout)[0]
+
+
+def wait_healthy(container: str, timeout: float = 120) -> float:
+    """Wait for the image's HEALTHCHECK to report healthy; returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        state = inspect(container)["State"]
+        health = state.get("Health", {}).get("Status")
+        if health == "healthy":
+            return time.monotonic() - started
+        assert state["Status"] == "running", f"{container} stopped: {docker('logs', container).stderr[-3000:]}"
+        assert time.monotonic() - started < timeout, f"{container} not healthy after {timeout:.0f}s ({health})"
+        time.sleep(0.5)  # the engine runs the check every 10 s; nothing pushes its result
+
+
+def compose(*args: str, env: dict[str, str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """`docker compose` with the test override, project `rewind-test`."""
+    return docker("compose", "-p", "rewind-test", *COMPOSE_FILES, *args, timeout=timeout, check=check, env=env)
