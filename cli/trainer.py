@@ -45,8 +45,9 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json_format.MessageToJson(s))
         return 0
+    evaluated = f"{s.eval_return:.1f} at step {s.eval_step}" if s.eval_step >= 0 else "n/a (no evaluation yet)"
     print(f"{s.agent_id}/{s.run_id} {s.task}: {s.phase}, step {s.step}/{s.total_steps}, episode {s.episode}, "
-          f"{s.steps_per_second:.1f} steps/s, eval return {s.eval_return:.1f}")
+          f"{s.steps_per_second:.1f} steps/s, eval return {evaluated}")
     print(f"torch threads: {s.torch_threads} ({s.torch_threads_reason})")
     if s.last_checkpoint.path:
         print(f"last checkpoint: {s.last_checkpoint.path}")

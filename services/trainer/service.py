@@ -90,7 +90,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             agent_id=self.run.agent_id, run_id=self.run.run_id, resumed_from=self.run.resumed_from,
             task=trainer.settings.task, total_steps=trainer.settings.steps, step=s.step, episode=s.episode,
             phase="stopping" if self.control.stopping.is_set() and trainer.phase != "done" else trainer.phase,
-            steps_per_second=trainer.steps_per_second, eval_return=s.eval_return, acting_mode=trainer.agent.mode,
+            steps_per_second=trainer.steps_per_second, eval_return=s.eval_return, eval_step=s.last_eval_step,
+            acting_mode=trainer.agent.mode,
             recent_returns=s.recent_returns, losses={k: float(v) for k, v in s.losses.items()},
             torch_threads=self.threads.threads, torch_threads_reason=self.threads.reason)
         status.last_checkpoint.CopyFrom(trainer_pb2.CheckpointState(

@@ -20,8 +20,7 @@ PREFIX = "checkpoints/tdmpc2/compose/"
 @pytest.fixture
 def stack(image):
     args = build_args()
-    env = {"MINIO_ROOT_USER": "S3RVER", "MINIO_ROOT_PASSWORD": "S3RVER",  # s3rver's fixed credentials
-           "REWIND_IMAGE": image, "REWIND_S3_IMAGE": args["REWIND_S3_IMAGE"], "PYTHON_IMAGE": args["PYTHON_IMAGE"],
+    env = {"REWIND_IMAGE": image, "REWIND_S3_IMAGE": args["REWIND_S3_IMAGE"], "PYTHON_IMAGE": args["PYTHON_IMAGE"],
            "TORCH_INDEX_CPU": args["TORCH_INDEX_CPU"], "REWIND_TRAINER_CPUS": "1",
            "REWIND_CHECKPOINT_INTERVAL_EPISODES": "1"}
     compose("down", "-v", "--remove-orphans", env=env)

@@ -40,11 +40,11 @@ def docker(*args: str, timeout: float = 600, check: bool = True, env: dict[str, 
     return proc
 
 
-def build_image(tag: str = IMAGE) -> float:
+def build_image(tag: str = IMAGE, cache: bool = True) -> float:
     """Build the CPU image from deploy/docker/Dockerfile; returns the seconds it took."""
     args = build_args()
     started = time.monotonic()
-    docker("build", "--network", "host", "-f", "deploy/docker/Dockerfile",
+    docker("build", *([] if cache else ["--no-cache"]), "--network", "host", "-f", "deploy/docker/Dockerfile",
            "--build-arg", f"PYTHON_IMAGE={args['PYTHON_IMAGE']}",
            "--build-arg", f"TORCH_INDEX_CPU={args['TORCH_INDEX_CPU']}", "-t", tag, ".", timeout=1800)
     return time.monotonic() - started

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -416,6 +417,11 @@ def test_the_trainer_service_reports_and_stops(services, tmp_path):
     assert status.agent_id == "tdmpc2" and status.run_id == "pendulum-v1-seed1" and status.task == "Pendulum-v1"
     assert status.step >= step and status.acting_mode == "mppi"
     assert status.last_checkpoint.blocking_ms > 0 and status.last_checkpoint.error == ""
+    assert status.eval_step == -1  # no evaluation at step 0 (--eval-at-start), none at 400 yet
+    shown = subprocess.run([sys.executable, "-m", "rewind_cli", "trainer", "status", "--address",
+                            trainer.client.address], capture_output=True, text=True, timeout=60)
+    # by the time the command runs, the evaluation at step 400 may have happened
+    assert re.search(r"eval return (n/a \(no evaluation yet\)|-?\d+\.\d at step 400)", shown.stdout), shown.stdout
     # The same through reflection only, as a grpcurl user would (buf curl).
     from tests.support.curl import call
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frewind/trainer/v1/trainer.proto\x12\x11rewind.trainer.v1\"\x12\n\x10GetStatusRequest\"E\n\x11GetStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .rewind.trainer.v1.TrainerStatus\"\xd3\x03\n\rTrainerStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x03\x12\x18\n\x10steps_per_second\x18\x08 \x01(\x01\x12\x16\n\x0erecent_returns\x18\t \x03(\x01\x12\x13\n\x0b\x65val_return\x18\n \x01(\x01\x12<\n\x06losses\x18\x0b \x03(\x0b\x32,.rewind.trainer.v1.TrainerStatus.LossesEntry\x12;\n\x0flast_checkpoint\x18\x0c \x01(\x0b\x32\".rewind.trainer.v1.CheckpointState\x12\x14\n\x0cresumed_from\x18\r \x01(\t\x12\x13\n\x0b\x61\x63ting_mode\x18\x0e \x01(\t\x12\x15\n\rtorch_threads\x18\x0f \x01(\x05\x12\x1c\n\x14torch_threads_reason\x18\x10 \x01(\t\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x0f\x43heckpointState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0b\x62locking_ms\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"\'\n\x17\x43reateCheckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"6\n\x18\x43reateCheckpointResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\"\r\n\x0bStopRequest\"\x1c\n\x0cStopResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x32\x9e\x02\n\x0eTrainerService\x12V\n\tGetStatus\x12#.rewind.trainer.v1.GetStatusRequest\x1a$.rewind.trainer.v1.GetStatusResponse\x12k\n\x10\x43reateCheckpoint\x12*.rewind.trainer.v1.CreateCheckpointRequest\x1a+.rewind.trainer.v1.CreateCheckpointResponse\x12G\n\x04Stop\x12\x1e.rewind.trainer.v1.StopRequest\x1a\x1f.rewind.trainer.v1.StopResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frewind/trainer/v1/trainer.proto\x12\x11rewind.trainer.v1\"\x12\n\x10GetStatusRequest\"E\n\x11GetStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .rewind.trainer.v1.TrainerStatus\"\xe6\x03\n\rTrainerStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x03\x12\x18\n\x10steps_per_second\x18\x08 \x01(\x01\x12\x16\n\x0erecent_returns\x18\t \x03(\x01\x12\x13\n\x0b\x65val_return\x18\n \x01(\x01\x12<\n\x06losses\x18\x0b \x03(\x0b\x32,.rewind.trainer.v1.TrainerStatus.LossesEntry\x12;\n\x0flast_checkpoint\x18\x0c \x01(\x0b\x32\".rewind.trainer.v1.CheckpointState\x12\x14\n\x0cresumed_from\x18\r \x01(\t\x12\x13\n\x0b\x61\x63ting_mode\x18\x0e \x01(\t\x12\x15\n\rtorch_threads\x18\x0f \x01(\x05\x12\x1c\n\x14torch_threads_reason\x18\x10 \x01(\t\x12\x11\n\teval_step\x18\x11 \x01(\x03\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x0f\x43heckpointState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0b\x62locking_ms\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"\'\n\x17\x43reateCheckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"6\n\x18\x43reateCheckpointResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\"\r\n\x0bStopRequest\"\x1c\n\x0cStopResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x32\x9e\x02\n\x0eTrainerService\x12V\n\tGetStatus\x12#.rewind.trainer.v1.GetStatusRequest\x1a$.rewind.trainer.v1.GetStatusResponse\x12k\n\x10\x43reateCheckpoint\x12*.rewind.trainer.v1.CreateCheckpointRequest\x1a+.rewind.trainer.v1.CreateCheckpointResponse\x12G\n\x04Stop\x12\x1e.rewind.trainer.v1.StopRequest\x1a\x1f.rewind.trainer.v1.StopResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_start=74
   _globals['_GETSTATUSRESPONSE']._serialized_end=143
   _globals['_TRAINERSTATUS']._serialized_start=146
-  _globals['_TRAINERSTATUS']._serialized_end=613
-  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_start=568
-  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_end=613
-  _globals['_CHECKPOINTSTATE']._serialized_start=615
-  _globals['_CHECKPOINTSTATE']._serialized_end=715
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=717
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=756
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=758
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=812
-  _globals['_STOPREQUEST']._serialized_start=814
-  _globals['_STOPREQUEST']._serialized_end=827
-  _globals['_STOPRESPONSE']._serialized_start=829
-  _globals['_STOPRESPONSE']._serialized_end=857
-  _globals['_TRAINERSERVICE']._serialized_start=860
-  _globals['_TRAINERSERVICE']._serialized_end=1146
+  _globals['_TRAINERSTATUS']._serialized_end=632
+  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_start=587
+  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_end=632
+  _globals['_CHECKPOINTSTATE']._serialized_start=634
+  _globals['_CHECKPOINTSTATE']._serialized_end=734
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=736
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=775
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=777
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=831
+  _globals['_STOPREQUEST']._serialized_start=833
+  _globals['_STOPREQUEST']._serialized_end=846
+  _globals['_STOPRESPONSE']._serialized_start=848
+  _globals['_STOPRESPONSE']._serialized_end=876
+  _globals['_TRAINERSERVICE']._serialized_start=879
+  _globals['_TRAINERSERVICE']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)
