@@ -241,3 +241,34 @@ def test_network_policies_deny_by_default_and_allow_exactly_what_the_trio_needs(
         assert not allowed(docs, ckpt, EXTERNAL, 443)
     else:
         assert allowed(docs, ckpt, EXTERNAL, 443)
+
+
+# -- Pod Security Standards: restricted, evaluated offline ---------------------------------
+
+
+def test_every_pod_template_meets_the_restricted_pod_security_standard(overlay):
+    from tests.support.pod_security import restricted_violations
+
+    name, docs = overlay
+    checked = workloads(docs)
+    assert {w["kind"] for w in checked} >= {"Deployment", "Job"}
+    for workload in checked:
+        where = f"{name}: {workload['kind']}/{workload['metadata']['name']}"
+        assert restricted_violations(pod_spec(workload)) == [], where
+
+
+def test_the_restricted_evaluation_names_what_a_lax_pod_breaks():
+    from tests.support.pod_security import restricted_violations
+
+    lax = {"hostNetwork": True, "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+           "containers": [{"name": "app", "ports": [{"containerPort": 80, "hostPort": 80}],
+                           "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    found = restricted_violations(lax)
+    for expected in ("spec.hostNetwork must be false", "volumes[host]: hostPath is not allowed",
+                     "containers[app]: privileged must be false", "containers[app]: hostPort 80 is not allowed",
+                     "containers[app]: capability SYS_ADMIN may not be added",
+                     "containers[app]: allowPrivilegeEscalation must be false",
+                     "containers[app]: runAsNonRoot must be true (in the pod's or the container's securityContext)",
+                     "containers[app]: seccompProfile.type must be RuntimeDefault or Localhost",
+                     "containers[app]: capabilities.drop must include ALL"):
+        assert expected in found, (expected, found)
