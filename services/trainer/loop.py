@@ -37,6 +37,19 @@ from rewind_trainer.state import RECENT, LoopState
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 32       # batches per stream at most: stop and checkpoint-now wait at most this many updates
+STOP_LATENCY_S = 1.0    # and at most about this long: slow updates (a big model on a CPU) get shorter streams
+
+
+def stream_chunk(update_s: float) -> int:
+    """Batches per stream for updates that take `update_s` seconds (0: not measured yet).
+
+    A stop waits for the open stream's updates (closing it early would leave the
+    buffer's sampler ahead of the loop), so the stream holds about STOP_LATENCY_S
+    of them. The chunking never changes what is sampled, only where boundaries fall.
+    """
+    if update_s <= 0:
+        return STREAM_CHUNK
+    return max(1, min(STREAM_CHUNK, int(STOP_LATENCY_S / update_s)))
 
 
 class Stopped(Exception):
@@ -80,6 +93,7 @@ class Trainer:
         self._started = time.perf_counter()
         self._steps_at_start = 0
         self._evaluating_s = 0.0  # seconds spent evaluating since the start, left out of the rate
+        self._update_s = 0.0  # a moving average of one update's seconds, which sizes the streams
 
     @contextmanager
     def phase_of(self, name: str) -> Iterator[None]:
@@ -158,7 +172,11 @@ class Trainer:
 
     def _update(self) -> None:
         s = self.state
-        s.losses = self.agent.update(*self._next_batch())
+        batch = self._next_batch()
+        started = time.perf_counter()
+        s.losses = self.agent.update(*batch)
+        took = time.perf_counter() - started
+        self._update_s = took if not self._update_s else 0.8 * self._update_s + 0.2 * took
         s.owed -= 1
 
     def _finish_episode(self, bar: tqdm) -> None:
@@ -191,26 +209,26 @@ class Trainer:
             self._stream = None
 
     def _stream_size(self) -> int:
-        """Updates certain to run before the next episode is added (or a planned checkpoint), at most STREAM_CHUNK.
+        """Updates certain to run before the next episode is added (or a planned checkpoint), at most stream_chunk().
 
         Only fixed-length episodes let us look past the current step: an
         episode that may terminate early could leave sampled batches unused.
         """
         s = self.state
-        n = s.owed
+        n, chunk = s.owed, stream_chunk(self._update_s)
         if s.unadded or not self.env.fixed_length:
-            return min(n, STREAM_CHUNK)
+            return min(n, chunk)
         end = min(s.episode_start + self.env.episode_length, self.settings.steps)
         every = self.settings.checkpoint_interval_steps
         if every:
             # a step-interval checkpoint falls due once the updates of the step reaching a multiple are paid
             end = min(end, (s.step // every + 1) * every)
         for t in range(s.step, end):
-            if n >= STREAM_CHUNK:
+            if n >= chunk:
                 break
             if t >= self.seed_steps:
                 n += self.seed_steps if t == self.seed_steps else 1
-        return min(n, STREAM_CHUNK)
+        return min(n, chunk)
 
     # -- evaluation ----------------------------------------------------------
 

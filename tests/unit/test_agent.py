@@ -135,3 +135,13 @@ def test_set_lr_and_policy_state():
     assert agent.pi_optim.param_groups[0]["lr"] == 1e-3
     state = policy_tensors(agent.model.state_dict())
     assert not any(k.startswith("target_qs") for k in state) and "pi_head.0.weight" in state
+
+
+def test_streams_hold_about_a_second_of_updates_so_a_stop_waits_no_longer():
+    from rewind_trainer.loop import STREAM_CHUNK, stream_chunk
+
+    assert stream_chunk(0.0) == STREAM_CHUNK == 32  # not measured yet
+    assert stream_chunk(0.002) == 32  # a tiny model: the cap
+    assert stream_chunk(0.1) == 10  # a big model on a CPU: about a second of updates
+    assert stream_chunk(0.4) == 2
+    assert stream_chunk(5.0) == 1  # never none
