@@ -59,6 +59,10 @@ def test_up_trains_into_s3_down_and_up_resumes_and_stop_commits(stack):
     with TrainerClient("127.0.0.1:50053", timeout=60) as trainer:
         later, _ = trainer.checkpoint(wait=True, timeout=300)
     assert later > before  # the step continues
+    # The named volume trainer-runs took its owner from the image, so uid 10001 writes its metrics there.
+    owner = docker("exec", TRAINER, "stat", "-c", "%u", "/var/lib/rewind/runs").stdout.strip()
+    metrics = docker("exec", TRAINER, "head", "-1", "/var/lib/rewind/runs/tdmpc2/compose/metrics.csv").stdout
+    assert owner == "10001" and metrics.startswith("step,episode,kind,episode_return"), (owner, metrics)
 
     started = time.monotonic()
     compose("stop", "trainer", env=stack, timeout=200)
