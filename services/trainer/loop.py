@@ -139,7 +139,10 @@ class Trainer:
                 elif s.step >= self.settings.steps:
                     break
                 else:
+                    evaluated = self._evaluating_s
                     self._env_step()
+                    if self._evaluating_s != evaluated:
+                        bar.unpause()  # the bar's rate and time left count training only, as steps_per_second does
                     bar.update(1)
         finally:
             bar.close()
