@@ -143,6 +143,7 @@ class Trainer:
                     self._env_step()
                     if self._evaluating_s != evaluated:
                         bar.unpause()  # the bar's rate and time left count training only, as steps_per_second does
+                        self._show(bar)
                     bar.update(1)
         finally:
             bar.close()
@@ -191,7 +192,11 @@ class Trainer:
         s.recent_returns = (s.recent_returns + [s.episode_return])[-RECENT:]
         self.metrics.write(step=s.step, episode=s.episode, kind="train", episode_return=s.episode_return,
                            episode_steps=self.recorder.steps, steps_per_s=self.steps_per_second, **s.losses)
-        bar.set_postfix(ret=f"{s.episode_return:.1f}", eval=self.eval_summary, sps=f"{self.steps_per_second:.1f}")
+        self._show(bar)
+
+    def _show(self, bar: tqdm) -> None:
+        bar.set_postfix(ret=f"{self.state.episode_return:.1f}", eval=self.eval_summary,
+                        sps=f"{self.steps_per_second:.1f}")
 
     # -- batches -------------------------------------------------------------
 
