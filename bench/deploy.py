@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from rewind import TrainerClient
 from tests.support.containers import (
-    HARDENED,
     IMAGE,
     build_args,
     build_image,
@@ -29,6 +28,8 @@ from tests.support.containers import (
     docker,
     image_bytes,
     inspect,
+    logs,
+    run_hardened,
     wait_healthy,
 )
 from tests.support.processes import free_port
@@ -41,33 +42,27 @@ PHASES = {
 }
 
 
-def run(name: str, *args: str) -> str:
-    docker("rm", "-f", name, check=False)
-    docker("run", "-d", "--name", name, *HARDENED, "-e", "REWIND_HOST=127.0.0.1", *args)
-    return name
-
-
 def stop_seconds(name: str) -> float:
     started = time.monotonic()
     docker("stop", "-t", "120", name)
     seconds = time.monotonic() - started
-    assert inspect(name)["State"]["ExitCode"] == 0, docker("logs", name).stderr[-2000:]
+    assert inspect(name)["State"]["ExitCode"] == 0, logs(name)[-2000:]
     return seconds
 
 
 def services_stop() -> dict[str, float]:
     """SIGTERM to exit of each service, the trainer in three phases."""
     ports = {"buffer": free_port(), "ckpt": free_port()}
-    run("bench-buffer", "-e", f"REWIND_PORT={ports['buffer']}", IMAGE, "buffer", "serve")
-    run("bench-ckpt", "-e", f"REWIND_PORT={ports['ckpt']}", "-e", "REWIND_STORE=file:///tmp/store", IMAGE,
-        "ckpt", "serve")
+    run_hardened("bench-buffer", "-e", f"REWIND_PORT={ports['buffer']}", IMAGE, "buffer", "serve")
+    run_hardened("bench-ckpt", "-e", f"REWIND_PORT={ports['ckpt']}", "-e", "REWIND_STORE=file:///tmp/store", IMAGE,
+                 "ckpt", "serve")
     figures = {}
     try:
         for name in ("bench-buffer", "bench-ckpt"):
             wait_healthy(name)
         for phase, reached in PHASES.items():
             port = free_port()
-            trainer = run(
+            trainer = run_hardened(
                 "bench-trainer", "--tmpfs", "/var/lib/rewind/runs:uid=10001,gid=10001", "-e", f"REWIND_PORT={port}",
                 "-e", f"REWIND_BUFFER_ADDRESS=127.0.0.1:{ports['buffer']}", "-e", f"REWIND_RUN_ID=bench-{phase}",
                 "-e", f"REWIND_CHECKPOINT_ADDRESS=127.0.0.1:{ports['ckpt']}", "-e", "REWIND_MODEL_SIZE=tiny",

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from rewind import TrainerClient
-from tests.support.containers import build_args, compose, docker, inspect
+from tests.support.containers import build_args, compose, docker, inspect, logs
 from tests.support.processes import wait_for
 
 TRAINER = "rewind-test-trainer-1"
@@ -33,11 +33,6 @@ def checkpoint_steps() -> list[int]:
                       aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="rewind", Prefix=PREFIX).get("Contents", [])]
     return sorted({int(m.group(1)) for k in keys if (m := re.search(r"step-(\d+)/manifest\.json$", k))})
-
-
-def logs(container: str) -> str:
-    out = docker("logs", container)
-    return out.stdout + out.stderr
 
 
 def test_up_trains_into_s3_down_and_up_resumes_and_stop_commits(stack):

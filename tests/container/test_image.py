@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rewind import CheckpointClient, TrainerClient
-from tests.support.containers import HARDENED, IMAGE, docker, inspect, wait_healthy
+from tests.support.containers import IMAGE, docker, inspect, logs, run_hardened, wait_healthy
 from tests.support.processes import free_port
 
 QUICK_TRAINER = ["-e", "REWIND_MODEL_SIZE=tiny", "-e", "REWIND_STEPS=100000", "-e", "REWIND_PROGRESS=false",
@@ -19,8 +19,7 @@ def containers():
     started: list[str] = []
 
     def run(name: str, *args: str) -> str:
-        docker("run", "-d", "--name", name, *HARDENED, "-e", "REWIND_HOST=127.0.0.1", *args)
-        started.append(name)
+        started.append(run_hardened(name, *args))
         return name
 
     yield run
@@ -49,13 +48,13 @@ def test_each_service_runs_hardened_turns_healthy_and_the_trainer_commits_on_sig
     docker("stop", "-t", "60", trainer)
     stop_s = time.monotonic() - started
     state = inspect(trainer)["State"]
-    logs = docker("logs", trainer).stdout + docker("logs", trainer).stderr
-    assert state["ExitCode"] == 0, logs[-3000:]
-    assert "stopping at step" in logs and "rewind: error" not in logs, logs[-3000:]
+    output = logs(trainer)
+    assert state["ExitCode"] == 0, output[-3000:]
+    assert "stopping at step" in output and "rewind: error" not in output, output[-3000:]
     with CheckpointClient(f"127.0.0.1:{ports['ckpt']}") as ckpt_client:
         latest = ckpt_client.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint
     # committed on the way out (a step already saved is not saved twice), within --stop-grace-s
-    assert latest.step >= step and f"stopping at step {latest.step} (SIGTERM)" in logs and stop_s < 20
+    assert latest.step >= step and f"stopping at step {latest.step} (SIGTERM)" in output and stop_s < 20
 
 
 def test_rewind_health_inside_the_image_answers_in_well_under_a_second(image, containers):

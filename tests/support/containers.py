@@ -54,6 +54,19 @@ def image_bytes(tag: str = IMAGE) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
 
 
+def run_hardened(name: str, *args: str) -> str:
+    """`docker run -d` as the pods run (HARDENED), listening on loopback; a leftover of the same name goes first."""
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, *HARDENED, "-e", "REWIND_HOST=127.0.0.1", *args)
+    return name
+
+
+def logs(container: str) -> str:
+    """A container's output, stdout and stderr."""
+    out = docker("logs", container)
+    return out.stdout + out.stderr
+
+
 def inspect(container: str) -> dict:
     return json.loads(docker("inspect", container).stdout)[0]
 
