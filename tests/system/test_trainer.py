@@ -366,24 +366,28 @@ def test_sigterm_during_an_evaluation_commits_and_resumes_exactly(services, refe
     assert test_episodes == reference[2]  # the abandoned evaluation ran again, once
 
 
-def test_a_stop_during_the_update_burst_checkpoints_at_the_next_boundary_and_resumes_exactly(
+def test_sigterm_during_the_update_burst_checkpoints_at_the_next_boundary_and_resumes_exactly(
         trio, reference, tmp_path, monkeypatch):
-    """The stop is asked for at the 50th of the 200 updates the seed steps end with (counted, not timed)."""
+    """A real SIGTERM, through the trainer's own handler, at the 50th of the 200 updates the seed steps end
+    with (counted, not timed): the run commits at the end of the open stream and exits with the preemption code."""
     from rewind_trainer.agent import TDMPC2
 
-    control, update, calls = Control(), TDMPC2.update, []
+    update, calls = TDMPC2.update, []
 
     def counted(agent, *batch):
         calls.append(1)
         if len(calls) == 50:
-            control.request_stop("the test, mid-burst")
+            signal.raise_signal(signal.SIGTERM)  # the handler runs on this (the main) thread, as in `rewind train`
         return update(agent, *batch)
 
     monkeypatch.setattr(TDMPC2, "update", counted)
-    first = train(trio.settings(tmp_path / "runs", steps=600), control=control)
+    before = signal.getsignal(signal.SIGTERM)
+    first = train(trio.settings(tmp_path / "runs", steps=600, preempt_exit_code=143), handle_signals=True)
     monkeypatch.setattr(TDMPC2, "update", update)
     assert (first.stopped, first.step, first.checkpoint.endswith("step-0000000201")) == (True, 201, True)
-    assert len(calls) <= 50 + 32  # at most one stream of updates after the stop (loop.STREAM_CHUNK)
+    assert (first.exit_code, first.committed) == (143, True)
+    assert len(calls) <= 50 + 32  # at most the rest of the open stream after the signal (loop.stream_chunk)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     trio.fresh_buffers()
     second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint="latest"),
                    explicit={"steps", "resume_from_checkpoint"})

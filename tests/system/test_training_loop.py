@@ -87,3 +87,45 @@ def test_a_restored_buffer_that_does_not_fit_the_agent_is_named(buffer_service):
         with pytest.raises(FailedPrecondition, match=r"batch_size is 8, the agent needs 16; horizon is 3, the agent "
                                                      r"needs 5"):
             check_buffer(client, AgentConfig(obs_dim=3, action_dim=1, model_size="tiny", batch_size=16, horizon=5))
+
+
+def test_the_progress_bar_leaves_evaluations_out_of_its_rate_and_names_the_evaluations_step(
+        buffer_service, ckpt_address, tmp_path, monkeypatch):
+    """Evaluations are made slow on purpose (each takes PAUSE_S longer); the bar's elapsed time, which its
+    rate and time left come from, and steps_per_second must not count them."""
+    import time
+
+    from rewind_trainer import loop
+
+    pause_s, closed, runs = 1.0, [], []
+    evaluate, run = loop.Trainer._evaluate_episodes, loop.Trainer.run
+
+    def slow_evaluation(trainer):
+        done = evaluate(trainer)
+        time.sleep(pause_s)  # the workload of a slow evaluation, not a wait for anything
+        return done
+
+    def timed_run(trainer):
+        started = time.perf_counter()
+        run(trainer)
+        runs.append((time.perf_counter() - started, trainer.steps_per_second))
+
+    class RecordedBar(loop.tqdm):
+        def close(self):
+            if not self.disable:
+                closed.append(dict(self.format_dict))
+            super().close()
+
+    monkeypatch.setattr(loop.Trainer, "_evaluate_episodes", slow_evaluation)
+    monkeypatch.setattr(loop.Trainer, "run", timed_run)
+    monkeypatch.setattr(loop, "tqdm", RecordedBar)
+    settings = TrainSettings(steps=450, seed_steps=200, eval_freq=400, eval_episodes=1, model_size="tiny",
+                             buffer_address=buffer_service.address, checkpoint_address=ckpt_address,
+                             out_dir=str(tmp_path), agent=AGENT, port=-1, progress=True, buffer_size=5000,
+                             eval_at_start=True)
+    train(settings)
+    ((run_s, steps_per_second),), (bar,) = runs, closed
+    # Two evaluations ran inside the loop (steps 0 and 400); the final one at 450 runs after the bar closes.
+    assert bar["n"] == 450 and bar["elapsed"] <= run_s - 2 * pause_s
+    assert steps_per_second >= 450 / (run_s - 2 * pause_s)
+    assert "eval=" in bar["postfix"] and "at step 400" in bar["postfix"]
