@@ -9,15 +9,14 @@ the whole file with its defaults).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 
 from rewind import addresses
 from rewind.errors import InvalidArgument
+from rewind.names import check_name
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import Settings, render_toml, setting
 
-BUFFER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 STORAGE_DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -66,14 +65,10 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
 
 
 def check_buffer_name(name: str) -> str:
-    """Return `name` if it is a valid buffer name, else raise InvalidArgument."""
+    """Return `name` if it is a valid buffer name (rewind.names' rule), else raise InvalidArgument."""
     if not name:
         raise InvalidArgument("buffer: a buffer name is required (e.g. \"buffer\" or \"test_buffer\")")
-    if not BUFFER_NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"buffer: {name!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63 characters)"
-        )
-    return name
+    return check_name(name, "buffer")
 
 
 def default_config_text() -> str:

@@ -10,43 +10,29 @@ request can reach outside its run's prefix.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from rewind.checkpoint_paths import STEP_DIGITS, parse_step_dir, step_dir
 from rewind.errors import InvalidArgument
+from rewind.names import MAX_FILE_NAME_CHARS, check_name
 
 MANIFEST = "manifest.json"
 RETENTION = "retention.json"
 MAX_STEP = 10**STEP_DIGITS - 1
-MAX_ID_CHARS = 128
-# Letters, digits and . _ - ; must start with a letter or digit (so never '.' or '..').
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def check_id(value: str, field: str) -> str:
-    """Validate an agent id, run id or file name.
+    """Validate an agent id or run id (rewind.names' rule, which buffer names follow too).
 
     Raises:
-        InvalidArgument: empty, too long, or not made of [A-Za-z0-9._-]
-            starting with a letter or digit (this rules out '..', '/', '\\'
-            and control characters).
+        InvalidArgument: see rewind.names.check_name.
     """
-    if not value:
-        raise InvalidArgument(f"{field}: is empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidArgument(f"{field}: is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
-    if not _ID.fullmatch(value) or ".." in value:
-        raise InvalidArgument(
-            f"{field}: {value!r} is not allowed; use letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit (no '/', '..' or control characters)"
-        )
-    return value
+    return check_name(value, field)
 
 
 def check_file_name(name: str, field: str = "file") -> str:
     """Validate a checkpoint file name; manifest.json is reserved."""
-    check_id(name, field)
+    check_name(name, field, max_chars=MAX_FILE_NAME_CHARS)
     if name in (MANIFEST, RETENTION):
         raise InvalidArgument(f"{field}: {name!r} is reserved for the service")
     return name

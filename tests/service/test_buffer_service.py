@@ -234,9 +234,11 @@ def test_a_bad_reset_is_invalid_and_changes_nothing(client):
     client.add(episode(0, 40))
     with pytest.raises(InvalidArgument, match="min_history: 5000 exceeds buffer_size 2000"):
         client.reset(min_history=5000)
-    with pytest.raises(InvalidArgument, match="buffer: '../x' is not a valid name"):
+    with pytest.raises(InvalidArgument, match="buffer: '../x' is not allowed"):
         client.using("../x").reset()
-    assert client.stats().episodes == 1
+    with pytest.raises(InvalidArgument, match="buffer: 'a..b' is not allowed"):  # it could never be checkpointed
+        client.using("a..b").create()
+    assert client.stats().episodes == 1 and "a..b" not in [b.name for b in client.list_buffers()]
 
 
 def test_delete_removes_a_buffer_and_a_second_delete_is_not_found(client):

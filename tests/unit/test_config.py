@@ -46,7 +46,7 @@ def test_file_values_and_overrides(tmp_path):
         ("[config]\nbuffer_size = 0\n", "buffer_size: must be a positive integer"),
         ("[config]\nbuffer_size = 10\nmin_history = 11\n", "min_history: 11 exceeds buffer_size 10"),
         ("[service]\nstorage_device = 'tpu'\n", "storage_device: 'tpu'"),
-        ("[service]\nbuffers = ['../x']\n", "buffer: '../x' is not a valid name"),
+        ("[service]\nbuffers = ['../x']\n", "buffer: '../x' is not allowed"),
         ("[config\n", "is not valid TOML"),
     ],
 )
