@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from rewind.errors import RewindError
+from rewind_cli import security
 
 # The command groups, one module each, in the order --help lists them.
 GROUPS = ("buffer", "checkpoint", "train", "sweep", "trainer", "health")
@@ -40,6 +41,7 @@ EXAMPLES = """examples:
   rewind sweep --seeds 1,2 -- --local-services --model-size tiny   # two runs, each on its share of the CPUs
   rewind trainer status --address 127.0.0.1:50053
   rewind health --address 127.0.0.1:50051
+  rewind ckpt ls --token-file read.token --tls-ca-file ca.crt --address ckpt.example:50052
 """
 
 
@@ -47,6 +49,7 @@ def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewind", description="Rewind: preemption-proof TD-MPC2 training over gRPC.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    security.add_arguments(parser)
     commands = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,sweep,trainer,health}")
     for name in groups:
         importlib.import_module(f"rewind_cli.{name}").add_parser(commands)
@@ -66,6 +69,11 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv = security.take(argv)
+    except RewindError as exc:
+        print(f"rewind: error: {exc}", file=sys.stderr)
+        return 2
     # The image's HEALTHCHECK runs `rewind health` every 10 s: it builds only its own parser.
     args = build_parser(("health",) if argv[:1] == ["health"] else GROUPS).parse_args(argv)
     _configure_logging(args.log_level)

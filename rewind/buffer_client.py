@@ -32,6 +32,7 @@ from rewind.errors import (
     RewindError,
     from_rpc_error_at,
 )
+from rewind.security import ClientSecurity
 from rewind.service_client import ServiceClient
 
 DEFAULT_ADDRESS = addresses.BUFFER_ADDRESS
@@ -127,6 +128,7 @@ class BufferClient(ServiceClient):
         timeout: deadline in seconds for each unary call.
         max_message_bytes: message limit; keep it equal to the service's.
         on_close: called by close() (see ServiceClient).
+        security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
 
     Every call has a deadline; calls are retried only when the service is
     UNAVAILABLE. Failures raise rewind.errors classes (NotFound, ...).
@@ -142,14 +144,17 @@ class BufferClient(ServiceClient):
         timeout: float = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_close: Callable[[], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close,
+                         security=security)
         self.buffer = buffer
         self._stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
 
     def using(self, buffer: str) -> BufferClient:
         """A client for another named buffer of the same service (shares nothing)."""
-        return BufferClient(self.address, buffer, timeout=self.timeout, max_message_bytes=self.max_message_bytes)
+        return BufferClient(self.address, buffer, timeout=self.timeout, max_message_bytes=self.max_message_bytes,
+                            security=self.security)
 
     # -- TD-MPC2's API -------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Client channels: message limits, and retries on UNAVAILABLE only."""
+"""Client channels: message limits, retries on UNAVAILABLE only, TLS and the bearer token."""
 
 from __future__ import annotations
 
 import json
 
 import grpc
+
+from rewind.security import ClientSecurity, secure
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -28,14 +30,25 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def make_channel(address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """An insecure channel to `address` ("host:port") with Rewind's options."""
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _SERVICE_CONFIG),
-        ],
-    )
+def make_channel(address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel to `address` ("host:port") with Rewind's options.
+
+    Args:
+        address: "host:port" of the service.
+        max_message_bytes: message limit, both ways.
+        security: token and TLS; by default from REWIND_TOKEN_FILE and REWIND_TLS_*
+            (see rewind.security). TLS when a CA or client certificate is set.
+    """
+    security = ClientSecurity.from_env() if security is None else security
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        *security.channel_options(),
+    ]
+    credentials = security.credentials()
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(address, options=options))
+    return secure(channel, security)

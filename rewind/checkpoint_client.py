@@ -24,6 +24,7 @@ from rewind import addresses
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import DataLoss, InvalidArgument
+from rewind.security import ClientSecurity
 from rewind.service_client import ServiceClient
 
 DEFAULT_ADDRESS = addresses.CHECKPOINT_ADDRESS
@@ -98,6 +99,7 @@ class CheckpointClient(ServiceClient):
         timeout: deadline in seconds for each unary call.
         max_message_bytes: message limit; keep it equal to the service's.
         on_close: called by close() (see ServiceClient).
+        security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
 
     Failures raise rewind.errors classes: InvalidArgument, NotFound,
     AlreadyExists, DataLoss, Unavailable (naming the service or the store).
@@ -107,8 +109,9 @@ class CheckpointClient(ServiceClient):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT_S,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 on_close: Callable[[], None] | None = None) -> None:
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close)
+                 on_close: Callable[[], None] | None = None, security: ClientSecurity | None = None) -> None:
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close,
+                         security=security)
         self._stub = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
 
     # -- saving --------------------------------------------------------------

@@ -92,6 +92,18 @@ class Cancelled(RewindError):
     code = grpc.StatusCode.CANCELLED
 
 
+class Unauthenticated(RewindError):
+    """No token, or a token the service does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RewindError):
+    """A known caller, but not allowed this call (a read token asking to write, a dial outside the allow-list)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Internal(RewindError):
     """A bug on the server side; the server's log has the traceback."""
 
@@ -110,6 +122,8 @@ _BY_CODE = {
         Unavailable,
         DeadlineExceeded,
         Cancelled,
+        Unauthenticated,
+        PermissionDenied,
         Internal,
     )
 }
@@ -149,7 +163,7 @@ def from_rpc_error(error: grpc.RpcError) -> RewindError:
     exc = cls(details or code.name)
     exc.reason = reason  # "" when no Rewind service chose the status
     if cls is RewindError:
-        exc.code = code  # a status with no class of its own (UNKNOWN, PERMISSION_DENIED, ...)
+        exc.code = code  # a status with no class of its own (UNKNOWN, ABORTED, ...)
     return exc
 
 

@@ -9,6 +9,7 @@ import grpc
 
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES, make_channel
 from rewind.errors import RewindError, from_rpc_error_at
+from rewind.security import ClientSecurity
 
 
 class ServiceClient:
@@ -20,16 +21,18 @@ class ServiceClient:
         max_message_bytes: message limit; keep it equal to the service's.
         on_close: called once by close(), after the channel closes (an
             in-process service's `serve_in_process` stops the service with it).
+        security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
     """
 
     SERVICE = "service"  # how errors name it, e.g. "buffer service"
 
     def __init__(self, address: str, *, timeout: float, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, security: ClientSecurity | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._channel = make_channel(address, max_message_bytes=max_message_bytes)
+        self.security = ClientSecurity.from_env() if security is None else security
+        self._channel = make_channel(address, max_message_bytes=max_message_bytes, security=self.security)
         self._on_close = on_close
 
     def _error(self, exc: grpc.RpcError) -> RewindError:

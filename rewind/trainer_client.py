@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from rewind import addresses
+from rewind.security import ClientSecurity
 from rewind.service_client import ServiceClient
 from rewind.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -22,12 +23,14 @@ class TrainerClient(ServiceClient):
     Args:
         address: "host:port" of the trainer service.
         timeout: deadline in seconds for each call.
+        security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
     """
 
     SERVICE = "trainer"
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0) -> None:
-        super().__init__(address, timeout=timeout)
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 30.0,
+                 security: ClientSecurity | None = None) -> None:
+        super().__init__(address, timeout=timeout, security=security)
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
 
     def status(self) -> trainer_pb2.TrainerStatus:

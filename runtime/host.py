@@ -2,8 +2,9 @@
 
 It wraps a grpc.server with what each service needs: explicit message-size
 limits, the grpc.health.v1 service (NOT_SERVING while starting and
-draining), server reflection for every service, the error interceptor (so no
-servicer method maps its own errors), and a graceful stop on SIGTERM.
+draining), server reflection for every service, the interceptors written once
+for every method (tokens and scopes, then errors to statuses), TLS, and a
+graceful stop on SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,20 +22,31 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rewind.errors import Unavailable
+from rewind.errors import FailedPrecondition, Unavailable
+from rewind_runtime.auth import Authenticator, AuthInterceptor, is_loopback
 from rewind_runtime.interceptors import ErrorInterceptor
 from rewind_runtime.server_settings import ServerSettings
+from rewind_runtime.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServiceBinding:
-    """One gRPC service to host: its full name, servicer and registration function."""
+    """One gRPC service to host: its full name, servicer and registration function.
+
+    `read_methods` names the methods a read token may call; every other method
+    of the service needs a write token.
+    """
 
     name: str
     servicer: Any
     add_to_server: Callable[[Any, grpc.Server], None]
+    read_methods: tuple[str, ...] = ()
+
+    @property
+    def full_read_methods(self) -> frozenset[str]:
+        return frozenset(f"/{self.name}/{method}" for method in self.read_methods)
 
 
 class ServiceHost:
@@ -48,6 +60,11 @@ class ServiceHost:
         workers: worker threads; also bounds concurrent calls.
         grace_s: seconds in-flight calls get when stopping.
         port_file: write the bound port to this file once SERVING (for launchers).
+        authenticator: the token files; None (or no files) serves without
+            authentication, which start() allows only on loopback unless
+            `allow_unauthenticated`.
+        tls: serve TLS (and mTLS) instead of plaintext.
+        allow_unauthenticated: allow no authentication on other interfaces.
     """
 
     def __init__(
@@ -60,8 +77,15 @@ class ServiceHost:
         workers: int = 16,
         grace_s: float = 10.0,
         port_file: str = "",
+        authenticator: Authenticator | None = None,
+        tls: ServerTLS | None = None,
+        allow_unauthenticated: bool = False,
     ) -> None:
         self.bindings = list(bindings)
+        self.authenticator = authenticator or Authenticator()
+        self.tls = tls
+        self.allow_unauthenticated = allow_unauthenticated
+        read_methods = frozenset().union(*(b.full_read_methods for b in self.bindings))
         self.host = host
         self.requested_port = port
         self.grace_s = grace_s
@@ -70,7 +94,8 @@ class ServiceHost:
         self.stopped = threading.Event()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewind-grpc"),
-            interceptors=[ErrorInterceptor()],
+            # Outermost first: a refused call never reaches the method, nor the error mapping.
+            interceptors=[AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor()],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -93,8 +118,12 @@ class ServiceHost:
     @classmethod
     def from_settings(cls, bindings: Sequence[ServiceBinding], settings: ServerSettings) -> ServiceHost:
         """A host listening where `settings` say, with their limits."""
+        tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) \
+            if settings.tls_cert_file else None
         return cls(bindings, host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes,
-                   workers=settings.workers, grace_s=settings.grace_s, port_file=settings.port_file)
+                   workers=settings.workers, grace_s=settings.grace_s, port_file=settings.port_file,
+                   authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
+                   allow_unauthenticated=settings.allow_unauthenticated)
 
     @property
     def address(self) -> str:
@@ -113,10 +142,13 @@ class ServiceHost:
 
         Raises:
             Unavailable: the address cannot be bound (in use, or bad host).
+            FailedPrecondition: no authentication on an interface other than loopback.
         """
+        self._check_exposure()
         target = f"{self.host}:{self.requested_port}"
         try:
-            port = self._server.add_insecure_port(target)
+            port = (self._server.add_secure_port(target, self.tls.credentials()) if self.tls
+                    else self._server.add_insecure_port(target))
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {target}: {exc}; is another server using the port?") from None
         if port == 0:
@@ -125,8 +157,27 @@ class ServiceHost:
         self._server.start()
         if serving:
             self.set_serving()
-        log.info("serving %s on %s", ", ".join(b.name for b in self.bindings), self.address)
+        log.info("serving %s on %s (%s)", ", ".join(b.name for b in self.bindings), self.address, self.security)
         return port
+
+    def _check_exposure(self) -> None:
+        """Serving open to the network must be asked for; open on loopback is said out loud."""
+        if self.authenticator.enabled:
+            return
+        if not is_loopback(self.host) and not self.allow_unauthenticated:
+            raise FailedPrecondition(
+                f"host: listening on {self.host} with no tokens would let anyone who reaches the port read, change "
+                "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
+                "pass --allow-unauthenticated on a network you trust")
+        log.warning("authentication is off: anyone who can reach %s:%s may call every method (give "
+                    "--write-tokens-file to turn it on)", self.host, self.requested_port)
+
+    @property
+    def security(self) -> str:
+        """One line for logs and start-up messages: tokens and TLS."""
+        auth = "tokens required" if self.authenticator.enabled else "no authentication"
+        tls = ("mTLS" if self.tls.mutual else "TLS") if self.tls else "plaintext"
+        return f"{auth}, {tls}"
 
     def set_serving(self) -> None:
         """Report SERVING on the health service (for every hosted service)."""

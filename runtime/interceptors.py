@@ -68,6 +68,33 @@ def _streaming(behavior: Callable, method: str) -> Callable:
     return handle
 
 
+def replace_behavior(handler: grpc.RpcMethodHandler,
+                     make: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler`, whose behaviour is make(behaviour, response_streams).
+
+    grpc reads the request (one or a stream) by the handler's kind, so an
+    interceptor that changes what a method does must keep its kind.
+    """
+    serializers = {"request_deserializer": handler.request_deserializer,
+                   "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(make(handler.unary_unary, False), **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(make(handler.stream_unary, False), **serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(make(handler.unary_stream, True), **serializers)
+    return grpc.stream_stream_rpc_method_handler(make(handler.stream_stream, True), **serializers)
+
+
+def refuse(handler: grpc.RpcMethodHandler, exc: RewindError, method: str) -> grpc.RpcMethodHandler:
+    """A handler that answers every call with `exc`'s status, without reading the request or running the method."""
+
+    def aborting(_request, context):
+        context.abort_with_status(to_status(exc, method))
+
+    return replace_behavior(handler, lambda _behavior, _streams: aborting)
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps exceptions from the methods of the services named by `prefix` to statuses.
 
@@ -82,12 +109,5 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(self.prefix):
             return handler
-        serializers = {"request_deserializer": handler.request_deserializer,
-                       "response_serializer": handler.response_serializer}
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **serializers)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **serializers)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, method), **serializers)
-        return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, method), **serializers)
+        return replace_behavior(handler, lambda behavior, streams: (_streaming if streams else _unary)(behavior,
+                                                                                                        method))

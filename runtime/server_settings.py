@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rewind.errors import InvalidArgument
 from rewind_runtime.settings import Settings, setting
 
 
@@ -20,6 +21,24 @@ class ServerSettings(Settings):
     max_message_mb: int = setting(64, "largest request or response, both ways, in MiB", minimum=1, maximum=2047)
     grace_s: float = setting(10.0, "seconds in-flight calls get on SIGTERM", minimum=0)
     workers: int = setting(16, "gRPC worker threads", minimum=1)
+    # Who may call (see rewind_runtime.auth); empty files mean no authentication.
+    read_tokens_file: str = setting("", "file of tokens that may read (stats, list, lookup, download, sample, "
+                                        "status), one per line")
+    write_tokens_file: str = setting("", "file of tokens that may also write (add, save, delete, restore, stop, "
+                                         "...), one per line")
+    allow_unauthenticated: bool = setting(False, "serve with no tokens on an interface other than loopback "
+                                                 "(only on a network you trust)")
+    tls_cert_file: str = setting("", "TLS certificate (PEM, e.g. a Secret's tls.crt); with tls_key_file turns TLS on")
+    tls_key_file: str = setting("", "TLS private key (PEM, tls.key)")
+    tls_client_ca_file: str = setting("", "CA (ca.crt) that client certificates must chain to; requires them (mTLS)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidArgument("tls_cert_file, tls_key_file: give both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise InvalidArgument("tls_client_ca_file: client certificates need TLS; give tls_cert_file and "
+                                  "tls_key_file too")
 
     @property
     def max_message_bytes(self) -> int:

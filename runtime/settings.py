@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rewind.errors import InvalidArgument
+from rewind.security import ENV
 
 ENV_PREFIX = "REWIND_"
 # Variables read directly by the code rather than settings: a child process
 # (or any command) may see them without being refused.
-NOT_SETTINGS = frozenset({"REWIND_S3_ADDRESSING_STYLE"})
+NOT_SETTINGS = frozenset({"REWIND_S3_ADDRESSING_STYLE", *ENV.values()})  # ENV: rewind.security's client variables
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -18,6 +18,8 @@ from rewind_runtime.host import ServiceBinding, ServiceHost
 from rewind_runtime.threads import configure_torch_threads
 
 SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
+# A read token may call these (reading and sampling); the rest change buffers and need a write token.
+READ_METHODS = ("ListBuffers", "GetStats", "Sample", "SampleStream", "Snapshot")
 
 
 def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]:
@@ -26,7 +28,8 @@ def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]
     for name in settings.buffers:
         registry.create(name)
     servicer = BufferServicer(registry)
-    binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server)
+    binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
+                             read_methods=READ_METHODS)
     return ServiceHost.from_settings([binding], settings), registry
 
 

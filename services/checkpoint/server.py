@@ -24,6 +24,8 @@ from rewind_runtime.host import ServiceBinding, ServiceHost
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
+# A read token may call these; saving, deleting, restoring and retention changes need a write token.
+READ_METHODS = ("Download", "ListRuns", "ListCheckpoints", "Lookup", "GetRetention")
 
 
 def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
@@ -32,7 +34,8 @@ def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
                        part_bytes=settings.part_mb * 1024 * 1024)
     catalog = Catalog(store, staging_max_age_s=settings.staging_max_age_s)
     servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s)
-    binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server)
+    binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
+                             read_methods=READ_METHODS)
     return ServiceHost.from_settings([binding], settings), catalog
 
 

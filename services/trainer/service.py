@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rewind_trainer.loop import Trainer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+# A read token may ask for the status; checkpoint-now and stop need a write token.
+READ_METHODS = ("GetStatus",)
 
 
 class Control:
@@ -124,4 +126,5 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 
 def binding(servicer: TrainerServicer) -> ServiceBinding:
-    return ServiceBinding(SERVICE_NAME, servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
+    return ServiceBinding(SERVICE_NAME, servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+                          read_methods=READ_METHODS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rewind import addresses
@@ -25,10 +25,11 @@ SAFE_ON_RESUME = frozenset({
     "stop_grace_s", "preempt_exit_code",
 })
 # Where and how the run happens, not what it learns: free to differ on resume, and not recorded.
+# Every server setting (address, limits, tokens, TLS) is one of them.
 PLACEMENT = frozenset({
-    "buffer_address", "checkpoint_address", "out_dir", "host", "port", "port_file", "max_message_mb", "grace_s",
-    "workers", "prefetch", "torch_threads", "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s",
-    "local_services", "store", "checkpoint_dir", "progress",
+    "buffer_address", "checkpoint_address", "out_dir", "prefetch", "torch_threads", "resume_from_checkpoint",
+    "agent_id", "run_id", "wait_for_services_s", "local_services", "store", "checkpoint_dir", "progress",
+    *(f.name for f in fields(ServerSettings)),
 })
 # AgentConfig fields that have settings of their own (or come from the task).
 NOT_AGENT_KEYS = frozenset({"lr", "obs_dim", "action_dim", "episode_length", "model_size", "mpc"})

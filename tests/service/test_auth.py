@@ -1,0 +1,154 @@
+"""Tokens and scopes on every RPC of the buffer and checkpoint services: who gets in, and what they may do.
+
+The trainer service's RPCs are checked against a real run in tests/system/test_secure_trio.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rewind import BufferClient, CheckpointClient
+from rewind.buffer.v1 import buffer_pb2
+from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from rewind.health import check
+from rewind.security import ClientSecurity
+from rewind_buffer.server import READ_METHODS as BUFFER_READS
+from rewind_buffer.server import serve
+from rewind_checkpoint.server import READ_METHODS as CHECKPOINT_READS
+from rewind_runtime.auth import is_loopback
+from rewind_runtime.host import ServiceHost
+from tests.support.auth import WRITE_TOKEN, assert_guarded, make_tokens, raw_call
+from tests.support.configs import SMALL, checkpoint_config
+from tests.support.episodes import episode
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    return make_tokens(tmp_path / "tokens")
+
+
+@pytest.fixture
+def guarded(tokens):
+    host = serve(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file))
+    with BufferClient(host.address, security=tokens.write) as writer:
+        writer.add(episode(0, 60))
+        writer.add(episode(1, 60))
+    yield host
+    host.stop(grace_s=0.5)
+
+
+def buffer_state(address: str, security: ClientSecurity):
+    with BufferClient(address, security=security) as c:
+        return [(b.name, b.episodes_added, b.transitions, b.batches_sampled, b.settings.buffer_size)
+                for b in c.list_buffers()]
+
+
+def test_every_buffer_rpc_needs_a_token_and_its_scope(guarded, tokens):
+    fingerprint = lambda: buffer_state(guarded.address, tokens.write)  # noqa: E731
+    answers = assert_guarded(guarded.address, buffer_pb2.DESCRIPTOR.services_by_name["BufferService"],
+                             set(BUFFER_READS), fingerprint)
+    assert answers["ListBuffers"] == grpc.StatusCode.OK
+
+
+def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
+    from rewind_checkpoint.server import serve as serve_checkpoints
+
+    host = serve_checkpoints(checkpoint_config(f"file://{tmp_path}/store").replace(
+        read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file))
+    try:
+        with CheckpointClient(host.address, security=tokens.write) as writer:
+            writer.save("agent", "run", 10, {"trainer.pt": b"state"}, metrics={"eval_return": 1.0})
+        store = Path(tmp_path / "store")
+
+        def fingerprint():
+            return sorted((str(p.relative_to(store)), p.read_bytes() if p.is_file() else b"")
+                          for p in store.rglob("*"))
+
+        answers = assert_guarded(host.address, checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"],
+                                 set(CHECKPOINT_READS), fingerprint)
+        assert answers["ListRuns"] == grpc.StatusCode.OK
+        with CheckpointClient(host.address, security=tokens.read) as reader:
+            assert [c.step for c in reader.list("agent", "run")] == [10]  # the SDK with a read token
+            with pytest.raises(PermissionDenied, match="DeleteCheckpoint: needs a write token"):
+                reader.delete(reader.list("agent", "run")[0])
+        assert [c.step for c in CheckpointClient(host.address, security=tokens.write).list("agent", "run")] == [10]
+    finally:
+        host.stop(grace_s=0.5)
+
+
+def test_the_sdk_names_what_is_missing(guarded, tokens, tmp_path):
+    with BufferClient(guarded.address, security=ClientSecurity()) as anonymous:
+        with pytest.raises(Unauthenticated, match="needs a bearer token; pass --token-file or set REWIND_TOKEN_FILE"):
+            anonymous.stats()
+    with BufferClient(guarded.address, security=tokens.read) as reader:
+        assert reader.stats().episodes == 2
+        with pytest.raises(PermissionDenied, match="AddEpisode: needs a write token; this token may only read"):
+            reader.add(episode(2, 60))
+        assert reader.stats().episodes == 2
+    (tmp_path / "empty.token").write_text("\n# nothing\n")
+    with BufferClient(guarded.address, security=ClientSecurity(token_file=str(tmp_path / "empty.token"))) as empty:
+        with pytest.raises(Unauthenticated, match="empty.token holds no token"):
+            empty.stats()
+
+
+def test_health_and_reflection_stay_open(guarded):
+    from rewind.channel import make_channel
+
+    with make_channel(guarded.address, security=ClientSecurity()) as channel:
+        assert check(channel) == "SERVING"
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert raw_call(guarded.address, method, (True, True)) not in (grpc.StatusCode.UNAUTHENTICATED,
+                                                                   grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_a_token_from_the_environment_reaches_every_client(guarded, tokens, monkeypatch):
+    monkeypatch.setenv("REWIND_TOKEN_FILE", tokens.write.token_file)
+    with BufferClient(guarded.address) as client:
+        client.add(episode(2, 60))
+        assert client.stats().episodes == 3
+
+
+def test_tokens_rotate_without_a_restart(guarded, tokens, tmp_path):
+    """A rotation: the new token is added next to the old, clients move, then the old line goes."""
+    write_tokens = Path(tokens.write_file)
+    new = tmp_path / "new.token"
+    new.write_text("write-rotated-token-2\n")
+    with BufferClient(guarded.address, security=ClientSecurity(token_file=str(new))) as rotated:
+        with pytest.raises(Unauthenticated):
+            rotated.add(episode(2, 60))
+        write_tokens.write_text(f"{WRITE_TOKEN}\nwrite-rotated-token-2\n")
+        rotated.add(episode(2, 60))
+        with BufferClient(guarded.address, security=tokens.write) as old:
+            old.add(episode(3, 60))
+            write_tokens.write_text("write-rotated-token-2\n")
+            with pytest.raises(Unauthenticated, match="the token is not valid"):
+                old.add(episode(4, 60))
+        assert rotated.stats().episodes == 4
+
+
+def test_a_missing_token_file_fails_at_start(tmp_path):
+    with pytest.raises(Unauthenticated, match="write tokens file: cannot read .*nope"):
+        serve(SMALL.replace(port=0, write_tokens_file=str(tmp_path / "nope")))
+
+
+def test_no_authentication_is_refused_off_loopback_and_said_on_it(caplog):
+    from rewind_buffer.server import SERVICE_NAME
+
+    host = ServiceHost([], host="0.0.0.0", port=0)
+    with pytest.raises(FailedPrecondition, match="listening on 0.0.0.0 with no tokens .* --allow-unauthenticated"):
+        host.start()
+    assert host.port is None  # nothing was bound
+    caplog.set_level(logging.WARNING, logger="rewind_runtime.host")
+    open_host = serve(SMALL.replace(port=0))
+    try:
+        assert any("authentication is off: anyone who can reach 127.0.0.1" in r.getMessage() for r in caplog.records)
+        assert SERVICE_NAME
+    finally:
+        open_host.stop(grace_s=0.5)
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.1", "buffer")] == [
+        True, True, True, False, False, False]
