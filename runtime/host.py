@@ -26,6 +26,7 @@ from rewind.errors import FailedPrecondition, Unavailable
 from rewind_runtime.auth import Authenticator, AuthInterceptor, is_loopback
 from rewind_runtime.interceptors import ErrorInterceptor
 from rewind_runtime.server_settings import ServerSettings
+from rewind_runtime.stream_limit import StreamLimitInterceptor
 from rewind_runtime.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class ServiceHost:
         port: TCP port; 0 picks a free one (see `port` after `start()`).
         max_message_bytes: limit for requests and responses, both ways.
         workers: worker threads; also bounds concurrent calls.
+        max_streams: streams open at once (0: half the workers), so that
+            health and unary calls always have threads (see stream_limit).
         grace_s: seconds in-flight calls get when stopping.
         port_file: write the bound port to this file once SERVING (for launchers).
         authenticator: the token files; None (or no files) serves without
@@ -75,6 +78,7 @@ class ServiceHost:
         port: int = 0,
         max_message_bytes: int = 64 * 1024 * 1024,
         workers: int = 16,
+        max_streams: int = 0,
         grace_s: float = 10.0,
         port_file: str = "",
         authenticator: Authenticator | None = None,
@@ -86,6 +90,7 @@ class ServiceHost:
         self.tls = tls
         self.allow_unauthenticated = allow_unauthenticated
         read_methods = frozenset().union(*(b.full_read_methods for b in self.bindings))
+        self.streams = StreamLimitInterceptor(max_streams or max(1, workers // 2))
         self.host = host
         self.requested_port = port
         self.grace_s = grace_s
@@ -95,7 +100,7 @@ class ServiceHost:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewind-grpc"),
             # Outermost first: a refused call never reaches the method, nor the error mapping.
-            interceptors=[AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor()],
+            interceptors=[AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor(), self.streams],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -121,7 +126,8 @@ class ServiceHost:
         tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) \
             if settings.tls_cert_file else None
         return cls(bindings, host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes,
-                   workers=settings.workers, grace_s=settings.grace_s, port_file=settings.port_file,
+                   workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
+                   port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
                    allow_unauthenticated=settings.allow_unauthenticated)
 
@@ -154,6 +160,9 @@ class ServiceHost:
         if port == 0:
             raise Unavailable(f"cannot listen on {target}; is another server using the port?")
         self.port = port
+        if not self.authenticator.enabled:
+            log.warning("authentication is off: anyone who can reach %s may call every method (give "
+                        "--write-tokens-file to turn it on)", self.address)
         self._server.start()
         if serving:
             self.set_serving()
@@ -161,16 +170,12 @@ class ServiceHost:
         return port
 
     def _check_exposure(self) -> None:
-        """Serving open to the network must be asked for; open on loopback is said out loud."""
-        if self.authenticator.enabled:
-            return
-        if not is_loopback(self.host) and not self.allow_unauthenticated:
+        """Serving open to the network must be asked for (start() says so when it serves open on loopback)."""
+        if not self.authenticator.enabled and not is_loopback(self.host) and not self.allow_unauthenticated:
             raise FailedPrecondition(
                 f"host: listening on {self.host} with no tokens would let anyone who reaches the port read, change "
                 "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
                 "pass --allow-unauthenticated on a network you trust")
-        log.warning("authentication is off: anyone who can reach %s:%s may call every method (give "
-                    "--write-tokens-file to turn it on)", self.host, self.requested_port)
 
     @property
     def security(self) -> str:

@@ -21,6 +21,8 @@ class ServerSettings(Settings):
     max_message_mb: int = setting(64, "largest request or response, both ways, in MiB", minimum=1, maximum=2047)
     grace_s: float = setting(10.0, "seconds in-flight calls get on SIGTERM", minimum=0)
     workers: int = setting(16, "gRPC worker threads", minimum=1)
+    max_streams: int = setting(0, "streams open at once; more get RESOURCE_EXHAUSTED (0: half the workers, so "
+                                  "health and unary calls keep threads)", minimum=0)
     # Who may call (see rewind_runtime.auth); empty files mean no authentication.
     read_tokens_file: str = setting("", "file of tokens that may read (stats, list, lookup, download, sample, "
                                         "status), one per line")
@@ -34,6 +36,9 @@ class ServerSettings(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_streams >= self.workers:
+            raise InvalidArgument(f"max_streams: {self.max_streams} must be below workers ({self.workers}), or "
+                                  "streams could take every thread and starve health checks")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidArgument("tls_cert_file, tls_key_file: give both or neither")
         if self.tls_client_ca_file and not self.tls_cert_file:

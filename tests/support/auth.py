@@ -66,10 +66,12 @@ def methods_of(service_descriptor) -> list[tuple[str, tuple[bool, bool]]]:
             for m in service_descriptor.methods]
 
 
-def assert_guarded(address: str, service_descriptor, read_methods: set[str],
-                   fingerprint: Callable[[], object]) -> dict[str, grpc.StatusCode]:
+def assert_guarded(address: str, service_descriptor, read_methods: set[str], fingerprint: Callable[[], object],
+                   tls: ClientSecurity | None = None) -> dict[str, grpc.StatusCode]:
     """No token and a bad token get UNAUTHENTICATED, a read token on a write method PERMISSION_DENIED,
-    and none of these changes `fingerprint()`. Returns what the read token got on each read method."""
+    and none of these changes `fingerprint()`. Returns what the read token got on each read method.
+
+    `tls`: the TLS settings (no token) to reach a TLS service with."""
     before = fingerprint()
     read_answers = {}
     bearer = {"none": (), "bad": (("authorization", "Bearer not-a-token"),),
@@ -78,8 +80,9 @@ def assert_guarded(address: str, service_descriptor, read_methods: set[str],
     for method, kind in methods_of(service_descriptor):
         name = method.rsplit("/", 1)[1]
         for case in ("none", "bad", "malformed"):
-            assert raw_call(address, method, kind, bearer[case]) == grpc.StatusCode.UNAUTHENTICATED, (method, case)
-        code = raw_call(address, method, kind, bearer["read"])
+            assert raw_call(address, method, kind, bearer[case], tls) == grpc.StatusCode.UNAUTHENTICATED, (method,
+                                                                                                          case)
+        code = raw_call(address, method, kind, bearer["read"], tls)
         if name in read_methods:
             assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), method
             read_answers[name] = code

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from rewind import TrainerClient
+from rewind.security import ClientSecurity
 from tests.support.processes import free_port
 
 AGENT = {"batch_size": 8, "num_samples": 32, "num_elites": 4, "num_pi_trajs": 2, "iterations": 2}
@@ -17,7 +19,8 @@ BUFFER_FLAGS = ["--batch-size", "8", "--horizon", "3", "--min-history", "0", "--
 class TrainerProcess:
     """`rewind train` in a subprocess against the given services, with its trainer service on a known port."""
 
-    def __init__(self, tmp_path: Path, buffer: str, ckpt: str, *args: str) -> None:
+    def __init__(self, tmp_path: Path, buffer: str, ckpt: str, *args: str, env: dict[str, str] | None = None,
+                 security: ClientSecurity | None = None) -> None:
         self.port = free_port()
         self.log = open(tmp_path / f"trainer-{self.port}.log", "wb")  # closed in wait()
         self.proc = subprocess.Popen(
@@ -25,8 +28,8 @@ class TrainerProcess:
              "--eval-freq", "400", "--eval-episodes", "1", "--checkpoint-interval-episodes", "0",
              *AGENT_FLAGS, "--buffer-address", buffer, "--checkpoint-address", ckpt, "--out-dir",
              str(tmp_path / "runs"), "--port", str(self.port), "--no-progress", "--torch-threads", "1", *args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path)
-        self.client = TrainerClient(f"127.0.0.1:{self.port}", timeout=30)
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, **(env or {})})
+        self.client = TrainerClient(f"127.0.0.1:{self.port}", timeout=30, security=security)
         self.tmp_path = tmp_path
 
     def wait_until_step(self, step: int) -> int:

@@ -1,0 +1,91 @@
+"""TLS and mTLS round trips through the SDK, with certificates made at test time, and their renewal."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from rewind import BufferClient
+from rewind.errors import InvalidArgument, Unavailable
+from rewind.security import ClientSecurity
+from rewind_buffer.server import serve
+from tests.support.auth import make_tokens
+from tests.support.configs import SMALL
+from tests.support.episodes import episode
+from tests.support.pki import make_pki
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
+
+
+def tls_service(pki, *, mutual: bool = False, **more):
+    return serve(SMALL.replace(port=0, tls_cert_file=pki.server.cert, tls_key_file=pki.server.key,
+                               tls_client_ca_file=pki.ca if mutual else "", **more))
+
+
+def test_tls_with_a_token_round_trips_and_plaintext_is_refused(pki, tmp_path):
+    tokens = make_tokens(tmp_path / "tokens")
+    host = tls_service(pki, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file)
+    try:
+        secure = ClientSecurity(token_file=tokens.write.token_file, tls_ca_file=pki.ca)
+        with BufferClient(host.address, security=secure, timeout=5) as client:
+            client.add(episode(0, 60))
+            assert client.stats().episodes == 1
+        with BufferClient(host.address, security=ClientSecurity(token_file=tokens.write.token_file),
+                          timeout=2) as plaintext:
+            with pytest.raises(Unavailable):
+                plaintext.stats()
+        # The certificate names localhost and 127.0.0.1; any other name must fail verification.
+        wrong_name = ClientSecurity(token_file=tokens.write.token_file, tls_ca_file=pki.ca,
+                                    tls_server_name="buffer.example")
+        with BufferClient(host.address, security=wrong_name, timeout=2) as client, pytest.raises(Unavailable):
+            client.stats()
+    finally:
+        host.stop(grace_s=0.5)
+
+
+def test_mtls_needs_a_client_certificate_from_the_ca(pki):
+    host = tls_service(pki, mutual=True)
+    try:
+        ok = ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.client.cert, tls_key_file=pki.client.key)
+        with BufferClient(host.address, security=ok, timeout=5) as client:
+            client.add(episode(0, 60))
+            assert client.stats().episodes == 1
+        for security in (ClientSecurity(tls_ca_file=pki.ca),
+                         ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.stranger.cert,
+                                        tls_key_file=pki.stranger.key)):
+            with BufferClient(host.address, security=security, timeout=2) as client, pytest.raises(Unavailable):
+                client.stats()
+    finally:
+        host.stop(grace_s=0.5)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(pki, tmp_path):
+    renewed = make_pki(tmp_path / "renewed")  # a new CA too, so the old clients' trust tells them apart
+    host = tls_service(pki)
+    try:
+        with BufferClient(host.address, security=ClientSecurity(tls_ca_file=pki.ca), timeout=5) as old:
+            old.add(episode(0, 60))
+        shutil.copy(renewed.server.key, pki.server.key)
+        shutil.copy(renewed.server.cert, pki.server.cert)  # as cert-manager renews a Secret in place
+        with BufferClient(host.address, security=ClientSecurity(tls_ca_file=renewed.ca), timeout=5) as new:
+            assert new.stats().episodes == 1
+        with BufferClient(host.address, security=ClientSecurity(tls_ca_file=pki.ca), timeout=2) as old:
+            with pytest.raises(Unavailable):
+                old.stats()
+    finally:
+        host.stop(grace_s=0.5)
+
+
+def test_bad_tls_settings_are_named(pki, tmp_path):
+    with pytest.raises(InvalidArgument, match="tls_cert_file, tls_key_file: give both"):
+        SMALL.replace(tls_cert_file=pki.server.cert)
+    with pytest.raises(InvalidArgument, match="tls_client_ca_file: client certificates need TLS"):
+        SMALL.replace(tls_client_ca_file=pki.ca)
+    with pytest.raises(InvalidArgument, match="tls_ca_file: .*missing.crt is not a readable file"):
+        ClientSecurity(tls_ca_file=str(tmp_path / "missing.crt"))
+    with pytest.raises(InvalidArgument, match="tls_cert_file, tls_key_file: give both"):
+        ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.client.cert)
