@@ -67,6 +67,8 @@ class ServiceHost:
             authentication, which start() allows only on loopback unless
             `allow_unauthenticated`.
         tls: serve TLS (and mTLS) instead of plaintext.
+        health_port: also serve the health service alone, in plaintext, on
+            this port with threads of its own (-1: no such port).
         allow_unauthenticated: allow no authentication on other interfaces.
     """
 
@@ -84,6 +86,7 @@ class ServiceHost:
         authenticator: Authenticator | None = None,
         tls: ServerTLS | None = None,
         allow_unauthenticated: bool = False,
+        health_port: int = -1,
     ) -> None:
         self.bindings = list(bindings)
         self.authenticator = authenticator or Authenticator()
@@ -111,6 +114,12 @@ class ServiceHost:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.health_port = health_port
+        self._health_server: grpc.Server | None = None
+        if health_port >= 0:  # it answers only Check/Watch, whose answers are no secret
+            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                                              options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         for binding in self.bindings:
             binding.add_to_server(binding.servicer, self._server)
         names = [b.name for b in self.bindings]
@@ -129,7 +138,7 @@ class ServiceHost:
                    workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
                    port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
-                   allow_unauthenticated=settings.allow_unauthenticated)
+                   allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port)
 
     @property
     def address(self) -> str:
@@ -160,6 +169,8 @@ class ServiceHost:
         if port == 0:
             raise Unavailable(f"cannot listen on {target}; is another server using the port?")
         self.port = port
+        if self._health_server is not None:
+            self._start_health_server()
         if not self.authenticator.enabled:
             log.warning("authentication is off: anyone who can reach %s may call every method (give "
                         "--write-tokens-file to turn it on)", self.address)
@@ -176,6 +187,14 @@ class ServiceHost:
                 f"host: listening on {self.host} with no tokens would let anyone who reaches the port read, change "
                 "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
                 "pass --allow-unauthenticated on a network you trust")
+
+    def _start_health_server(self) -> None:
+        target = f"{self.host}:{self.health_port}"
+        try:
+            self.health_port = self._health_server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {target} (health_port): {exc}") from None
+        self._health_server.start()
 
     @property
     def security(self) -> str:
@@ -198,6 +217,8 @@ class ServiceHost:
         grace = self.grace_s if grace_s is None else grace_s
         log.info("draining (grace %.1fs)", grace)
         self._server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         self.stopped.set()
 
     def install_signal_handlers(self) -> None:

@@ -18,6 +18,8 @@ class ServerSettings(Settings):
     host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 in containers)")
     port: int = setting(0, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
     port_file: str = setting("", "write the bound port to this file once SERVING")
+    health_port: int = setting(-1, "also answer health checks, and nothing else, in plaintext on this port "
+                                   "(Kubernetes' gRPC probes cannot speak TLS; -1: none)", minimum=-1, maximum=65535)
     max_message_mb: int = setting(64, "largest request or response, both ways, in MiB", minimum=1, maximum=2047)
     grace_s: float = setting(10.0, "seconds in-flight calls get on SIGTERM", minimum=0)
     workers: int = setting(16, "gRPC worker threads", minimum=1)

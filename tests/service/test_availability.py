@@ -1,5 +1,5 @@
-"""Streams never starve a service: with 4x `workers` long streams asked for, health and unary calls still
-answer at once, and the streams beyond the cap get RESOURCE_EXHAUSTED."""
+"""Health always answers: with 4x `workers` long streams asked for, health and unary calls still answer at
+once and the streams beyond the cap get RESOURCE_EXHAUSTED; a plaintext health-only port serves TLS services."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.channel import make_channel
 from rewind.errors import InvalidArgument
 from rewind.health import check
+from rewind.security import ClientSecurity
 from rewind_buffer.server import serve
 from tests.support.configs import SMALL
 from tests.support.episodes import episode
@@ -80,3 +81,22 @@ def test_health_and_unary_calls_answer_while_4x_workers_streams_are_asked_for(sm
 def test_max_streams_must_leave_threads_for_health():
     with pytest.raises(InvalidArgument, match=r"max_streams: 4 must be below workers \(4\)"):
         SMALL.replace(workers=4, max_streams=4)
+
+
+def test_the_health_port_answers_health_alone_in_plaintext(tmp_path):
+    from tests.support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    host = serve(SMALL.replace(port=0, health_port=0, tls_cert_file=pki.server.cert, tls_key_file=pki.server.key))
+    try:
+        plain = f"127.0.0.1:{host.health_port}"
+        with make_channel(plain, security=ClientSecurity()) as channel:
+            assert check(channel) == "SERVING"
+            stub = buffer_pb2_grpc.BufferServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetStats(buffer_pb2.GetStatsRequest(buffer="buffer"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # nothing but health there
+    finally:
+        host.stop(grace_s=0.5)
+    with make_channel(plain, security=ClientSecurity()) as channel, pytest.raises(grpc.RpcError):
+        check(channel, timeout=1)  # it stops with the service
