@@ -24,7 +24,7 @@ from rewind.errors import RewindError
 from rewind_cli import security
 
 # The command groups, one module each, in the order --help lists them.
-GROUPS = ("buffer", "checkpoint", "train", "sweep", "trainer", "health")
+GROUPS = ("buffer", "checkpoint", "train", "sweep", "trainer", "health", "secrets")
 
 EXAMPLES = """examples:
   rewind buffer serve --port 50051 --min-history 1000
@@ -41,6 +41,7 @@ EXAMPLES = """examples:
   rewind sweep --seeds 1,2 -- --local-services --model-size tiny   # two runs, each on its share of the CPUs
   rewind trainer status --address 127.0.0.1:50053
   rewind health --address 127.0.0.1:50051
+  rewind secrets init --dir ./rewind-secrets          # tokens, a CA and a certificate for a deployment
   rewind ckpt ls --token-file read.token --tls-ca-file ca.crt --address ckpt.example:50052
 """
 
@@ -50,7 +51,8 @@ def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     security.add_arguments(parser)
-    commands = parser.add_subparsers(dest="group", required=True, metavar="{buffer,ckpt,train,sweep,trainer,health}")
+    commands = parser.add_subparsers(dest="group", required=True,
+                                     metavar="{buffer,ckpt,train,sweep,trainer,health,secrets}")
     for name in groups:
         importlib.import_module(f"rewind_cli.{name}").add_parser(commands)
     return parser

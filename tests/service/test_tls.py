@@ -89,3 +89,32 @@ def test_bad_tls_settings_are_named(pki, tmp_path):
         ClientSecurity(tls_ca_file=str(tmp_path / "missing.crt"))
     with pytest.raises(InvalidArgument, match="tls_cert_file, tls_key_file: give both"):
         ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.client.cert)
+
+
+def test_rewind_secrets_init_makes_a_working_set_and_keeps_it(tmp_path):
+    from tests.support.processes import rewind
+
+    folder = tmp_path / "secrets"
+    first = rewind("secrets", "init", "--dir", str(folder), "--hosts", "localhost,127.0.0.1")
+    assert first.returncode == 0, first.stderr
+    assert {p.name for p in folder.iterdir()} == {"read.token", "write.token", "ca.crt", "ca.key", "tls.crt",
+                                                  "tls.key"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        "read.token": 0o600, "write.token": 0o600, "ca.key": 0o600, "tls.key": 0o600, "ca.crt": 0o644,
+        "tls.crt": 0o644}
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    again = rewind("secrets", "init", "--dir", str(folder))
+    assert again.returncode == 0 and "kept read.token, write.token, ca.crt" in again.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # a restarted init changes nothing
+    host = serve(SMALL.replace(port=0, read_tokens_file=str(folder / "read.token"),
+                               write_tokens_file=str(folder / "write.token"), tls_cert_file=str(folder / "tls.crt"),
+                               tls_key_file=str(folder / "tls.key")))
+    try:
+        writer = ClientSecurity(token_file=str(folder / "write.token"), tls_ca_file=str(folder / "ca.crt"))
+        reader = ClientSecurity(token_file=str(folder / "read.token"), tls_ca_file=str(folder / "ca.crt"))
+        with BufferClient(host.address, security=writer, timeout=5) as client:
+            client.add(episode(0, 60))
+        with BufferClient(host.address, security=reader, timeout=5) as client:
+            assert client.stats().episodes == 1
+    finally:
+        host.stop(grace_s=0.5)
