@@ -19,8 +19,9 @@ FLAGS = {f"--{name.replace('_', '-')}": variable for name, variable in ENV.items
 HELP = {
     "--token-file": "file holding the bearer token to send (or REWIND_TOKEN_FILE)",
     "--tls-ca-file": "CA certificate to verify services with; turns TLS on (or REWIND_TLS_CA_FILE)",
-    "--tls-cert-file": "client certificate, for services that require mTLS (or REWIND_TLS_CERT_FILE)",
-    "--tls-key-file": "the client certificate's key (or REWIND_TLS_KEY_FILE)",
+    "--tls-client-cert-file": "client certificate, for services that require mTLS (or "
+                              "REWIND_TLS_CLIENT_CERT_FILE)",
+    "--tls-client-key-file": "the client certificate's key (or REWIND_TLS_CLIENT_KEY_FILE)",
     "--tls-server-name": "name to verify in the service's certificate, when not the host dialled "
                          "(or REWIND_TLS_SERVER_NAME)",
 }

@@ -6,8 +6,8 @@ comes from the environment, so a token or CA set once reaches every call:
 
     REWIND_TOKEN_FILE        a file holding the bearer token (the first non-blank line)
     REWIND_TLS_CA_FILE       CA certificate(s) to verify the server with; turns TLS on
-    REWIND_TLS_CERT_FILE     this client's certificate, for services that require mTLS
-    REWIND_TLS_KEY_FILE      its private key
+    REWIND_TLS_CLIENT_CERT_FILE  this client's certificate, for services that require mTLS
+    REWIND_TLS_CLIENT_KEY_FILE   its private key
     REWIND_TLS_SERVER_NAME   the name to verify in the server's certificate, when it
                              differs from the host dialled (an IP, a port-forward)
 
@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 ENV = {
     "token_file": "REWIND_TOKEN_FILE",
     "tls_ca_file": "REWIND_TLS_CA_FILE",
-    "tls_cert_file": "REWIND_TLS_CERT_FILE",
-    "tls_key_file": "REWIND_TLS_KEY_FILE",
+    # Not REWIND_TLS_CERT_FILE/KEY_FILE: those are a server's own certificate (server_settings).
+    "tls_client_cert_file": "REWIND_TLS_CLIENT_CERT_FILE",
+    "tls_client_key_file": "REWIND_TLS_CLIENT_KEY_FILE",
     "tls_server_name": "REWIND_TLS_SERVER_NAME",
 }
 AUTHORIZATION = "authorization"
@@ -78,24 +79,25 @@ class ClientSecurity:
         token_file: a file holding the bearer token sent as `authorization: Bearer <token>`.
         tls_ca_file: CA certificate(s) the server's certificate must chain to; setting
             it (or a client certificate) makes the channel TLS.
-        tls_cert_file: this client's certificate chain (mTLS).
-        tls_key_file: the private key of tls_cert_file.
+        tls_client_cert_file: this client's certificate chain (mTLS).
+        tls_client_key_file: the private key of tls_client_cert_file.
         tls_server_name: the name the server's certificate must carry, when it is
             not the host in the address.
     """
 
     token_file: str = ""
     tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
+    tls_client_cert_file: str = ""
+    tls_client_key_file: str = ""
     tls_server_name: str = ""
     _token: TokenFile | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise InvalidArgument("tls_cert_file, tls_key_file: give both (a client certificate needs its key) "
+        if bool(self.tls_client_cert_file) != bool(self.tls_client_key_file):
+            raise InvalidArgument("tls_client_cert_file, tls_client_key_file: give both (a client certificate needs "
+                                  "its key) "
                                   "or neither")
-        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        for name in ("tls_ca_file", "tls_client_cert_file", "tls_client_key_file"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise InvalidArgument(f"{name}: {path} is not a readable file")
@@ -110,7 +112,7 @@ class ClientSecurity:
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_ca_file or self.tls_cert_file)
+        return bool(self.tls_ca_file or self.tls_client_cert_file)
 
     def token(self) -> str:
         """The current token ("" when none is configured).
@@ -134,8 +136,8 @@ class ClientSecurity:
             return Path(path).read_bytes() if path else None
 
         return grpc.ssl_channel_credentials(root_certificates=read(self.tls_ca_file),
-                                            private_key=read(self.tls_key_file),
-                                            certificate_chain=read(self.tls_cert_file))
+                                            private_key=read(self.tls_client_key_file),
+                                            certificate_chain=read(self.tls_client_cert_file))
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.tls_server_name)] if self.tls and self.tls_server_name \
@@ -144,7 +146,7 @@ class ClientSecurity:
     def describe(self) -> str:
         """One line for logs: what is on."""
         parts = ["token" if self.token_file else "no token",
-                 ("mTLS" if self.tls_cert_file else "TLS") if self.tls else "plaintext"]
+                 ("mTLS" if self.tls_client_cert_file else "TLS") if self.tls else "plaintext"]
         return ", ".join(parts)
 
     def as_env(self) -> dict[str, str]:

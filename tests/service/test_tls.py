@@ -50,13 +50,14 @@ def test_tls_with_a_token_round_trips_and_plaintext_is_refused(pki, tmp_path):
 def test_mtls_needs_a_client_certificate_from_the_ca(pki):
     host = tls_service(pki, mutual=True)
     try:
-        ok = ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.client.cert, tls_key_file=pki.client.key)
+        ok = ClientSecurity(tls_ca_file=pki.ca, tls_client_cert_file=pki.client.cert,
+                            tls_client_key_file=pki.client.key)
         with BufferClient(host.address, security=ok, timeout=5) as client:
             client.add(episode(0, 60))
             assert client.stats().episodes == 1
         for security in (ClientSecurity(tls_ca_file=pki.ca),
-                         ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.stranger.cert,
-                                        tls_key_file=pki.stranger.key)):
+                         ClientSecurity(tls_ca_file=pki.ca, tls_client_cert_file=pki.stranger.cert,
+                                        tls_client_key_file=pki.stranger.key)):
             with BufferClient(host.address, security=security, timeout=2) as client, pytest.raises(Unavailable):
                 client.stats()
     finally:
@@ -87,8 +88,8 @@ def test_bad_tls_settings_are_named(pki, tmp_path):
         SMALL.replace(tls_client_ca_file=pki.ca)
     with pytest.raises(InvalidArgument, match="tls_ca_file: .*missing.crt is not a readable file"):
         ClientSecurity(tls_ca_file=str(tmp_path / "missing.crt"))
-    with pytest.raises(InvalidArgument, match="tls_cert_file, tls_key_file: give both"):
-        ClientSecurity(tls_ca_file=pki.ca, tls_cert_file=pki.client.cert)
+    with pytest.raises(InvalidArgument, match="tls_client_cert_file, tls_client_key_file: give both"):
+        ClientSecurity(tls_ca_file=pki.ca, tls_client_cert_file=pki.client.cert)
 
 
 def test_rewind_secrets_init_makes_a_working_set_and_keeps_it(tmp_path):

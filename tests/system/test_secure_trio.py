@@ -4,6 +4,8 @@ and the CLI use them, and every trainer RPC is guarded."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 
 import grpc
@@ -15,7 +17,7 @@ from rewind.trainer.v1 import trainer_pb2
 from rewind_trainer.service import READ_METHODS as TRAINER_READS
 from tests.support.auth import READ_TOKEN, assert_guarded, make_tokens
 from tests.support.curl import curl
-from tests.support.paths import GRPCURL
+from tests.support.paths import GRPCURL, REPO
 from tests.support.pki import make_pki
 from tests.support.processes import ServiceProcess, rewind
 from tests.support.trainer import BUFFER_FLAGS, TrainerProcess
@@ -74,7 +76,7 @@ def test_grpcurl_with_a_bearer_token_and_the_ca(secure_trio):
     status = subprocess.run([*base, "-H", f"authorization: Bearer {READ_TOKEN}", "-d", "{}", f"127.0.0.1:{port}",
                              method], capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["status"]["runId"] == RUN[1]
+    assert json.loads(status.stdout)["status"]["run_id"] == RUN[1]  # grpcurl keeps the proto names
     anonymous = subprocess.run([*base, "-d", "{}", f"127.0.0.1:{port}", method], capture_output=True, text=True,
                                timeout=60)
     assert anonymous.returncode != 0 and "Code: Unauthenticated" in anonymous.stderr
@@ -103,5 +105,34 @@ def test_the_cli_takes_the_token_and_ca_flags_anywhere(secure_trio):
         "REWIND_TOKEN_FILE"]
     wrong = rewind("ckpt", "ls", "--address", secure_trio["ckpt"].address, "--tls-ca-file", pki.ca, "--token-file",
                    str(tokens.read.token_file) + ".missing")
-    assert wrong.returncode == 2 and "token file" not in wrong.stdout
-    assert wrong.stderr.strip().startswith("rewind: error:")
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert wrong.stderr.startswith("rewind: error: token file: cannot read ") and "read.token.missing" in wrong.stderr
+
+
+def test_the_readme_secure_grpcurl_block_runs_as_written(secure_trio, tmp_path):
+    """The README's commands, in bash (for their $(cat ...)), from a folder whose rewind-secrets holds the
+    trio's CA and tokens, with the documented ports pointed at the trio's."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## grpcurl\n", 1)[1].split("\n## ", 1)[0]
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "-cacert" in b)
+    commands = [line for line in block.splitlines() if line.startswith("grpcurl ")]
+    secrets = tmp_path / "rewind-secrets"
+    secrets.mkdir()
+    shutil.copy(secure_trio["pki"].ca, secrets / "ca.crt")
+    shutil.copy(secure_trio["tokens"].read.token_file, secrets / "read.token")
+    shutil.copy(secure_trio["tokens"].write.token_file, secrets / "write.token")
+    ports = {"127.0.0.1:50051": secure_trio["buffer"].address, "127.0.0.1:50052": secure_trio["ckpt"].address,
+             "127.0.0.1:50053": f"127.0.0.1:{secure_trio['trainer'].port}"}
+    replies = []
+    for command in commands:
+        for documented, actual in ports.items():
+            command = command.replace(documented, actual)
+        result = subprocess.run(["bash", "-c", command.replace("grpcurl ", f"{GRPCURL} ", 1)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        replies.append(result.stdout)
+    assert len(replies) == 4 and "rewind.checkpoint.v1.CheckpointService" in replies[0]
+    assert [(r["agent_id"], r["run_id"]) for r in json.loads(replies[1])["runs"]] == [RUN]
+    assert json.loads(replies[2])["stats"]["name"] == "buffer"
+    with CheckpointClient(secure_trio["ckpt"].address, security=secure_trio["write"]) as ckpt:
+        assert ckpt.lookup(*RUN, "latest").checkpoint.path == json.loads(replies[3])["path"]
