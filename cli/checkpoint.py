@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rewind import addresses
-from rewind.errors import InvalidArgument
+from rewind.errors import InvalidArgument, NotFound
 from rewind_checkpoint.settings import CheckpointSettings
 from rewind_cli import serving
 
@@ -349,8 +349,15 @@ def retention(args: argparse.Namespace) -> int:
                                  "keep_best": args.keep_best, "metric": args.metric, "mode": args.mode}.items()
                if v is not None}
     with _client(args) as client:
-        policy = client.get_retention(agent_id, run_id)
-        if changes:
+        try:
+            policy = client.get_retention(agent_id, run_id)
+        except NotFound:
+            if not changes:
+                raise
+            policy = None  # a policy may be set before the run's first checkpoint
+        if changes and policy is None:
+            policy = client.set_retention(agent_id, run_id, **changes)
+        elif changes:
             current = {"keep_last": policy.keep_last, "keep_every": policy.keep_every, "keep_best": policy.keep_best,
                        "metric": policy.metric, "mode": policy.mode}
             policy = client.set_retention(agent_id, run_id, **{**current, **changes})

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from rewind.errors import ERROR_DOMAIN, RewindError
+from rewind.errors import ERROR_DOMAIN, InvalidArgument, RewindError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,41 @@ class _Status(grpc.Status):
         self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the method answers INVALID_ARGUMENT.
+
+    grpc itself would answer INTERNAL ("Exception deserializing request!"),
+    which blames the server for a client's bytes.
+    """
+
+
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or anything a malformed message makes the parser raise
+            return _Malformed()
+
+    return parse
+
+
+def _parsed(request, method: str):
+    """`request`, or for a request stream an iterator of it, refusing malformed messages."""
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(f"request: not a valid message for {method.rsplit('/', 1)[-1]} (the bytes do not "
+                              "parse as its protobuf type)")
+    if hasattr(request, "__next__"):
+        return (_parsed(item, method) for item in request)
+    return request
+
+
 def _unary(behavior: Callable, method: str) -> Callable:
     def handle(request, context):
         try:
-            return behavior(request, context)
+            return behavior(_parsed(request, method), context)
         except Exception as exc:  # every error must become a status
             context.abort_with_status(to_status(exc, method))
 
@@ -61,21 +92,21 @@ def _unary(behavior: Callable, method: str) -> Callable:
 def _streaming(behavior: Callable, method: str) -> Callable:
     def handle(request, context) -> Iterator:
         try:
-            yield from behavior(request, context)
+            yield from behavior(_parsed(request, method), context)
         except Exception as exc:  # every error must become a status
             context.abort_with_status(to_status(exc, method))
 
     return handle
 
 
-def replace_behavior(handler: grpc.RpcMethodHandler,
-                     make: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
+def replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable, bool], Callable],
+                     request_deserializer: Callable | None = None) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler`, whose behaviour is make(behaviour, response_streams).
 
     grpc reads the request (one or a stream) by the handler's kind, so an
     interceptor that changes what a method does must keep its kind.
     """
-    serializers = {"request_deserializer": handler.request_deserializer,
+    serializers = {"request_deserializer": request_deserializer or handler.request_deserializer,
                    "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(make(handler.unary_unary, False), **serializers)
@@ -110,4 +141,5 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None or not method.startswith(self.prefix):
             return handler
         return replace_behavior(handler, lambda behavior, streams: (_streaming if streams else _unary)(behavior,
-                                                                                                        method))
+                                                                                                        method),
+                                request_deserializer=_tolerant(handler.request_deserializer))

@@ -30,6 +30,18 @@ def client(service):
 
 
 @pytest.fixture
+def seeded(client):
+    """A buffer that holds two episodes of 60 steps (slots 0..59 and 60..119, so its schema is fixed)
+    and has sampled one batch."""
+    from tests.support.episodes import episode
+
+    client.add(episode(0, 60))
+    client.add(episode(1, 60))
+    client.sample()
+    return client
+
+
+@pytest.fixture
 def stub(service):
     channel = make_channel(service.address, max_message_bytes=64 * 2**20)
     yield buffer_pb2_grpc.BufferServiceStub(channel)

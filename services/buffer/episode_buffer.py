@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from rewind.errors import FailedPrecondition
+from rewind.errors import DataLoss, FailedPrecondition, ResourceExhausted
 from rewind_buffer import torchrl_adapter
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
@@ -81,15 +81,15 @@ class BufferState:
                 "episodes_added": self.episodes_added, "batches_sampled": self.batches_sampled,
                 "transitions": self.transitions, "writer": self.writer}
 
-    @classmethod
-    def from_header(cls, header: dict, tensors: dict[str, torch.Tensor]) -> BufferState:
-        """The inverse of header(); KeyError, TypeError or ValueError when a field is missing or malformed."""
-        schema = header["schema"]
-        return cls(name=str(header["name"]), settings=BufferSettings(**header["settings"]), seed=int(header["seed"]),
-                   storage_device=str(header["storage_device"]), device_type=header["device_type"],
-                   schema=EpisodeSchema.from_json(schema) if schema is not None else None,
-                   episodes_added=int(header["episodes_added"]), batches_sampled=int(header["batches_sampled"]),
-                   transitions=int(header["transitions"]), writer=dict(header["writer"]), tensors=tensors)
+
+def storage_bytes_for(schema: EpisodeSchema, capacity: int) -> int:
+    """Bytes a buffer of `capacity` transitions of `schema` allocates (the int64 episode column included)."""
+    return (schema.step_bytes + 8) * capacity
+
+
+# Called with a buffer and the bytes its storage is about to take; raises
+# ResourceExhausted to refuse (the registry's storage budget).
+StorageGuard = Callable[["EpisodeBuffer", int], None]
 
 
 def choose_storage_device(required_bytes: int, preference: str = "auto") -> torch.device:
@@ -129,6 +129,7 @@ class EpisodeBuffer:
         *,
         storage_device: str = "auto",
         seed: int = 1,
+        reserve_storage: StorageGuard | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -142,6 +143,8 @@ class EpisodeBuffer:
         self._writer = EpisodeWriter()
         self._rb: ReplayBuffer | None = None
         self._generator: torch.Generator | None = None
+        self._reserve_storage = reserve_storage
+        self.reserved_bytes = 0  # the storage the registry has counted for this buffer
 
     # -- state ---------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class EpisodeBuffer:
 
         Raises:
             InvalidArgument: the episode is malformed; nothing is stored then.
+            ResourceExhausted: the first episode's storage cannot be had; the buffer stays empty.
         """
         return self._store([episode], ["episode"])
 
@@ -192,6 +196,7 @@ class EpisodeBuffer:
 
         Raises:
             InvalidArgument: any episode is malformed; nothing is stored then.
+            ResourceExhausted: the first episodes' storage cannot be had; the buffer stays empty.
         """
         return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))])
 
@@ -212,19 +217,35 @@ class EpisodeBuffer:
             return self.num_eps
 
     def _init_storage(self, schema: EpisodeSchema) -> None:
-        # Episode ids are int64; one column beside the four fields.
-        required = (schema.step_bytes + 8) * self.capacity
+        """Allocate the storage for `schema`, or raise and leave the buffer empty and usable.
+
+        Raises:
+            FailedPrecondition: storage_device "cuda" cannot be honoured.
+            ResourceExhausted: the storage budget or the allocation refuses it.
+        """
+        required = storage_bytes_for(schema, self.capacity)
         device = choose_storage_device(required, self.storage_device_preference)
-        log.info(
-            "buffer %r: capacity %s transitions, storage %.3f GB on %s",
-            self.name, f"{self.capacity:,}", required / 1e9, device,
-        )
-        self.schema = schema
-        self.device = device
-        self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        self._rb = torchrl_adapter.replay_buffer(
-            self.capacity, device, num_slices=self.settings.batch_size, slice_len=self.settings.horizon + 1,
-            traj_key=TRAJ_KEY, writer=self._writer, generator=self._generator)
+        if self._reserve_storage is not None:
+            self._reserve_storage(self, required)
+        try:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+            rb = torchrl_adapter.replay_buffer(
+                self.capacity, device, num_slices=self.settings.batch_size, slice_len=self.settings.horizon + 1,
+                traj_key=TRAJ_KEY, writer=self._writer, generator=generator)
+            # Now, not lazily inside the first write: a failure here leaves nothing half-built.
+            torchrl_adapter.allocate(rb.storage, _example_row(schema))
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            self.reserved_bytes = 0
+            raise ResourceExhausted(
+                f"buffer_size: {self.capacity:,} transitions of this episode schema need "
+                f"{required / 2**30:.2f} GiB of storage on {device}, which cannot be allocated "
+                f"({type(exc).__name__}); lower buffer_size (ResetBuffer)") from None
+        except BaseException:
+            self.reserved_bytes = 0
+            raise
+        log.info("buffer %r: capacity %s transitions, storage %.3f GB on %s",
+                 self.name, f"{self.capacity:,}", required / 1e9, device)
+        self.schema, self.device, self._generator, self._rb = schema, device, generator, rb
 
     def _write(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> None:
         # One extend for the lot: the writer places them and batches the copies.
@@ -294,9 +315,16 @@ class EpisodeBuffer:
                 transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors)
 
     @classmethod
-    def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None) -> EpisodeBuffer:
-        """Rebuild a buffer from export_state()'s output (already checked)."""
-        buffer = cls(name, state.settings, storage_device=storage_device or state.storage_device, seed=state.seed)
+    def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None,
+                   reserve_storage: StorageGuard | None = None) -> EpisodeBuffer:
+        """Rebuild a buffer from export_state()'s output (checked by rewind_buffer.snapshot_check).
+
+        Raises:
+            ResourceExhausted: the storage cannot be had (budget or allocation).
+            DataLoss: the generator state does not fit the generator.
+        """
+        buffer = cls(name, state.settings, storage_device=storage_device or state.storage_device, seed=state.seed,
+                     reserve_storage=reserve_storage)
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
         if state.schema is None:
@@ -305,7 +333,11 @@ class EpisodeBuffer:
         torchrl_adapter.write_rows(buffer._rb.storage, {k: state.tensors[k] for k in (*FIELDS, TRAJ_KEY)})
         buffer._writer.load_state_dict(state.writer)
         if buffer.device.type == state.device_type:
-            buffer._generator.set_state(state.tensors["generator_state"])
+            try:
+                buffer._generator.set_state(state.tensors["generator_state"])
+            except RuntimeError as exc:
+                raise DataLoss(f"snapshot.tensors.generator_state: not a {state.device_type} generator's state "
+                               f"({exc})") from None
         else:
             # A CPU generator state cannot drive a CUDA generator (or back):
             # reseed from the sample count so the stream is still deterministic.
@@ -322,3 +354,10 @@ class EpisodeBuffer:
                 ready=self.ready(), device=str(self.device) if self.device is not None else "",
                 bytes=self.storage_bytes, episodes_added=self.episodes_added,
                 episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema)
+
+
+def _example_row(schema: EpisodeSchema) -> TensorDict:
+    """One zero transition of `schema`, plus its episode id: what the storage's columns are shaped after."""
+    row = {name: torch.zeros(spec.shape, dtype=spec.dtype) for name, spec in schema.fields.items()}
+    row[TRAJ_KEY] = torch.zeros((), dtype=torch.int64)
+    return TensorDict(row, batch_size=[])

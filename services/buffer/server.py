@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
+from rewind_buffer.captures import CaptureStore
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.servicer import BufferServicer
 from rewind_buffer.settings import BufferServiceSettings
@@ -24,10 +25,11 @@ READ_METHODS = ("ListBuffers", "GetStats", "Sample", "SampleStream", "Snapshot")
 
 def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]:
     """Create the registry (with the configured buffers) and an unstarted host."""
-    registry = BufferRegistry(settings.buffer_defaults, storage_device=settings.storage_device, seed=settings.seed)
+    registry = BufferRegistry(settings.buffer_defaults, storage_device=settings.storage_device, seed=settings.seed,
+                              limits=settings.limits)
     for name in settings.buffers:
         registry.create(name)
-    servicer = BufferServicer(registry)
+    servicer = BufferServicer(registry, CaptureStore(settings.max_captures, settings.capture_ttl_s))
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
                              read_methods=READ_METHODS)
     return ServiceHost.from_settings([binding], settings), registry

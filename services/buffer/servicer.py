@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
+import gc
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 
 import grpc
@@ -13,9 +17,9 @@ import grpc
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
-from rewind_buffer import snapshot
+from rewind_buffer import snapshot, snapshot_check
 from rewind_buffer.captures import Capture, CaptureStore
-from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer
+from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.settings import BufferSettings, check_buffer_name
 
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 MAX_PREFETCH = 64
 DEFAULT_PREFETCH = 2
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+# A refused restore that had received this much gives the freed memory back to the OS.
+TRIM_AFTER_BYTES = 1024 * 1024
 _END = object()
 
 
@@ -41,14 +47,14 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     """Implements rewind.buffer.v1.BufferService over a BufferRegistry."""
 
-    def __init__(self, registry: BufferRegistry) -> None:
+    def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None) -> None:
         self.registry = registry
-        self.captures = CaptureStore()
+        self.captures = captures or CaptureStore()
 
     def ListBuffers(self, request, context):
         response = buffer_pb2.ListBuffersResponse()
-        for name in self.registry.names():
-            stats_to_proto(self.registry.get(name), response.buffers.add())
+        for buffer in self.registry.buffers():  # one list: a buffer deleted meanwhile is no NOT_FOUND
+            stats_to_proto(buffer, response.buffers.add())
         return response
 
     def CreateBuffer(self, request, context):
@@ -153,28 +159,83 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                                           batches_sampled=state.batches_sampled, transitions=state.transitions)
 
     def Restore(self, request_iterator, context):
-        name, blob, first = None, bytearray(), None
-        for request in request_iterator:
-            if first is None:
-                first = request
-                name = check_buffer_name(request.buffer)
-            elif request.buffer and request.buffer != name:
-                raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
-            blob += request.chunk
-        if first is None:
-            raise InvalidArgument("request: the stream carried no messages")
-        header, tensors = snapshot.decode(blob)
+        header_cap, stream_cap = snapshot.restore_caps(self.registry.limits.max_transitions,
+                                                       self.registry.limits.max_storage_bytes)
+        reader = snapshot.SnapshotReader(header_cap=header_cap, stream_cap=stream_cap)
         try:
-            state = BufferState.from_header(header, tensors)
-            restored = EpisodeBuffer.from_state(name, state, storage_device=self.registry.storage_device)
-        except RewindError:
+            name = _receive_snapshot(request_iterator, reader, self._admit_snapshot)
+            _, tensors = reader.finish()
+            state = dataclasses.replace(reader.checked, tensors=tensors)
+            snapshot_check.check_tensors(state)
+            restored = _rebuild(name, state, self.registry)
+            self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
+        except BaseException:
+            reader.close()  # first: only unreferenced bytes can be given back
+            if reader.received >= TRIM_AFTER_BYTES:
+                _give_memory_back()
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise DataLoss(f"snapshot: contents are inconsistent ({type(exc).__name__}: {exc})") from None
-        self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
+        finally:
+            reader.close()
         response = buffer_pb2.RestoreResponse()
         stats_to_proto(restored, response.stats)
         return response
+
+    def _admit_snapshot(self, name: str, header: dict) -> BufferState:
+        """Check a snapshot's header in full and against the budget, before its tensors are accepted."""
+        state = snapshot_check.parse_header(header)
+        storage = storage_bytes_for(state.schema, state.settings.buffer_size) if state.schema is not None else 0
+        self.registry.admit(name, state.settings, storage)
+        return state
+
+
+def _receive_snapshot(requests: Iterable[buffer_pb2.RestoreRequest], reader: snapshot.SnapshotReader,
+                      admit: Callable[[str, dict], BufferState]) -> str:
+    """Feed a Restore stream to `reader`; returns the buffer's name (from the first message)."""
+    name = None
+    for request in requests:
+        if name is None:
+            name = check_buffer_name(request.buffer)
+            reader.check_header = functools.partial(admit, name)
+        elif request.buffer and request.buffer != name:
+            raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+        reader.feed(request.chunk)
+    if name is None:
+        raise InvalidArgument("request: the stream carried no messages")
+    return name
+
+
+def _rebuild(name: str, state: BufferState, registry: BufferRegistry) -> EpisodeBuffer:
+    """The restored buffer (not yet installed); every check has passed, so a failure here is a bug or OOM."""
+    try:
+        return EpisodeBuffer.from_state(name, state, storage_device=registry.storage_device,
+                                        reserve_storage=registry.reserve_storage)
+    except RewindError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.error("snapshot passed its checks but did not restore", exc_info=exc)
+        raise DataLoss(f"snapshot: contents are inconsistent ({type(exc).__name__}: {exc})") from None
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _give_memory_back() -> None:
+    """Return a refused restore's memory to the OS, not just to the allocator.
+
+    The snapshot's tensor bytes live in one large allocation that goes back to
+    the OS when freed, but the header and the chunks arrive as many mid-sized
+    allocations that glibc may keep in its arenas once freed; the trim hands
+    those back too, so a refused stream does not leave the process larger.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _stream_batches(

@@ -39,6 +39,23 @@ class BufferSettings(Settings):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What all of a service's buffers may take together (BufferRegistry enforces it).
+
+    Attributes:
+        max_buffers: buffers at once.
+        max_transitions: the sum of every buffer's buffer_size (reserved at creation).
+        max_storage_bytes: the sum of every buffer's storage (allocated at its first
+            episode, when the schema fixes the bytes per transition); 0: no limit but
+            what allocation allows.
+    """
+
+    max_buffers: int = 16
+    max_transitions: int = 50_000_000
+    max_storage_bytes: int = 32_768 * 2**20
+
+
+@dataclass(frozen=True)
 class BufferServiceSettings(ServerSettings, BufferSettings):
     """Everything `rewind buffer serve` needs; the four buffer keys are the defaults of every buffer."""
 
@@ -52,11 +69,34 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
     seed: int = setting(1, "seeds each buffer's sampling generator")
     torch_threads: int = setting(1, "torch intra-op threads; gRPC threads already run calls in parallel "
                                     "(0: detect)", minimum=0)
+    max_buffers: int = setting(16, "most buffers at once (CreateBuffer, ResetBuffer and Restore of a new name)",
+                               minimum=1)
+    max_transitions: int = setting(50_000_000, "total buffer_size all buffers may reserve together", minimum=1)
+    max_storage_mb: int = setting(32_768, "total storage all buffers may allocate, MiB (0: what allocation allows)",
+                                  minimum=0)
+    max_captures: int = setting(2, "captures per buffer waiting to be streamed; a new one drops the oldest",
+                                minimum=1)
+    capture_ttl_s: float = setting(600.0, "seconds a capture waits to be streamed before it is dropped", above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in self.buffers:
             check_buffer_name(name)
+        if len(self.buffers) > self.max_buffers:
+            raise InvalidArgument(f"max_buffers: {self.max_buffers} is fewer than the {len(self.buffers)} buffers "
+                                  "created at start (buffers); raise max_buffers or name fewer buffers")
+        reserved = self.buffer_size * len(self.buffers)
+        if reserved > self.max_transitions:
+            raise InvalidArgument(
+                f"max_transitions: {self.max_transitions:,} is below the {reserved:,} transitions the buffers "
+                f"created at start reserve ({len(self.buffers)} x buffer_size {self.buffer_size:,}); raise "
+                "max_transitions or lower buffer_size")
+
+    @property
+    def limits(self) -> Limits:
+        """The service-wide budget every buffer is admitted against."""
+        return Limits(max_buffers=self.max_buffers, max_transitions=self.max_transitions,
+                      max_storage_bytes=self.max_storage_mb * 2**20)
 
     @property
     def buffer_defaults(self) -> BufferSettings:

@@ -86,6 +86,11 @@ def replay_buffer(capacity: int, device: torch.device, *, num_slices: int, slice
     )
 
 
+def allocate(storage: Storage, row: TensorDictBase) -> None:
+    """Allocate a LazyTensorStorage's columns now, shaped after one `row` (torchrl would on the first write)."""
+    storage._init(row)
+
+
 def sample_index(rb: ReplayBuffer) -> torch.Tensor:
     """The storage indices of one batch, slice after slice, drawn by the sampler alone."""
     (index,), _ = rb.sampler.sample(rb.storage, rb.batch_size)
@@ -98,7 +103,9 @@ def columns(storage: Storage) -> TensorDictBase:
 
 
 def storage_bytes(storage: Storage) -> int:
-    """Bytes the storage's columns occupy."""
+    """Bytes the storage's columns occupy (0 before they are allocated)."""
+    if not storage.initialized:
+        return 0
     return sum(t.numel() * t.element_size() for t in columns(storage).values(include_nested=True, leaves_only=True))
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from rewind.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
+from rewind.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, PermissionDenied
 from rewind_checkpoint.layout import (
     MANIFEST,
     CheckpointKey,
@@ -26,7 +27,7 @@ from rewind_checkpoint.layout import (
 )
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.retention import RetentionPolicy, commit_order, rank_best, to_delete
-from rewind_checkpoint.store import ObjectInfo, ObjectMissing, Store, age_s
+from rewind_checkpoint.store import ObjectInfo, ObjectMissing, PendingUpload, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,17 @@ class Catalog:
 
     Args:
         store: where the checkpoints live.
-        staging_max_age_s: uncommitted files older than this, outside any
-            upload in progress, are removed by `clean_staging`.
+        staging_max_age_s: uncommitted files older than this, and multipart
+            uploads begun longer ago, outside any upload in progress, are
+            removed by `clean_staging`.
+        clock: the time now, in epoch seconds (tests move it).
     """
 
-    def __init__(self, store: Store, staging_max_age_s: float = 3600.0) -> None:
+    def __init__(self, store: Store, staging_max_age_s: float = 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.staging_max_age_s = staging_max_age_s
+        self.clock = clock
         self._run_locks: dict[RunKey, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._active: set[CheckpointKey] = set()
@@ -269,10 +274,30 @@ class Catalog:
     # -- retention -----------------------------------------------------------
 
     def retention(self, run: RunKey) -> RetentionPolicy:
+        """The policy retention applies to a run: its own, else the default."""
         try:
-            return RetentionPolicy.from_json(self.store.get(run.retention_key))
+            return self._stored_retention(run)
         except ObjectMissing:
             return RetentionPolicy()
+
+    def run_retention(self, run: RunKey) -> RetentionPolicy:
+        """The policy GetRetention reports: the run's own, or the default for a run that never set one.
+
+        Raises:
+            NotFound: the store holds nothing of the run (no policy, no checkpoint, no upload).
+        """
+        try:
+            return self._stored_retention(run)
+        except ObjectMissing:
+            # SetRetention and Save create a run; a name nobody used is not one.
+            if not self.store.list(run.prefix):
+                raise NotFound(f"run_id: no run {run} in {self.store.url}") from None
+            return RetentionPolicy()
+
+    def _stored_retention(self, run: RunKey) -> RetentionPolicy:
+        """The run's retention.json. Raises ObjectMissing when it has none, DataLoss when it is unreadable."""
+        try:
+            return RetentionPolicy.from_json(self.store.get(run.retention_key))
         except (ValueError, TypeError) as exc:
             raise DataLoss(f"{self.store.location(run.retention_key)} is unreadable ({exc}); "
                            "set the retention policy again") from None
@@ -305,23 +330,78 @@ class Catalog:
         self.store.delete([o.key for o in self.store.list(key.prefix)])
 
     def clean_staging(self, run: RunKey | None = None) -> int:
-        """Remove uncommitted files older than staging_max_age_s outside active uploads; returns how many."""
-        runs = [run] if run else self.run_keys()
+        """Remove what crashed or abandoned uploads left: uncommitted files older than
+        staging_max_age_s, and multipart uploads begun longer ago (S3), outside
+        uploads in progress.
+
+        Returns:
+            How many objects and multipart uploads it removed.
+        """
         removed = 0
-        for r in runs:
+        for r in [run] if run else self.run_keys():
+            try:
+                removed += self._clean_run(r)
+            except PermissionDenied as exc:
+                # A link planted in one run must not stop the sweep of the others.
+                log.warning("staging clean-up of %s skipped: %s", r, exc.message)
+        return removed + self._abort_stale_uploads(run)
+
+    def _clean_run(self, run: RunKey) -> int:
+        """clean_staging's objects of one run. The store lists no links, so nothing outside it is touched."""
+        with self.run_lock(run):
+            by_step: dict[str, list[ObjectInfo]] = defaultdict(list)
+            for obj in self.store.list(run.prefix):
+                rest = obj.key[len(run.prefix):].split("/")
+                if len(rest) >= 2 and parse_step_dir(rest[0]) is not None:
+                    by_step[rest[0]].append(obj)
+            removed = 0
+            now = self.clock()
+            for name, objects in by_step.items():
+                key = CheckpointKey(run, parse_step_dir(name))
+                # Never a committed checkpoint, and never an upload in progress (the lock keeps _active still).
+                if key in self._active or any(o.key == key.manifest_key for o in objects):
+                    continue
+                if min(now - o.modified for o in objects) < self.staging_max_age_s:
+                    continue
+                self.store.delete([o.key for o in objects])
+                removed += len(objects)
+                log.info("removed %d stale staging objects of %s", len(objects), key)
+            return removed
+
+    def _abort_stale_uploads(self, run: RunKey | None) -> int:
+        """Abort multipart uploads of checkpoint files begun over staging_max_age_s ago; returns how many.
+
+        A service killed mid-save leaves its multipart uploads (and their
+        parts, which S3 bills) forever; no object lists them. Uploads are
+        grouped by run, because a run with no object yet is no folder that
+        run_keys() would find.
+        """
+        cutoff = self.clock() - self.staging_max_age_s
+        by_run: dict[RunKey, list[tuple[CheckpointKey, PendingUpload]]] = defaultdict(list)
+        for upload in self.store.pending_uploads(run.prefix if run else ""):
+            key = _staging_key(upload.key)
+            if key is not None and upload.initiated <= cutoff:
+                by_run[key.run].append((key, upload))
+        aborted = 0
+        for r, uploads in by_run.items():
             with self.run_lock(r):
-                by_step: dict[str, list[ObjectInfo]] = defaultdict(list)
-                for obj in self.store.list(r.prefix):
-                    rest = obj.key[len(r.prefix):].split("/")
-                    if len(rest) >= 2 and parse_step_dir(rest[0]) is not None:
-                        by_step[rest[0]].append(obj)
-                for name, objects in by_step.items():
-                    key = CheckpointKey(r, parse_step_dir(name))
-                    if key in self._active or any(o.key == key.manifest_key for o in objects):
+                for key, upload in uploads:
+                    # Age is since the upload began: a long save still in progress keeps its parts.
+                    if key in self._active:
                         continue
-                    if min(age_s(o) for o in objects) < self.staging_max_age_s:
-                        continue
-                    self.store.delete([o.key for o in objects])
-                    removed += len(objects)
-                    log.info("removed %d stale staging objects of %s", len(objects), key)
-        return removed
+                    self.store.abort_upload(upload)
+                    aborted += 1
+                    log.info("aborted a stale multipart upload of %s", upload.key)
+        return aborted
+
+
+def _staging_key(key: str) -> CheckpointKey | None:
+    """The checkpoint a file key belongs to (<agent>/<run>/step-N/<file>); None for anything else in the store."""
+    parts = key.split("/")
+    step = parse_step_dir(parts[2]) if len(parts) >= 4 else None
+    if step is None:
+        return None
+    try:
+        return CheckpointKey(RunKey.checked(parts[0], parts[1]), step)
+    except InvalidArgument:
+        return None  # not ours: something else shares the bucket

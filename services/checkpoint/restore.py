@@ -8,21 +8,37 @@ from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import InvalidArgument, NotFound, RewindError
 from rewind_checkpoint.catalog import Catalog
+from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure
 from rewind_checkpoint.layout import check_file_name, check_id
 from rewind_checkpoint.manifest import Manifest
 
 
-def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget]) -> list[checkpoint_pb2.BufferTarget]:
-    """Fill defaults: no targets means every recorded buffer, back where it came from."""
+def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
+             allowed: tuple[str, ...]) -> list[tuple[str, checkpoint_pb2.BufferTarget]]:
+    """Fill defaults and check every target before any is restored: (the field its address came from, target).
+
+    No targets means every recorded buffer, back where it came from. Every
+    address is checked against the allow-list here, so a refused one leaves
+    every buffer as it was.
+    """
     recorded = {b.buffer: b for b in manifest.buffers}
     if not targets:
         if not recorded:
             raise NotFound(f"targets: {manifest.key} holds no buffer snapshots")
-        return [checkpoint_pb2.BufferTarget(address=b.address, buffer=b.buffer, file=b.file) for b in recorded.values()]
+        defaults = []
+        for i, b in enumerate(manifest.buffers):
+            if recorded[b.buffer] is not b:
+                continue  # a buffer recorded twice goes back once, as before
+            # A recorded address was allowed when it was saved; the setting may have changed since.
+            field = f"targets: the checkpoint's buffers[{i}].address"
+            check_dial(b.address, allowed, field)
+            defaults.append((field, checkpoint_pb2.BufferTarget(address=b.address, buffer=b.buffer, file=b.file)))
+        return defaults
     filled = []
     for i, t in enumerate(targets):
         if not t.address:
             raise InvalidArgument(f"targets[{i}].address: is empty; give the buffer service's host:port")
+        check_dial(t.address, allowed, f"targets[{i}].address")
         check_id(t.buffer, f"targets[{i}].buffer")
         file = t.file or (recorded[t.buffer].file if t.buffer in recorded else "")
         if not file:
@@ -32,7 +48,8 @@ def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget])
         check_file_name(file, f"targets[{i}].file")
         if manifest.file(file) is None:
             raise NotFound(f"targets[{i}].file: {manifest.key} has no file {file!r}")
-        filled.append(checkpoint_pb2.BufferTarget(address=t.address, buffer=t.buffer, file=file))
+        filled.append((f"targets[{i}].address", checkpoint_pb2.BufferTarget(address=t.address, buffer=t.buffer,
+                                                                            file=file)))
     return filled
 
 
@@ -46,22 +63,32 @@ def _recording(chunks: Iterator[bytes], failure: list[RewindError]) -> Iterator[
 
 
 def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
-                    timeout_s: float) -> list[checkpoint_pb2.RestoredBuffer]:
+                    timeout_s: float, buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES,
+                    ) -> list[checkpoint_pb2.RestoredBuffer]:
     """Stream each snapshot file into its buffer service, in order.
 
+    Args:
+        catalog: the store the checkpoint is in.
+        manifest: the checkpoint.
+        targets: where each snapshot goes (none: every recorded buffer, where it came from).
+        timeout_s: deadline of each restore call.
+        buffer_addresses: the buffer services it may dial (see dials.py).
+
     Raises:
+        PermissionDenied: an address outside buffer_addresses (nothing is restored).
         DataLoss: a snapshot failed its sha256 (that buffer is left as it was).
         Unavailable: a buffer service or the store is down.
     """
     restored = []
-    for target in _targets(manifest, targets):
+    for field, target in _targets(manifest, targets, buffer_addresses):
         failure: list[RewindError] = []
+        check_dial(target.address, buffer_addresses, field)  # no connection to an address not allowed
         with BufferClient(target.address, target.buffer, timeout=timeout_s) as client:
             try:
                 stats = client.restore(_recording(catalog.read_file(manifest, target.file), failure),
                                        timeout=timeout_s)
             except RewindError as exc:
-                raise (failure[0] if failure else exc) from None
+                raise (failure[0] if failure else dial_failure(exc, target.address, field)) from None
         restored.append(checkpoint_pb2.RestoredBuffer(
             address=target.address, buffer=target.buffer, file=target.file, episodes=stats.episodes,
             transitions=stats.transitions, episodes_added=stats.episodes_added))

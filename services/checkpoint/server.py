@@ -33,7 +33,8 @@ def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
     store = open_store(settings.store, timeout_s=settings.store_timeout_s, retries=settings.store_retries,
                        part_bytes=settings.part_mb * 1024 * 1024)
     catalog = Catalog(store, staging_max_age_s=settings.staging_max_age_s)
-    servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s)
+    servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s,
+                                  buffer_addresses=settings.buffer_addresses)
     binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
                              read_methods=READ_METHODS)
     return ServiceHost.from_settings([binding], settings), catalog

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import InvalidArgument, NotFound
 from rewind_checkpoint.catalog import Catalog, LookupResult
+from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES
 from rewind_checkpoint.layout import MANIFEST, RunKey, check_file_name
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.restore import restore_buffers
@@ -15,17 +16,26 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 
 
 class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
-    """Implements rewind.checkpoint.v1.CheckpointService over a Catalog."""
+    """Implements rewind.checkpoint.v1.CheckpointService over a Catalog.
 
-    def __init__(self, catalog: Catalog, buffer_timeout_s: float = 600.0) -> None:
+    Args:
+        catalog: the checkpoints.
+        buffer_timeout_s: deadline for pulling or pushing one buffer snapshot.
+        buffer_addresses: the buffer services Save and RestoreBuffers may dial (see dials.py).
+    """
+
+    def __init__(self, catalog: Catalog, buffer_timeout_s: float = 600.0,
+                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES) -> None:
         self.catalog = catalog
         self.buffer_timeout_s = buffer_timeout_s
+        self.buffer_addresses = tuple(buffer_addresses)
 
     def _proto(self, manifest: Manifest) -> checkpoint_pb2.Checkpoint:
         return manifest.to_proto(self.catalog.path(manifest.key))
 
     def Save(self, request_iterator, context):
-        manifest, deleted = Upload(self.catalog, timeout_s=self.buffer_timeout_s).run(request_iterator)
+        upload = Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses)
+        manifest, deleted = upload.run(request_iterator)
         return checkpoint_pb2.SaveResponse(
             checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted]
         )
@@ -94,7 +104,8 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
     def RestoreBuffers(self, request, context):
         ref = request.ref
         manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
-        restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s)
+        restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s,
+                                   self.buffer_addresses)
         return checkpoint_pb2.RestoreBuffersResponse(buffers=restored)
 
     def DeleteCheckpoint(self, request, context):
@@ -105,7 +116,7 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
 
     def GetRetention(self, request, context):
         run = RunKey.checked(request.agent_id, request.run_id)
-        return checkpoint_pb2.GetRetentionResponse(retention=self.catalog.retention(run).to_proto())
+        return checkpoint_pb2.GetRetentionResponse(retention=self.catalog.run_retention(run).to_proto())
 
     def SetRetention(self, request, context):
         run = RunKey.checked(request.agent_id, request.run_id)

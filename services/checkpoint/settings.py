@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rewind import addresses
+from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import setting
 
@@ -24,3 +25,7 @@ class CheckpointSettings(ServerSettings):
     part_mb: int = setting(8, "S3 multipart part size in MiB", minimum=5)
     buffer_timeout_s: float = setting(600.0, "deadline for pulling or pushing one buffer snapshot, seconds",
                                       above=0)
+    # Save and RestoreBuffers dial addresses that requests name: only these (see dials.py).
+    buffer_addresses: tuple[str, ...] = setting(
+        DEFAULT_BUFFER_ADDRESSES, "buffer services Save and RestoreBuffers may dial: host:port entries or "
+        "patterns (buffer:50051, *.svc.cluster.local:50051, 127.0.0.1:*); never unix: sockets or schemes")

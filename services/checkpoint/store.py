@@ -11,9 +11,11 @@ Neither knows about checkpoints; `catalog.py` builds those on top.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -24,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rewind.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StoreUnavailable
+from rewind.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,15 @@ class ObjectInfo:
     size: int
     modified: float
     version: str = ""
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload begun and neither finished nor aborted: its key, id and start (epoch seconds)."""
+
+    key: str
+    upload_id: str
+    initiated: float
 
 
 class ObjectMissing(NotFound):
@@ -128,49 +146,97 @@ class Store(ABC):
     def delete(self, keys: list[str]) -> None:
         """Remove objects; missing keys are ignored."""
 
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Multipart uploads under prefix that were begun and never finished or aborted (none but on S3)."""
+        return []
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abandon a multipart upload and drop its parts; one already gone is fine."""
+        raise NotImplementedError(f"store {self.url} has no multipart uploads")
+
 
 # -- file:// -----------------------------------------------------------------
+#
+# The file store never follows a symbolic link below its root, and never reads
+# anything but a regular file. Every key is opened one name at a time from a
+# descriptor of the root, with O_NOFOLLOW, and every change (mkdir, create,
+# rename, unlink, rmdir) is made relative to the descriptor of the folder that
+# was opened that way. So a link planted anywhere in the tree, even one swapped
+# in while a call runs, can neither take a read, write or delete outside the
+# root nor redirect one inside it:
+#
+# - a key that is, or passes through, a link is refused with PERMISSION_DENIED
+#   (the message names the key, never where the link points);
+# - listings (and so the staging sweep and retention) skip links and other
+#   non-regular files: they are not objects of this store.
+#
+# The root itself was resolved when the store opened, so a root reached
+# through a link (/data -> /mnt/disk) is fine.
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone left in the tree must not hang the call.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Missing(Exception):
+    """A folder on a key's path does not exist (each caller decides what that means)."""
 
 
 class _FileWriter(ObjectWriter):
     def __init__(self, store: FileStore, key: str) -> None:
+        folder, name = store.split(key)
         self._store = store
         self._path = store.path_of(key)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._name = name
         # A temporary name, so a crash never leaves a truncated file under the final name.
-        self._tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex[:8]}.part")
-        self._file = open(self._tmp, "wb")
+        self._tmp = f".{name}.{uuid.uuid4().hex[:8]}.part"
+        # The folder stays open until close() or abort(): the rename lands in the
+        # folder that was checked, whatever is done to the path meanwhile.
+        self._dir: int | None = store.open_folder(folder, key, create=True)
+        try:
+            store.refuse_link(self._dir, name, key)
+            fd = os.open(self._tmp, _CREATE_FLAGS, 0o666, dir_fd=self._dir)
+        except BaseException:
+            self._release()
+            raise
+        self._file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes | memoryview) -> None:
         with self._store.errors("write", self._path):
             self._file.write(data)
 
     def close(self) -> None:
-        with self._store.errors("write", self._path):
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self._tmp, self._path)
-            _fsync_dir(self._path.parent)
+        try:
+            with self._store.errors("write", self._path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                # rename() replaces the name itself; it never follows a link there.
+                os.replace(self._tmp, self._name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+                os.fsync(self._dir)
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
 
     def abort(self) -> None:
         try:
             self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            if self._dir is not None:
+                os.unlink(self._tmp, dir_fd=self._dir)
         except OSError:
             pass
+        self._release()
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def _release(self) -> None:
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
 
 
 class FileStore(Store):
-    """A directory on a local or mounted file system.
+    """A directory on a local or mounted file system (POSIX: every path is opened relative to a folder).
 
     Args:
         root: the directory; it is created if missing when `create` is true.
@@ -189,6 +255,7 @@ class FileStore(Store):
                 raise StoreUnavailable(f"store {self.url}: cannot create the directory ({exc.strerror})") from None
 
     def path_of(self, key: str) -> Path:
+        """Where a key lives, for messages and for tests; the store itself never opens this path."""
         return self.root.joinpath(*key.split("/")) if key else self.root
 
     def relative(self, path: str) -> str | None:
@@ -204,6 +271,83 @@ class FileStore(Store):
     def errors(self, action: str, path: Path):
         """Context manager: OSError -> Unavailable/ResourceExhausted naming the store."""
         return _FileErrors(self, action, path)
+
+    # -- opening without following links -----------------------------------
+
+    @staticmethod
+    def parts(key: str) -> list[str]:
+        """A key's names; '', '.' and '..' never name anything in the store."""
+        parts = key.split("/") if key else []
+        if any(p in ("", ".", "..") for p in parts):
+            raise InvalidArgument(f"store key {key!r}: empty, '.' and '..' names are not allowed")
+        return parts
+
+    def split(self, key: str) -> tuple[list[str], str]:
+        """A key's folder names and its own name."""
+        parts = self.parts(key)
+        if not parts:
+            raise InvalidArgument("store key: is empty; name an object")
+        return parts[:-1], parts[-1]
+
+    def refused(self, key: str) -> PermissionDenied:
+        # The key, never the link's target: where it points is nobody's business.
+        return PermissionDenied(f"store {self.url}: {key} is, or is inside, a symbolic link or something else "
+                                "that is not a regular file or folder; the file store never follows links")
+
+    def refuse_link(self, folder: int, name: str, key: str) -> None:
+        """Raise PermissionDenied if `name` in the open `folder` is a symbolic link (a missing name is fine)."""
+        try:
+            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise self.refused(key)
+
+    def open_folder(self, parts: list[str], key: str, create: bool = False) -> int:
+        """A descriptor of root/parts..., opened one name at a time without following links; the caller closes it.
+
+        Raises:
+            PermissionDenied: a name on the way is a link.
+            _Missing: a name on the way does not exist, or is not a folder (not when `create`).
+            OSError: the root is gone, or the file system failed.
+        """
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for name in parts:
+                child = self._child(fd, name, key, create)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _child(self, fd: int, name: str, key: str, create: bool) -> int:
+        if create:
+            with contextlib.suppress(FileExistsError):  # mkdir never follows a link: one there is EEXIST
+                os.mkdir(name, dir_fd=fd)
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:  # a link is ENOTDIR (or ELOOP) under O_DIRECTORY | O_NOFOLLOW
+            self.refuse_link(fd, name, key)
+            if create or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            raise _Missing(key) from None
+
+    @contextlib.contextmanager
+    def folder(self, parts: list[str], key: str) -> Iterator[int | None]:
+        """open_folder() as a context manager; None when the folder does not exist."""
+        try:
+            fd = self.open_folder(parts, key)
+        except _Missing:
+            yield None
+            return
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    # -- the Store interface ----------------------------------------------------
 
     def check(self) -> None:
         if not self.root.is_dir():
@@ -221,60 +365,99 @@ class FileStore(Store):
     def read(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         self.check()
         path = self.path_of(key)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise ObjectMissing(f"{self.location(key)} does not exist") from None
-        except OSError as exc:
-            raise StoreUnavailable(f"store {self.url}: cannot read {key} ({exc.strerror})") from None
+        with self.errors("read", path):
+            f = self._open_file(key)
         with f, self.errors("read", path):
             while chunk := f.read(chunk_bytes):
                 yield chunk
 
+    def _open_file(self, key: str):
+        """A regular file, opened without following a link anywhere on its path."""
+        folder, name = self.split(key)
+        with self.folder(folder, key) as fd:
+            try:
+                if fd is None:
+                    raise FileNotFoundError(key)
+                file = os.open(name, _READ_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                raise ObjectMissing(f"{self.location(key)} does not exist") from None
+            except OSError:
+                self.refuse_link(fd, name, key)  # a link is ELOOP under O_NOFOLLOW
+                raise
+        if not stat.S_ISREG(os.fstat(file).st_mode):  # a FIFO, a device, a folder
+            os.close(file)
+            raise self.refused(key)
+        return os.fdopen(file, "rb")
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         self.check()
         # Walk the deepest existing folder the prefix names; keys are filtered below.
-        base = self.path_of(prefix.rstrip("/"))
-        start = base if base.is_dir() else base.parent
+        parts = self.parts(prefix.rstrip("/"))
+        with self.errors("list", self.path_of(prefix)):
+            with self.folder(parts, prefix) as fd:
+                if fd is not None:
+                    return self._walk(fd, parts, prefix)
+            if not parts:
+                return []
+            with self.folder(parts[:-1], prefix) as fd:
+                return [] if fd is None else self._walk(fd, parts[:-1], prefix)
+
+    def _walk(self, fd: int, base: list[str], prefix: str) -> list[ObjectInfo]:
+        """The regular files under an open folder whose keys start with prefix. fwalk never enters a linked
+        folder, and links to files are skipped: a listing never reaches outside the root."""
         found = []
-        with self.errors("list", start):
-            for dirpath, _dirs, files in os.walk(start):
-                for name in files:
-                    path = Path(dirpath, name)
-                    key = path.relative_to(self.root).as_posix()
-                    if not key.startswith(prefix):
-                        continue
-                    try:
-                        st = path.stat()
-                    except FileNotFoundError:  # removed while listing
-                        continue
+        for top, _dirs, files, top_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+            folder = [*base, *top.split("/")[1:]]
+            for name in files:
+                key = "/".join([*folder, name])
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
+                except FileNotFoundError:  # removed while listing
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     found.append(ObjectInfo(key, st.st_size, st.st_mtime, f"{st.st_ino}-{st.st_mtime_ns}"))
         return sorted(found, key=lambda o: o.key)
 
     def list_dirs(self, prefix: str) -> list[str]:
         self.check()
-        path = self.path_of(prefix.rstrip("/"))
-        if not path.is_dir():
-            return []
-        with self.errors("list", path):
-            return sorted(e.name for e in os.scandir(path) if e.is_dir())
+        parts = self.parts(prefix.rstrip("/"))
+        with self.errors("list", self.path_of(prefix)), self.folder(parts, prefix) as fd:
+            if fd is None:
+                return []
+            # A linked folder is not a folder of this store (is_dir does not follow it here).
+            with os.scandir(fd) as entries:
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
 
     def delete(self, keys: list[str]) -> None:
         self.check()
-        parents = set()
+        emptied = set()
         for key in keys:
-            path = self.path_of(key)
-            with self.errors("delete", path):
-                path.unlink(missing_ok=True)
-            parents.add(path.parent)
+            folder, name = self.split(key)
+            with self.errors("delete", self.path_of(key)), self.folder(folder, key) as fd:
+                if fd is None:
+                    continue
+                # unlink() would remove a link itself, not its target; refused all the same, like any key.
+                self.refuse_link(fd, name, key)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+            emptied.add(tuple(folder))
         # Drop directories the deletes emptied, so the tree stays browsable.
-        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-            while parent != self.root and parent.is_relative_to(self.root):
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
+        for folder in sorted(emptied, key=len, reverse=True):
+            self._prune(list(folder))
+
+    def _prune(self, parts: list[str]) -> None:
+        """Remove root/parts and its parents while they are empty (never the root; rmdir never follows a link)."""
+        while parts:
+            try:
+                with self.folder(parts[:-1], "/".join(parts)) as fd:
+                    if fd is None:
+                        return
+                    os.rmdir(parts[-1], dir_fd=fd)
+            except (OSError, PermissionDenied):
+                return
+            parts = parts[:-1]
 
 
 class _FileErrors:
@@ -424,6 +607,10 @@ class S3Store(Store):
     def key_of(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _listing_prefix(self, prefix: str) -> str:
+        """The bucket prefix of a listing; '' means the store's own folder, never a sibling (rewind-old/...)."""
+        return self.key_of(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
 
@@ -436,7 +623,7 @@ class S3Store(Store):
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in ("NoSuchKey", "NoSuchUpload", "404", "NotFound"):
                 raise ObjectMissing(f"s3://{self.bucket}/{key} does not exist") from None
             if code == "NoSuchBucket":
                 raise FailedPrecondition(f"store {self.url}: bucket {self.bucket!r} does not exist at "
@@ -487,7 +674,7 @@ class S3Store(Store):
         found = []
         token = None
         while True:
-            kwargs = {"Bucket": self.bucket, "Prefix": self.key_of(prefix)}
+            kwargs = {"Bucket": self.bucket, "Prefix": self._listing_prefix(prefix)}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self.call("list", prefix, self.client.list_objects_v2, **kwargs)
@@ -501,7 +688,7 @@ class S3Store(Store):
     def list_dirs(self, prefix: str) -> list[str]:
         names = []
         token = None
-        base = self.key_of(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        base = self._listing_prefix(prefix)
         while True:
             kwargs = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
             if token:
@@ -520,6 +707,27 @@ class S3Store(Store):
             if response.get("Errors"):
                 first = response["Errors"][0]
                 raise StoreUnavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
+
+
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        found = []
+        base = self._listing_prefix(prefix)
+        kwargs = {"Bucket": self.bucket, "Prefix": base}
+        while True:
+            page = self.call("list the multipart uploads of", prefix, self.client.list_multipart_uploads, **kwargs)
+            for upload in page.get("Uploads", []):
+                if upload["Key"].startswith(base):  # never another prefix's, even from a store that ignores Prefix
+                    found.append(PendingUpload(self._rel(upload["Key"]), upload["UploadId"],
+                                               upload["Initiated"].timestamp()))
+            if not page.get("IsTruncated"):
+                return found
+            # Pages continue after a (key, upload id) pair: several uploads may share a key.
+            kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        with contextlib.suppress(ObjectMissing):  # NoSuchUpload: finished or aborted meanwhile
+            self.call("abort the upload of", upload.key, self.client.abort_multipart_upload, Bucket=self.bucket,
+                      Key=self.key_of(upload.key), UploadId=upload.upload_id)
 
 
 def open_store(url: str | None = None, *, create: bool = True, timeout_s: float = 5.0, retries: int = 3,

@@ -19,6 +19,7 @@ from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
+from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
 from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
 from rewind_checkpoint.retention import RetentionPolicy
@@ -37,24 +38,39 @@ class _Written:
 
 
 class _BufferPull(threading.Thread):
-    """Streams one buffer's snapshot from the buffer service into a store object."""
+    """Streams one buffer's snapshot from the buffer service into a store object.
 
-    def __init__(self, source: checkpoint_pb2.BufferSource, file: str, writer: ObjectWriter, timeout_s: float) -> None:
+    Args:
+        source: the header's BufferSource.
+        field: the request field of its address (buffers[i].address), for errors.
+        file: the checkpoint file it becomes.
+        writer: where the bytes go.
+        timeout_s: deadline of the snapshot call.
+        allowed: the service's buffer_addresses setting.
+    """
+
+    def __init__(self, source: checkpoint_pb2.BufferSource, field: str, file: str, writer: ObjectWriter,
+                 timeout_s: float, allowed: tuple[str, ...]) -> None:
         super().__init__(name=f"rewind-pull-{source.buffer}", daemon=True)
         self.source = source
+        self.field = field
         self.file = file
         self.writer = writer
         self.timeout_s = timeout_s
+        self.allowed = allowed
         self.written = _Written(file)
         self.episodes_added = 0
+        self.answered = False  # a response arrived: the address is a buffer service, its errors may be told
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
 
     def run(self) -> None:
         try:
+            check_dial(self.source.address, self.allowed, self.field)  # no connection to an address not allowed
             with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
                 for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s,
                                                        capture_id=self.source.capture_id):
+                    self.answered = True
                     if self.cancelled.is_set():
                         self.writer.abort()
                         return
@@ -74,12 +90,15 @@ class Upload:
     Args:
         catalog: where the checkpoint goes.
         timeout_s: deadline for pulling each buffer snapshot.
+        buffer_addresses: the buffer services it may pull from (see dials.py).
     """
 
-    def __init__(self, catalog: Catalog, timeout_s: float = 600.0) -> None:
+    def __init__(self, catalog: Catalog, timeout_s: float = 600.0,
+                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES) -> None:
         self.catalog = catalog
         self.store = catalog.store
         self.timeout_s = timeout_s
+        self.buffer_addresses = buffer_addresses
         self.key: CheckpointKey | None = None
         self.header: checkpoint_pb2.SaveHeader | None = None
         self.announced: dict[str, int] = {}
@@ -148,6 +167,8 @@ class Upload:
         for i, source in enumerate(header.buffers):
             if not source.address:
                 raise InvalidArgument(f"buffers[{i}].address: is empty; give the buffer service's host:port")
+            # Refused here, before anything is written, as well as before each dial.
+            check_dial(source.address, self.buffer_addresses, f"buffers[{i}].address")
             check_id(source.buffer, f"buffers[{i}].buffer")
             name = check_file_name(source.file or f"{source.buffer}.snapshot", f"buffers[{i}].file")
             if name in self.announced or name in buffer_files:
@@ -159,8 +180,9 @@ class Upload:
             self.catalog.resolve("", "", 0, header.resumed_from)
         self.catalog.begin_upload(key)
         self.key, self.header = key, header
-        for source, name in zip(header.buffers, buffer_files, strict=True):
-            pull = _BufferPull(source, name, self._open(name), self.timeout_s)
+        for i, (source, name) in enumerate(zip(header.buffers, buffer_files, strict=True)):
+            pull = _BufferPull(source, f"buffers[{i}].address", name, self._open(name), self.timeout_s,
+                               self.buffer_addresses)
             self.pulls.append(pull)
             pull.start()
 
@@ -258,12 +280,13 @@ class Upload:
         buffers = []
         for pull in self.pulls:
             pull.join(self.timeout_s)
+            if pull.is_alive() and not pull.answered:
+                raise unreachable(pull.field, pull.source.address)  # silence says no more than a refusal
             if pull.is_alive():
                 raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
                                          f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
             if isinstance(pull.error, RewindError):
-                where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
-                raise type(pull.error)(f"{where}: {pull.error.message}", pull.error.reason) from None
+                raise _pull_error(pull) from None
             if pull.error is not None:
                 raise pull.error
             self.written[pull.file] = pull.written
@@ -285,3 +308,14 @@ class Upload:
         finally:
             # Only now may another upload take the step: our deletes must not hit its files.
             self._release()
+
+
+def _pull_error(pull: _BufferPull) -> RewindError:
+    """A failed pull's error for the caller: the buffer service's own, naming the buffer, or "not reachable"."""
+    error = pull.error
+    if not (pull.answered or error.reason):
+        # No Rewind service chose this status and nothing came back, so nothing shows
+        # the address is a buffer service: why the dial failed is not the caller's to learn.
+        return dial_failure(error, pull.source.address, pull.field)
+    where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
+    return type(error)(f"{where}: {error.message}", error.reason)

@@ -74,6 +74,10 @@ def test_save_list_show_latest_download_rm(service, tmp_path):
     policy = ok("ckpt", "retention", "tdmpc2/run-1", "--keep-last", "5", "--keep-every", "1000", *addr)
     assert "keep_last 5, keep_every 1000" in policy and "next commit" in policy
     assert "keep_last 5" in ok("ckpt", "retention", "tdmpc2/run-1", *addr)
+    # A run with no checkpoint yet: its policy can be set ahead, but there is nothing to show.
+    assert "keep_last 2" in ok("ckpt", "retention", "tdmpc2/run-2", "--keep-last", "2", *addr)
+    assert "keep_last 2" in ok("ckpt", "retention", "tdmpc2/run-2", *addr)
+    assert "run_id: no run tdmpc2/run-3" in error("ckpt", "retention", "tdmpc2/run-3", *addr)
 
 
 def test_errors_are_one_line(service, tmp_path):
