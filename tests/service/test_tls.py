@@ -119,3 +119,23 @@ def test_rewind_secrets_init_makes_a_working_set_and_keeps_it(tmp_path):
             assert client.stats().episodes == 1
     finally:
         host.stop(grace_s=0.5)
+
+
+def test_buf_curl_round_trips_over_mtls(pki, tmp_path):
+    import json
+
+    from tests.support.curl import curl
+
+    tokens = make_tokens(tmp_path / "tokens")
+    host = tls_service(pki, mutual=True, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file)
+    try:
+        url = f"https://{host.address}/rewind.buffer.v1.BufferService/GetStats"
+        bearer = f"authorization: Bearer {open(tokens.read.token_file).read().strip()}"
+        ok = curl(host.address, "--cacert", pki.ca, "--cert", pki.client.cert, "--key", pki.client.key, "-H", bearer,
+                  url, data={"buffer": "buffer"})
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["stats"]["name"] == "buffer"
+        no_certificate = curl(host.address, "--cacert", pki.ca, "-H", bearer, url, data={"buffer": "buffer"})
+        assert no_certificate.returncode != 0
+    finally:
+        host.stop(grace_s=0.5)
