@@ -6,6 +6,7 @@ Uses the same engine, base image, torch index and S3 stand-in as `make test-depl
 figure is one run. The trainer's SIGTERM-to-exit is measured in three phases, each in a fresh
 container run as the Kubernetes pods run: mid-burst (the updates the seed steps end with),
 mid-training and mid-evaluation (the run evaluates at step 1200 here, 3 episodes).
+The services serve TLS and want a token, as in compose and the pods (a fresh set of secrets).
 Writes bench/results/deploy.json.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +26,13 @@ from tests.support.containers import (
     IMAGE,
     build_args,
     build_image,
+    client_security,
     compose,
     docker,
     image_bytes,
     inspect,
     logs,
+    make_secrets,
     run_hardened,
     wait_healthy,
 )
@@ -50,12 +54,12 @@ def stop_seconds(name: str) -> float:
     return seconds
 
 
-def services_stop() -> dict[str, float]:
+def services_stop(secrets: Path) -> dict[str, float]:
     """SIGTERM to exit of each service, the trainer in three phases."""
     ports = {"buffer": free_port(), "ckpt": free_port()}
-    run_hardened("bench-buffer", "-e", f"REWIND_PORT={ports['buffer']}", IMAGE, "buffer", "serve")
+    run_hardened("bench-buffer", "-e", f"REWIND_PORT={ports['buffer']}", IMAGE, "buffer", "serve", secrets=secrets)
     run_hardened("bench-ckpt", "-e", f"REWIND_PORT={ports['ckpt']}", "-e", "REWIND_STORE=file:///tmp/store", IMAGE,
-                 "ckpt", "serve")
+                 "ckpt", "serve", secrets=secrets)
     figures = {}
     try:
         for name in ("bench-buffer", "bench-ckpt"):
@@ -67,8 +71,8 @@ def services_stop() -> dict[str, float]:
                 "-e", f"REWIND_BUFFER_ADDRESS=127.0.0.1:{ports['buffer']}", "-e", f"REWIND_RUN_ID=bench-{phase}",
                 "-e", f"REWIND_CHECKPOINT_ADDRESS=127.0.0.1:{ports['ckpt']}", "-e", "REWIND_MODEL_SIZE=tiny",
                 "-e", "REWIND_EVAL_FREQ=1200", "-e", "REWIND_EVAL_EPISODES=3", "-e", "REWIND_PROGRESS=false",
-                "-e", "REWIND_TORCH_THREADS=1", IMAGE, "train")
-            with TrainerClient(f"127.0.0.1:{port}", timeout=30) as client:
+                "-e", "REWIND_TORCH_THREADS=1", IMAGE, "train", secrets=secrets)
+            with TrainerClient(f"127.0.0.1:{port}", timeout=30, security=client_security(secrets)) as client:
                 client.wait_until_serving(timeout=120)
                 deadline = time.monotonic() + 600
                 while not reached(client.status()):
@@ -110,7 +114,8 @@ def main() -> None:
           f"image {figures['image_gb']:.2f} GB", flush=True)
     figures["compose_up_healthy_s"] = compose_up_seconds()
     print(f"compose up -> every service healthy: {figures['compose_up_healthy_s']:.0f} s", flush=True)
-    figures.update(services_stop())
+    with tempfile.TemporaryDirectory() as folder:
+        figures.update(services_stop(make_secrets(Path(folder) / "secrets")))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"runs": 1, **{k: round(v, 2) for k, v in figures.items()}}, indent=2) + "\n")
     print(f"wrote {RESULTS}")

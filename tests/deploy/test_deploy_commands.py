@@ -1,10 +1,14 @@
 """The services start the way compose.yaml and the manifests start them.
 
 Each container's command and environment are taken from the rendered files and
-run here on loopback; only the listening host and port, the peers' addresses
-and the S3 endpoint are pointed at this machine. Docker's HEALTHCHECK command
-must then report SERVING, and a SIGTERM to the trainer must end it with the
-exit code the Job's podFailurePolicy ignores, after committing a checkpoint.
+run here on loopback; only the listening host and ports, the peers' addresses
+(and the buffer address the checkpoint service may dial), the S3 endpoint and the
+folder of the secrets (/var/lib/rewind/secrets there, a set made by
+`write_credentials` here) are pointed at this machine. Docker's HEALTHCHECK
+command must then report SERVING, every service must refuse a call without a
+token and a call in plaintext (authentication and TLS are on in each
+definition), and a SIGTERM to the trainer must end it with the exit code the
+Job's podFailurePolicy ignores, after committing a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,18 +19,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from botocore.exceptions import ClientError
 
 from rewind import BufferClient, CheckpointClient, TrainerClient
 from rewind.channel import make_channel
-from rewind.health import wait_until_serving
+from rewind.errors import RewindError, Unauthenticated, Unavailable
+from rewind.health import check, wait_until_serving
+from rewind.security import ClientSecurity
 from rewind_runtime import settings as mechanism
+from rewind_runtime.credentials import write_credentials
 from tests.support.deploy import compose, compose_env, container_env, find, pod_spec, render
 from tests.support.processes import free_port
 
 SOURCES = ("compose", "k8s-cpu")
 UNKNOWN_VARIABLE = "not a setting of this command"
+SECRETS_DIR = "/var/lib/rewind/secrets"  # where compose's volume and the pods' Secrets are mounted
 
 
 def service_specs(source: str) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -44,22 +53,45 @@ def service_specs(source: str) -> dict[str, tuple[list[str], dict[str, str]]]:
     return specs
 
 
-class Container:
-    """`rewind <args>` with a container's environment, listening on 127.0.0.1:<free port>."""
+def secrets_here(env: dict[str, str], secrets: Path) -> dict[str, str]:
+    """`env` with every file under SECRETS_DIR moved to the same file in `secrets`."""
+    return {k: str(secrets / v.removeprefix(SECRETS_DIR + "/")) if v.startswith(SECRETS_DIR + "/") else v
+            for k, v in env.items()}
 
-    def __init__(self, tmp_path: Path, name: str, args: list[str], env: dict[str, str], **overrides: str) -> None:
+
+class Container:
+    """`rewind <args>` with a container's environment, listening on 127.0.0.1:<free port>.
+
+    The secrets it names under SECRETS_DIR are read from `secrets`; a health port, when the
+    definition has one, moves to a free port too.
+    """
+
+    def __init__(self, tmp_path: Path, name: str, args: list[str], env: dict[str, str], secrets: Path,
+                 **overrides: str) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("REWIND_", "AWS_"))}
-        self.env = {**clean, **env, **overrides, "REWIND_HOST": "127.0.0.1", "REWIND_PORT": str(self.port)}
+        self.env = {**clean, **secrets_here(env, secrets), **overrides, "REWIND_HOST": "127.0.0.1",
+                    "REWIND_PORT": str(self.port)}
+        self.health_port = None
+        if int(self.env.get("REWIND_HEALTH_PORT", "-1")) >= 0:
+            self.health_port = free_port()
+            self.env["REWIND_HEALTH_PORT"] = str(self.health_port)
+        # What a client needs, as the container's own calls use it: the token and the CA it names.
+        self.security = ClientSecurity(token_file=self.env["REWIND_TOKEN_FILE"],
+                                       tls_ca_file=self.env["REWIND_TLS_CA_FILE"])
         self.log_path = tmp_path / f"{name}.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "rewind_cli", *args], env=self.env, cwd=tmp_path,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_until_serving(self) -> None:
-        with make_channel(self.address) as channel:
+        with make_channel(self.address, security=self.security) as channel:
             wait_until_serving(channel, timeout=120, target=self.address)
+
+    def without_token(self) -> ClientSecurity:
+        """TLS with the right CA, and no token."""
+        return ClientSecurity(tls_ca_file=self.security.tls_ca_file)
 
     def healthcheck(self) -> subprocess.CompletedProcess:
         """The image's HEALTHCHECK command, run in the container's environment."""
@@ -85,28 +117,62 @@ def stack(request, s3, tmp_path):
         s3.client().create_bucket(Bucket=bucket)
     except ClientError as exc:
         assert exc.response["Error"]["Code"] == "BucketAlreadyOwnedByYou"
+    # What compose's secrets job and `rewind secrets init` write (its certificate names 127.0.0.1).
+    secrets = tmp_path / "secrets"
+    write_credentials(secrets)
     started = []
     try:
-        buffer = Container(tmp_path, "buffer", *specs["buffer"])
+        buffer = Container(tmp_path, "buffer", *specs["buffer"], secrets)
         started.append(buffer)
-        ckpt = Container(tmp_path, "checkpoint", *specs["checkpoint"], AWS_ENDPOINT_URL=s3.endpoint)
+        # The checkpoint service may dial its buffer, now on loopback, as the definition lets it dial the real one.
+        ckpt = Container(tmp_path, "checkpoint", *specs["checkpoint"], secrets, AWS_ENDPOINT_URL=s3.endpoint,
+                         REWIND_BUFFER_ADDRESSES=buffer.address)
         started.append(ckpt)
-        yield request.param, specs, buffer, ckpt, tmp_path
+        yield request.param, specs, buffer, ckpt, tmp_path, secrets
     finally:
         for c in started:
             c.stop()
 
 
+def assert_refuses_strangers(container: Container, call) -> None:
+    """No token: UNAUTHENTICATED; plaintext: no answer at all (the port speaks only TLS)."""
+    with pytest.raises(Unauthenticated):
+        call(container.without_token())
+    with pytest.raises(Unavailable):
+        call(ClientSecurity())
+
+
 def test_each_service_starts_from_its_definition_and_passes_the_image_healthcheck(stack):
-    source, specs, buffer, ckpt, _ = stack
+    source, specs, buffer, ckpt, _, _ = stack
     for container in (buffer, ckpt):
         container.wait_until_serving()
         result = container.healthcheck()
         assert (result.returncode, result.stdout.strip()) == (0, "SERVING"), result.stderr
         assert UNKNOWN_VARIABLE not in container.output()
+        assert "authentication is off" not in container.output()
+        if container.health_port is not None:  # Kubernetes: the probes' plaintext port, health and nothing else
+            with make_channel(f"127.0.0.1:{container.health_port}", security=ClientSecurity()) as channel:
+                assert check(channel, timeout=10) == "SERVING"
+            with pytest.raises(RewindError) as refused:  # not the service: that speaks TLS on its own port
+                with BufferClient(f"127.0.0.1:{container.health_port}", "buffer", timeout=10,
+                                  security=ClientSecurity()) as client:
+                    client.stats()
+            assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
+    assert (buffer.health_port is not None) == (source != "compose")
+
+    def buffer_stats(security):
+        with BufferClient(buffer.address, "buffer", timeout=10, security=security) as client:
+            return client.stats()
+
+    def checkpoint_runs(security):
+        with CheckpointClient(ckpt.address, timeout=10, security=security) as client:
+            return client.list_runs()
+
+    assert_refuses_strangers(buffer, buffer_stats)
+    assert_refuses_strangers(ckpt, checkpoint_runs)
+    assert isinstance(checkpoint_runs(ckpt.security), list)  # with the token, it answers
     # The settings given by variables took effect.
-    with BufferClient(buffer.address, "buffer") as client:
-        settings = client.stats().settings
+    settings = buffer_stats(buffer.security).settings
     assert settings.min_history == int(specs["buffer"][1]["REWIND_MIN_HISTORY"]) == 0
     if "REWIND_BUFFER_SIZE" in specs["buffer"][1]:
         assert settings.buffer_size == int(specs["buffer"][1]["REWIND_BUFFER_SIZE"])
@@ -114,16 +180,21 @@ def test_each_service_starts_from_its_definition_and_passes_the_image_healthchec
 
 
 def test_the_trainer_starts_from_its_definition_and_a_sigterm_checkpoints_with_the_preemption_exit_code(stack):
-    source, specs, buffer, ckpt, tmp_path = stack
+    source, specs, buffer, ckpt, tmp_path, secrets = stack
     args, env = specs["trainer"]
-    trainer = Container(tmp_path, "trainer", args, env, REWIND_BUFFER_ADDRESS=buffer.address,
+    trainer = Container(tmp_path, "trainer", args, env, secrets, REWIND_BUFFER_ADDRESS=buffer.address,
                         REWIND_CHECKPOINT_ADDRESS=ckpt.address, REWIND_OUT_DIR=str(tmp_path / "runs"),
                         REWIND_TORCH_THREADS="1")  # two cores: keep the test from starving the services
     try:
         trainer.wait_until_serving()
         assert trainer.healthcheck().returncode == 0
-        with TrainerClient(trainer.address) as client:
-            status = client.status()
+
+        def trainer_status(security):
+            with TrainerClient(trainer.address, timeout=10, security=security) as client:
+                return client.status()
+
+        assert_refuses_strangers(trainer, trainer_status)
+        status = trainer_status(trainer.security)
         assert (status.task, status.run_id, status.total_steps) == (env["REWIND_TASK"], env["REWIND_RUN_ID"],
                                                                    int(env["REWIND_STEPS"]))
         trainer.proc.send_signal(signal.SIGTERM)
@@ -135,7 +206,7 @@ def test_the_trainer_starts_from_its_definition_and_a_sigterm_checkpoints_with_t
     assert UNKNOWN_VARIABLE not in trainer.output()
     # A preemption that committed is a success, whatever exit code the Job wants (143 in Kubernetes).
     assert "stopped: " in trainer.output() and "rewind: error" not in trainer.output(), trainer.output()[-3000:]
-    with CheckpointClient(ckpt.address) as client:
+    with CheckpointClient(ckpt.address, security=ckpt.security) as client:
         found = client.lookup("tdmpc2", env["REWIND_RUN_ID"], "latest")
     config = found.checkpoint.config["settings"]
     assert (config["task"], config["model_size"], config["resume_from_checkpoint"]) == (
@@ -162,13 +233,26 @@ def test_every_container_passes_only_settings_its_command_accepts():
     from rewind_cli.serving import load_settings
 
     containers = every_rewind_container()
-    assert len(containers) == 5 + 3 + 3  # compose: buffer, checkpoint, trainer and the two gpu ones
+    # compose: the secrets job, buffer, checkpoint, trainer and the two gpu ones
+    assert len(containers) == 6 + 3 + 3
+    servers = []
     for where, args, env in containers:
         parsed = build_parser().parse_args(args)
+        if args[0] == "secrets":  # a one-shot command with flags only, and no settings
+            assert not env and not hasattr(parsed, "settings_class"), where
+            continue
+        servers.append(where)
         settings_cls = parsed.settings_class
         variables = {k: v for k, v in env.items() if k.startswith("REWIND_")}
         used = mechanism.read_environ(settings_cls, variables)  # raises on an unknown variable or a bad value
-        assert sorted(mechanism.env_name(name) for name in used) == sorted(variables), where
+        # Every variable is a setting of the command, but the client's (token and CA for calling the others).
+        clients = {k for k in variables if k in mechanism.NOT_SETTINGS}
+        assert clients >= {"REWIND_TOKEN_FILE", "REWIND_TLS_CA_FILE"}, where
+        assert sorted(mechanism.env_name(name) for name in used) == sorted(set(variables) - clients), where
+        # Authentication and TLS are on: tokens and a certificate, as files under the secrets mount.
+        for name in ("read_tokens_file", "write_tokens_file", "tls_cert_file", "tls_key_file"):
+            assert used[name].startswith(SECRETS_DIR + "/"), (where, name)
+        assert not used.get("allow_unauthenticated"), where
         saved = dict(os.environ)
         try:
             os.environ.clear()
@@ -179,3 +263,4 @@ def test_every_container_passes_only_settings_its_command_accepts():
             os.environ.update(saved)
         if args[0] == "train":
             assert settings.resume_from_checkpoint == "latest", where
+    assert len(servers) == 5 + 3 + 3

@@ -13,6 +13,11 @@ from tests.support.deploy import COMPOSE, compose, compose_env, dockerfile, pinn
 
 REWIND_SERVICES = {"buffer": 50051, "checkpoint": 50052, "trainer": 50053}
 GPU_SERVICES = {"buffer-gpu": 50051, "trainer-gpu": 50053}
+SECRETS_DIR = "/var/lib/rewind/secrets"
+# Serving (tokens, certificate) and calling (token, CA): each variable and the file it names.
+SECURITY_ENV = {"REWIND_READ_TOKENS_FILE": "read.token", "REWIND_WRITE_TOKENS_FILE": "write.token",
+                "REWIND_TLS_CERT_FILE": "tls.crt", "REWIND_TLS_KEY_FILE": "tls.key",
+                "REWIND_TOKEN_FILE": "write.token", "REWIND_TLS_CA_FILE": "ca.crt"}
 
 
 def test_compose_file_validates_against_the_compose_specification():
@@ -40,15 +45,17 @@ def test_services_start_in_order_with_health_checks_and_the_trainer_resumes_from
     for name in (*REWIND_SERVICES, *GPU_SERVICES):
         assert services[name]["healthcheck"]["test"] == ["CMD", "rewind", "health", "--timeout", "4"], name
         assert compose_env(services[name])["REWIND_PORT"] == str({**REWIND_SERVICES, **GPU_SERVICES}[name])
-    assert services["checkpoint"]["depends_on"] == {"create-bucket": {"condition": "service_completed_successfully"}}
-    assert services["trainer"]["depends_on"] == {"buffer": {"condition": "service_healthy"},
+    secrets = {"secrets": {"condition": "service_completed_successfully"}}
+    assert services["checkpoint"]["depends_on"] == {**secrets,
+                                                    "create-bucket": {"condition": "service_completed_successfully"}}
+    assert services["trainer"]["depends_on"] == {**secrets, "buffer": {"condition": "service_healthy"},
                                                  "checkpoint": {"condition": "service_healthy"}}
-    assert services["trainer-gpu"]["depends_on"] == {"buffer-gpu": {"condition": "service_healthy"},
+    assert services["trainer-gpu"]["depends_on"] == {**secrets, "buffer-gpu": {"condition": "service_healthy"},
                                                      "checkpoint": {"condition": "service_healthy"}}
     for name in ("trainer", "trainer-gpu"):
         env = compose_env(services[name])
         assert env["REWIND_RESUME_FROM_CHECKPOINT"] == "latest"
-        assert env["REWIND_BUFFER_ADDRESS"] == f"{next(iter(services[name]['depends_on']))}:50051"
+        assert env["REWIND_BUFFER_ADDRESS"] == f"{list(services[name]['depends_on'])[1]}:50051"
         assert env["REWIND_CHECKPOINT_ADDRESS"] == "checkpoint:50052"
         # docker compose down: SIGTERM, then the checkpoint must commit before the kill.
         assert int(services[name]["stop_grace_period"].rstrip("s")) > 20 + 30
@@ -59,21 +66,64 @@ def test_services_start_in_order_with_health_checks_and_the_trainer_resumes_from
     assert env["AWS_ACCESS_KEY_ID"] == compose_env(services["minio"])["MINIO_ROOT_USER"]
 
 
-def test_ports_are_published_on_the_documented_numbers_and_volumes_are_named():
+def test_ports_are_published_on_loopback_by_default_on_the_documented_numbers_and_volumes_are_named():
     spec = compose()
     services = spec["services"]
     for name, port in {**REWIND_SERVICES, **GPU_SERVICES}.items():
-        assert services[name]["ports"] == [f"{port}:{port}"], name
-    assert services["minio"]["ports"] == ["9000:9000", "9001:9001"]
-    assert set(spec["volumes"]) == {"minio-data", "trainer-runs"}
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+    assert services["minio"]["ports"] == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"]
+    # One variable publishes them all elsewhere; nothing else is published.
+    text = COMPOSE.read_text()
+    assert text.count("${REWIND_PUBLISH_HOST:-127.0.0.1}:") == 7
+    assert {name for name, svc in services.items() if svc.get("ports")} == {"minio", *REWIND_SERVICES,
+                                                                             *GPU_SERVICES}
+    assert set(spec["volumes"]) == {"minio-data", "trainer-runs", "rewind-secrets"}
     assert "minio-data:/data" in services["minio"]["volumes"]
     assert "trainer-runs:/var/lib/rewind/runs" in services["trainer"]["volumes"]
+
+
+def test_a_one_shot_job_makes_the_secrets_and_every_rewind_service_serves_tls_with_tokens():
+    services = compose()["services"]
+    secrets = services["secrets"]
+    command = secrets["command"]
+    assert command[:4] == ["secrets", "init", "--dir", SECRETS_DIR] and "--force" not in command  # kept on re-up
+    assert secrets["volumes"] == [f"rewind-secrets:{SECRETS_DIR}"]  # the only writer
+    assert secrets["restart"] == "no" and secrets["network_mode"] == "none"
+    assert secrets["healthcheck"] == {"disable": True}
+    assert "profiles" not in secrets  # the gpu profile needs it too
+    hosts = set(command[command.index("--hosts") + 1].split(","))
+    for name in (*REWIND_SERVICES, *GPU_SERVICES):
+        svc = services[name]
+        env = compose_env(svc)
+        assert f"rewind-secrets:{SECRETS_DIR}:ro" in svc["volumes"], name
+        assert svc["depends_on"]["secrets"] == {"condition": "service_completed_successfully"}, name
+        for variable, file in SECURITY_ENV.items():
+            assert env[variable] == f"{SECRETS_DIR}/{file}", (name, variable)
+        assert "REWIND_ALLOW_UNAUTHENTICATED" not in env and "REWIND_HOST" not in env, name
+        # The certificate must name every host a service dials: its peers, and itself for the health check.
+        dialled = {"127.0.0.1"}
+        for variable in ("REWIND_BUFFER_ADDRESS", "REWIND_CHECKPOINT_ADDRESS"):
+            if variable in env:
+                dialled.add(env[variable].rsplit(":", 1)[0])
+        assert dialled <= hosts, (name, dialled - hosts)
+    # The checkpoint service dials exactly the trainers' buffers, which the certificate names.
+    allowed = compose_env(services["checkpoint"])["REWIND_BUFFER_ADDRESSES"].split(",")
+    assert sorted(allowed) == sorted(compose_env(services[t])["REWIND_BUFFER_ADDRESS"]
+                                     for t in ("trainer", "trainer-gpu"))
+    assert {a.rsplit(":", 1)[0] for a in allowed} <= hosts
+    # The other services (MinIO, the bucket job) never see the secrets.
+    for name in ("minio", "create-bucket"):
+        assert not any("rewind-secrets" in v for v in services[name].get("volumes", [])), name
 
 
 def test_every_folder_a_volume_is_mounted_on_is_made_by_the_image_for_the_service_user():
     """A named volume takes its owner from the image's folder; a missing one would be root's (a crash loop)."""
     services = compose()["services"]
-    made = re.search(r"install -d -o 10001 -g 10001 -m \d+ ([^\n]+)", dockerfile()).group(1).split()
+    made = [path for paths in re.findall(r"install -d -o 10001 -g 10001 -m \d+ ([^\n\\]+)", dockerfile())
+            for path in paths.split()]
+    assert "/var/lib/rewind/secrets" in made
+    assert re.search(r"install -d -o 10001 -g 10001 -m 0700 /var/lib/rewind/secrets$", dockerfile(), re.M), \
+        "the secrets folder is the service user's alone"
     for name, svc in services.items():
         if "build" not in svc:
             continue  # MinIO's own image
@@ -91,7 +141,7 @@ def test_the_gpu_profile_reserves_nvidia_devices_and_uses_the_cuda_image():
         [device] = svc["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] >= 1
     assert compose_env(services["trainer-gpu"])["REWIND_DEVICE"] == "cuda"
-    for name in ("minio", "create-bucket", *REWIND_SERVICES):
+    for name in ("minio", "create-bucket", "secrets", *REWIND_SERVICES):
         assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
         assert "deploy" not in services[name]
 

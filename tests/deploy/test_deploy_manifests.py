@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from tests.support.deploy import KUBERNETES_VERSION, OVERLAYS, container_env, find, pinned, pod_spec, render, workloads
+from tests.support.deploy import (
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    container_env,
+    find,
+    pinned,
+    pod_spec,
+    render,
+    repo_path,
+    workloads,
+)
 
 RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
                "app.kubernetes.io/part-of", "app.kubernetes.io/version")
 SERVICES = {"rewind-buffer": 50051, "rewind-checkpoint": 50052, "rewind-trainer": 50053}
-EXTERNAL = {"external": "true"}  # stands for an address outside the cluster
+HEALTH_PORTS = {"rewind-buffer": 50061, "rewind-checkpoint": 50062, "rewind-trainer": 50063}
+KINDS = {"rewind-buffer": "Deployment", "rewind-checkpoint": "Deployment", "rewind-trainer": "Job"}
+SECRETS_DIR = "/var/lib/rewind/secrets"
+# The Secrets every Rewind pod mounts, key by key (cert-manager's names for the TLS one).
+SECRETS = {"rewind-tokens": ("read.token", "write.token"), "rewind-tls": ("tls.crt", "tls.key", "ca.crt")}
+# What serves and what calls: each variable and the file it must name.
+SECURITY_ENV = {"REWIND_READ_TOKENS_FILE": "read.token", "REWIND_WRITE_TOKENS_FILE": "write.token",
+                "REWIND_TLS_CERT_FILE": "tls.crt", "REWIND_TLS_KEY_FILE": "tls.key",
+                "REWIND_TOKEN_FILE": "write.token", "REWIND_TLS_CA_FILE": "ca.crt"}
+# Addresses outside the namespace: a public S3 endpoint (v4 and v6), and what must stay out of reach.
+PUBLIC = (ipaddress.ip_address("52.216.8.1"), ipaddress.ip_address("2600:1fa0:4000::1"))
+PRIVATE = tuple(ipaddress.ip_address(a) for a in (
+    "10.0.0.1", "10.96.0.1", "172.16.0.10", "172.31.255.1", "192.168.1.1", "100.64.0.1", "100.127.255.1",
+    "169.254.169.254", "127.0.0.1", "fd00:ec2::254", "fd20:ce::254", "fe80::1", "::1", "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254"))
+EXTERNAL = PUBLIC[0]  # stands for an address outside the cluster
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -68,18 +96,25 @@ def test_every_workload_and_container_is_hardened_labelled_and_sized(overlay):
     assert len(used_accounts) == len(set(used_accounts)), "one ServiceAccount per workload"
 
 
-def test_the_services_have_grpc_probes_named_ports_and_cluster_ip_services(overlay):
+def test_the_services_have_grpc_probes_on_their_health_port_named_ports_and_cluster_ip_services(overlay):
     _, docs = overlay
     for name, port in SERVICES.items():
-        kind = "Job" if name == "rewind-trainer" else "Deployment"
+        kind = KINDS[name]
         w = find(docs, kind, name)
         [c] = pod_spec(w)["containers"]
-        assert c["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
-        assert container_env(docs, c)["REWIND_PORT"] == str(port)
+        health = HEALTH_PORTS[name]
+        assert c["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"},
+                              {"name": "health", "containerPort": health, "protocol": "TCP"}]
+        env = container_env(docs, c)
+        assert env["REWIND_PORT"] == str(port)
+        # The main port serves TLS only; the kubelet's gRPC probes cannot, so they use the
+        # plaintext health-only port the service opens for them.
+        assert env["REWIND_HEALTH_PORT"] == str(health)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": port}, f"{name}: {probe} must use the gRPC health service"
+            assert c[probe]["grpc"] == {"port": health}, f"{name}: {probe} must use the health port"
         svc = find(docs, "Service", name)
         assert svc["spec"]["type"] == "ClusterIP"
+        # The Service offers the TLS port alone, never the health port.
         assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("grpc", port, "grpc")]
         selector = svc["spec"]["selector"]
         assert selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
@@ -133,6 +168,92 @@ def test_s3_credentials_come_only_from_a_secret_and_the_endpoint_and_bucket_from
         assert not [d for d in docs if d["kind"] == "Secret"]
 
 
+def test_every_rewind_pod_mounts_the_token_and_tls_secrets_read_only_and_turns_auth_and_tls_on(overlay):
+    _, docs = overlay
+    for name in SERVICES:
+        spec = pod_spec(find(docs, KINDS[name], name))
+        [c] = spec["containers"]
+        [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == SECRETS_DIR]
+        assert mount["readOnly"] is True, name
+        [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        projected = volume["projected"]
+        sources = {s["secret"]["name"]: s["secret"] for s in projected["sources"]}
+        assert set(sources) == set(SECRETS), name
+        files = set()
+        for secret, keys in SECRETS.items():
+            items = sources[secret]["items"]
+            assert [(i["key"], i["path"]) for i in items] == [(k, k) for k in keys], (name, secret)
+            assert not sources[secret].get("optional"), f"{name}: a missing Secret must keep the pod from starting"
+            files.update(keys)
+        # Readable by the owner (root) and the pod's fsGroup, which the service user is in; no one else.
+        assert projected["defaultMode"] == 0o440 and spec["securityContext"]["fsGroup"] == 10001, name
+        env = container_env(docs, c)
+        for variable, file in SECURITY_ENV.items():
+            assert env.get(variable) == f"{SECRETS_DIR}/{file}" and file in files, (name, variable)
+        assert "REWIND_ALLOW_UNAUTHENTICATED" not in env, name
+        assert not env.get("REWIND_HOST"), f"{name}: the image's 0.0.0.0, where no tokens means no start"
+    # The Secrets are the user's (deploy/README.md): no overlay ships a token or a key.
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] in SECRETS]
+
+
+def test_the_checkpoint_service_may_dial_the_trainers_buffer_and_no_other_address(overlay):
+    from rewind_checkpoint.dials import is_allowed, is_plain
+
+    _, docs = overlay
+    [trainer] = pod_spec(find(docs, "Job", "rewind-trainer"))["containers"]
+    [ckpt] = pod_spec(find(docs, "Deployment", "rewind-checkpoint"))["containers"]
+    allowed = tuple(container_env(docs, ckpt)["REWIND_BUFFER_ADDRESSES"].split(","))
+    buffer = container_env(docs, trainer)["REWIND_BUFFER_ADDRESS"]
+    assert is_plain(buffer) and is_allowed(buffer, allowed)
+    assert all("*" not in entry and "?" not in entry for entry in allowed), "exact addresses, no patterns"
+    assert {entry.split(":")[0].split(".")[0] for entry in allowed} == {"rewind-buffer"}
+    for other in ("rewind-checkpoint:50052", "rewind-buffer:50061", "127.0.0.1:50051", "10.0.0.1:50051",
+                  "rewind-minio:9000", "kubernetes.default.svc:443", "169.254.169.254:80"):
+        assert not is_allowed(other, allowed), other
+
+
+def _documented_commands(path) -> list[list[str]]:
+    """Each command line of the bash blocks in a Markdown file, continuations joined, split as bash would."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+    return [shlex.split(line, comments=True) for block in blocks for line in block.replace("\\\n", "").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_documented_secrets_name_every_address_the_pods_dial_and_hold_every_key_they_mount(tmp_path):
+    from cryptography import x509
+
+    commands = _documented_commands(repo_path("deploy", "README.md"))
+    [init] = [c for c in commands if c[:3] == ["rewind", "secrets", "init"] and "--hosts" in c]
+    result = subprocess.run([sys.executable, "-m", "rewind_cli", *init[1:]], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / init[init.index("--dir") + 1]
+    cert = x509.load_pem_x509_certificate((folder / "tls.crt").read_bytes())
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(alt.get_values_for_type(x509.DNSName)) | {str(a) for a in alt.get_values_for_type(x509.IPAddress)}
+    dialled = {"127.0.0.1", "localhost"}  # kubectl port-forward
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        [trainer] = pod_spec(find(docs, "Job", "rewind-trainer"))["containers"]
+        [ckpt] = pod_spec(find(docs, "Deployment", "rewind-checkpoint"))["containers"]
+        env = container_env(docs, trainer)
+        addresses = [env["REWIND_BUFFER_ADDRESS"], env["REWIND_CHECKPOINT_ADDRESS"],
+                     *container_env(docs, ckpt)["REWIND_BUFFER_ADDRESSES"].split(",")]
+        dialled |= {a.rsplit(":", 1)[0] for a in addresses}
+        for service in SERVICES:
+            dialled |= {service, f"{service}.rewind.svc", f"{service}.rewind.svc.cluster.local"}
+    assert dialled <= names, sorted(dialled - names)
+    # The kubectl commands make exactly the Secrets and keys the pods mount, from the files init wrote.
+    made = {}
+    for command in commands:
+        if command[:2] == ["kubectl", "-n"] and command[3:6] == ["create", "secret", "generic"]:
+            sources = [a.split("=", 1)[1] for a in command if a.startswith("--from-file=")]
+            keys = [s.split("=", 1)[0] if "=" in s else s.rsplit("/", 1)[-1] for s in sources]
+            assert all((tmp_path / s.split("=")[-1]).is_file() for s in sources), command
+            made[command[6]] = tuple(keys)
+    assert made == SECRETS
+
+
 def test_the_cpu_overlay_runs_minio_as_a_statefulset_with_a_volume_claim():
     docs = render("cpu")
     minio = find(docs, "StatefulSet", "rewind-minio")
@@ -183,12 +304,25 @@ def _selects(selector: dict, labels: dict) -> bool:
     return True
 
 
-def _peer_matches(peer: dict, labels: dict) -> bool:
+def _is_address(peer) -> bool:
+    return isinstance(peer, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+
+
+def _in_block(block: dict, address) -> bool:
+    def contains(cidr: str) -> bool:
+        network = ipaddress.ip_network(cidr)
+        return network.version == address.version and address in network
+
+    return contains(block["cidr"]) and not any(contains(cidr) for cidr in block.get("except", []))
+
+
+def _peer_matches(peer: dict, other) -> bool:
+    """Whether a NetworkPolicy peer matches `other`: a pod's labels, or an address outside the namespace."""
     if "ipBlock" in peer:
-        return labels is EXTERNAL
+        return _is_address(other) and _in_block(peer["ipBlock"], other)
     if "namespaceSelector" in peer:
         return False  # other namespaces (DNS): never one of ours
-    return labels is not EXTERNAL and _selects(peer["podSelector"], labels)
+    return not _is_address(other) and _selects(peer["podSelector"], other)
 
 
 def _direction_allows(docs, pod: dict, peer: dict, port: int, direction: str) -> bool:
@@ -207,9 +341,10 @@ def _direction_allows(docs, pod: dict, peer: dict, port: int, direction: str) ->
     return False
 
 
-def allowed(docs, src: dict, dst: dict, port: int) -> bool:
-    """Whether the namespace's NetworkPolicies let pod `src` open a connection to `dst` on `port`."""
-    if dst is EXTERNAL:
+def allowed(docs, src: dict, dst, port: int) -> bool:
+    """Whether the namespace's NetworkPolicies let pod `src` open a connection to `dst` (a pod's labels,
+    or an address outside the namespace) on `port`."""
+    if _is_address(dst):
         return _direction_allows(docs, src, dst, port, "Egress")
     return _direction_allows(docs, src, dst, port, "Egress") and _direction_allows(docs, dst, src, port, "Ingress")
 
@@ -233,14 +368,39 @@ def test_network_policies_deny_by_default_and_allow_exactly_what_the_trio_needs(
     assert not allowed(docs, trainer, buffer, 50052)
     assert not allowed(docs, trainer, EXTERNAL, 443)
     assert not allowed(docs, buffer, EXTERNAL, 443)
+    # The plaintext health ports are for the kubelet's probes (from the node) alone.
+    for src in (trainer, buffer, ckpt):
+        for dst, health in ((buffer, 50061), (ckpt, 50062), (trainer, 50063)):
+            assert not allowed(docs, src, dst, health)
     if name == "cpu":
         minio = _labels(docs, "StatefulSet", "rewind-minio")
+        bucket_job = _labels(docs, "Job", "rewind-create-bucket")
         assert allowed(docs, ckpt, minio, 9000)
-        assert allowed(docs, _labels(docs, "Job", "rewind-create-bucket"), minio, 9000)
+        assert allowed(docs, bucket_job, minio, 9000)
         assert not allowed(docs, trainer, minio, 9000)
-        assert not allowed(docs, ckpt, EXTERNAL, 443)
+        assert not allowed(docs, ckpt, minio, 9001) and not allowed(docs, bucket_job, minio, 9001)  # the console
+        for pod in (ckpt, bucket_job, minio):  # the in-cluster store: nothing leaves the cluster
+            for address in (*PUBLIC, *PRIVATE):
+                assert not allowed(docs, pod, address, 443) and not allowed(docs, pod, address, 80)
     else:
-        assert allowed(docs, ckpt, EXTERNAL, 443)
+        for address in PUBLIC:
+            assert allowed(docs, ckpt, address, 443), address
+            assert not allowed(docs, ckpt, address, 80) and not allowed(docs, trainer, address, 443)
+
+
+def test_the_gpu_overlay_lets_the_checkpoint_service_reach_public_https_but_not_the_cluster_or_metadata():
+    docs = render("gpu")
+    ckpt = _labels(docs, "Deployment", "rewind-checkpoint")
+    for address in PRIVATE:
+        assert not allowed(docs, ckpt, address, 443), f"{address} must be excluded from the store's ipBlocks"
+    [policy] = [p for p in docs if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] == "rewind-checkpoint-s3"]
+    for rule in policy["spec"]["egress"]:
+        assert [p["port"] for p in rule["ports"]] == [443]
+        for peer in rule["to"]:
+            block = peer["ipBlock"]
+            network = ipaddress.ip_network(block["cidr"])
+            # Every excluded range lies inside its block (the API server refuses any other).
+            assert all(ipaddress.ip_network(e).subnet_of(network) for e in block["except"]), block
 
 
 # -- Pod Security Standards: restricted, evaluated offline ---------------------------------

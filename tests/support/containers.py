@@ -12,15 +12,19 @@ import subprocess
 import time
 from pathlib import Path
 
+from rewind.security import ClientSecurity
 from tests.support.paths import REPO
 
 STATE = Path(os.environ.get("REWIND_DEPLOY_STATE", "/var/tmp/rewind-deploy"))
 IMAGE = "rewind:cpu"
 COMPOSE_FILES = ["-f", "compose.yaml", "-f", "deploy/test/compose.test.yaml"]
+SERVICE_USER = 10001
 # As the Kubernetes pods run (deploy/k8s/base): read-only root, no capabilities, no new
 # privileges, uid 10001; /tmp (and the trainer's runs folder) are emptyDirs there, tmpfs here.
 HARDENED = ["--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges", "--user", "10001:10001"]
+            "--security-opt", "no-new-privileges", "--user", f"{SERVICE_USER}:{SERVICE_USER}"]
+# Where compose's rewind-secrets volume and the pods' two Secrets are mounted.
+SECRETS_DIR = "/var/lib/rewind/secrets"
 
 
 def build_args() -> dict[str, str]:
@@ -54,10 +58,49 @@ def image_bytes(tag: str = IMAGE) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
 
 
-def run_hardened(name: str, *args: str) -> str:
-    """`docker run -d` as the pods run (HARDENED), listening on loopback; a leftover of the same name goes first."""
+def security_env() -> dict[str, str]:
+    """The token and TLS variables every Rewind service gets: compose.yaml's x-rewind-security, which
+    the pods' ConfigMap rewind-security repeats (tests/deploy checks both)."""
+    from tests.support.deploy import compose
+
+    return {k: str(v) for k, v in compose()["x-rewind-security"].items()}
+
+
+def make_secrets(folder: Path) -> Path:
+    """What `rewind secrets init` writes (a certificate for 127.0.0.1 among others), readable by the
+    service user in a container, as the pods' fsGroup makes their Secrets."""
+    from rewind_runtime.credentials import write_credentials
+
+    write_credentials(folder)
+    for path in (folder, *folder.iterdir()):
+        try:
+            os.chown(path, SERVICE_USER, SERVICE_USER)  # make test-deploy runs as root
+        except PermissionError:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def secrets_args(folder: Path) -> list[str]:
+    """`docker run` arguments: `folder` mounted read-only where the pods mount their Secrets, and the variables."""
+    args = ["-v", f"{folder}:{SECRETS_DIR}:ro"]
+    for name, value in security_env().items():
+        args += ["-e", f"{name}={value}"]
+    return args
+
+
+def client_security(folder: Path, token: str = "write.token") -> ClientSecurity:
+    """A client of services using the secrets in `folder` (on this machine): a token and the CA."""
+    return ClientSecurity(token_file=str(folder / token), tls_ca_file=str(folder / "ca.crt"))
+
+
+def run_hardened(name: str, *args: str, secrets: Path | None = None) -> str:
+    """`docker run -d` as the pods run (HARDENED), listening on loopback; a leftover of the same name goes first.
+
+    With `secrets` (a folder from make_secrets), the service serves TLS and wants a token, as in the pods.
+    """
     docker("rm", "-f", name, check=False)
-    docker("run", "-d", "--name", name, *HARDENED, "-e", "REWIND_HOST=127.0.0.1", *args)
+    docker("run", "-d", "--name", name, *HARDENED, "-e", "REWIND_HOST=127.0.0.1",
+           *(secrets_args(secrets) if secrets is not None else []), *args)
     return name
 
 
