@@ -27,10 +27,21 @@ log = logging.getLogger(__name__)
 NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 
 
+# A status travels in trailing metadata, which gRPC caps at 16 KiB: a message that
+# echoes a huge client value (a 100,000-character name) would lose the whole answer.
+MAX_MESSAGE_CHARS = 2000
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters cut)"
+
+
 def to_status(exc: BaseException, method: str) -> grpc.Status:
     """The status (code, message, ErrorInfo detail, no-retry pushback) an exception is answered with."""
     if isinstance(exc, RewindError):
-        code, message, reason = exc.code, exc.message, exc.reason or exc.code.name
+        code, message, reason = exc.code, _bounded(exc.message), exc.reason or exc.code.name
     else:
         log.error("unexpected error in %s", method, exc_info=exc)
         code = grpc.StatusCode.INTERNAL

@@ -25,9 +25,11 @@ class BufferSettings(Settings):
     """Capacity and sampling settings of one buffer (the seed's `[config]`)."""
 
     buffer_size: int = setting(1_000_000, "capacity in transitions", minimum=1)
-    batch_size: int = setting(256, "sequences per batch", minimum=1)
+    # Upper bounds: a batch is (horizon+1) x batch_size rows gathered at once, and beyond these it
+    # would only fail later, in a sample's allocation or its message size.
+    batch_size: int = setting(256, "sequences per batch", minimum=1, maximum=65_536)
     min_history: int = setting(100_000, "transitions stored before sampling is allowed", minimum=0)
-    horizon: int = setting(3, "batches hold horizon+1 observations", minimum=1)
+    horizon: int = setting(3, "batches hold horizon+1 observations", minimum=1, maximum=1_000)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,6 +20,9 @@ DEFAULT_KEEP_LAST = 3  # seed 003's --keep-last-n-checkpoints default
 MODES = ("max", "min")
 
 
+MAX_METRIC_CHARS = 100  # a metric's name, as the trainer reports it (eval_return)
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
     """A run's retention rules (see module docstring)."""
@@ -35,7 +38,10 @@ class RetentionPolicy:
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"retention.{name}: must be zero or more, got {getattr(self, name)}")
         if self.mode not in MODES:
-            raise InvalidArgument(f"retention.mode: must be 'max' or 'min', got {self.mode!r}")
+            raise InvalidArgument(f"retention.mode: must be 'max' or 'min', got {self.mode[:20]!r}")
+        if len(self.metric) > MAX_METRIC_CHARS or not self.metric.isprintable():
+            raise InvalidArgument(f"retention.metric: a metric name is printable and at most {MAX_METRIC_CHARS} "
+                                  f"characters, got {len(self.metric)}")
         if self.keep_best and not self.metric:
             raise InvalidArgument("retention.metric: keep_best needs the name of the metric to rank by")
 

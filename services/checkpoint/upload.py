@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from google.protobuf import struct_pb2
+
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
@@ -174,6 +176,8 @@ class Upload:
             if name in self.announced or name in buffer_files:
                 raise InvalidArgument(f"buffers[{i}].file: {name!r} is already used by another file")
             buffer_files.append(name)
+        for name in ("config", "extra"):
+            _check_json_numbers(getattr(header, name), f"header.{name}")
         if header.HasField("retention"):
             RetentionPolicy.from_proto(header.retention)  # validate before anything is written
         if header.resumed_from:
@@ -319,3 +323,12 @@ def _pull_error(pull: _BufferPull) -> RewindError:
         return dial_failure(error, pull.source.address, pull.field)
     where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
     return type(error)(f"{where}: {error.message}", error.reason)
+
+
+def _check_json_numbers(value: struct_pb2.Struct, field: str) -> None:
+    """manifest.json is JSON, which has no NaN or infinity: refuse them before anything is written."""
+    try:
+        struct_to_dict(value)
+    except ValueError:
+        raise InvalidArgument(f"{field}: holds NaN or infinity, which JSON (manifest.json) cannot store; "
+                              "send them as strings or leave them out") from None

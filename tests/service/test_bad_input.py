@@ -240,3 +240,16 @@ def test_bytes_that_are_no_protobuf_are_invalid_not_internal(seeded, service, me
     assert info.value.code() == INVALID
     assert "request: not a valid message for" in info.value.details()
     assert seeded.stats() == before
+
+
+def test_a_huge_echoed_value_still_gets_its_own_status(seeded, stub):
+    """The status names the field; a value too long to echo whole is cut, so the answer is never lost."""
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetStats(buffer_pb2.GetStatsRequest(buffer="x" * 100_000))
+    assert info.value.code() == INVALID
+    assert info.value.details().startswith("buffer: is 100000 characters long")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Snapshot(buffer_pb2.SnapshotRequest(buffer="buffer", capture_id="c" * 100_000)).next()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details().startswith("capture_id: ") and "more characters cut" in info.value.details()
+    assert len(info.value.details()) < 2100
