@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
+from rewind_buffer.allocator import fix_malloc_thresholds
 from rewind_buffer.captures import CaptureStore
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.servicer import BufferServicer
@@ -45,6 +46,8 @@ def serve(settings: BufferServiceSettings, *, handle_signals: bool = False) -> S
     # 1 by default: small gathers gain nothing from intra-op threads, which
     # would only contend with the gRPC threads for the same cores.
     configure_torch_threads(settings.torch_threads, "buffer")
+    # Else RSS grows by a storage copy per capture until every arena holds one (rewind_buffer.allocator).
+    fix_malloc_thresholds()
     host, _ = build(settings)
     if handle_signals:
         host.install_signal_handlers()

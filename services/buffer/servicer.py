@@ -49,7 +49,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None) -> None:
         self.registry = registry
-        self.captures = captures or CaptureStore()
+        # `is None`, not `or`: an empty store is falsy (len 0), and `or` dropped the configured one.
+        self.captures = captures if captures is not None else CaptureStore()
 
     def ListBuffers(self, request, context):
         response = buffer_pb2.ListBuffersResponse()
