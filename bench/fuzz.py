@@ -32,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.support: the fuzzer and moto's launcher
+# torchrl logs every storage allocation at INFO, once per buffer the fuzzer makes.
+os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
 
 from tests.support import fuzz  # noqa: E402
 
