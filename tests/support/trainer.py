@@ -40,6 +40,12 @@ class TrainerProcess:
             if done_step >= step:
                 return done_step
 
+    def stop(self) -> int:
+        """Kill it if it still runs (a test's teardown); returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.wait()
+
     def wait(self) -> int:
         code = self.proc.wait(timeout=300)
         self.client.close()

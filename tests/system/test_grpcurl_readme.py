@@ -50,9 +50,7 @@ def trio(tmp_path):
         yield {"127.0.0.1:50051": buffer.address, "127.0.0.1:50052": ckpt.address,
                "127.0.0.1:50053": f"127.0.0.1:{trainer.port}"}, trainer, ckpt, first
     finally:
-        if trainer.proc.poll() is None:
-            trainer.proc.kill()
-        trainer.wait()
+        trainer.stop()
         buffer.stop()
         ckpt.stop()
 

@@ -42,9 +42,7 @@ def secure_trio(tmp_path_factory):
         trainer.wait_until_step(200)  # a checkpoint, with both buffers pulled from the buffer service
         yield dict(pki=pki, tokens=tokens, write=write, buffer=buffer, ckpt=ckpt, trainer=trainer)
     finally:
-        if trainer.proc.poll() is None:
-            trainer.proc.kill()
-        trainer.wait()
+        trainer.stop()
         buffer.stop()
         ckpt.stop()
 
