@@ -115,11 +115,7 @@ class ServiceHost:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.health_port = health_port
-        self._health_server: grpc.Server | None = None
-        if health_port >= 0:  # it answers only Check/Watch, whose answers are no secret
-            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
-                                              options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        self._health_server = _health_only_server(self.health) if health_port >= 0 else None
         for binding in self.bindings:
             binding.add_to_server(binding.servicer, self._server)
         names = [b.name for b in self.bindings]
@@ -234,3 +230,11 @@ class ServiceHost:
     def wait(self) -> None:
         """Block until stop() has finished."""
         self.stopped.wait()
+
+
+def _health_only_server(servicer: health.HealthServicer) -> grpc.Server:
+    """A plaintext server with threads of its own that answers health checks only (no secret in them)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                         options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server
