@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -142,16 +142,6 @@ class ClientSecurity:
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.tls_server_name)] if self.tls and self.tls_server_name \
             else []
-
-    def describe(self) -> str:
-        """One line for logs: what is on."""
-        parts = ["token" if self.token_file else "no token",
-                 ("mTLS" if self.tls_client_cert_file else "TLS") if self.tls else "plaintext"]
-        return ", ".join(parts)
-
-    def as_env(self) -> dict[str, str]:
-        """The variables that give a child process the same settings."""
-        return {ENV[f.name]: getattr(self, f.name) for f in fields(self) if f.name in ENV and getattr(self, f.name)}
 
 
 class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,

@@ -38,7 +38,7 @@ class RetentionPolicy:
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"retention.{name}: must be zero or more, got {getattr(self, name)}")
         if self.mode not in MODES:
-            raise InvalidArgument(f"retention.mode: must be 'max' or 'min', got {self.mode[:20]!r}")
+            raise InvalidArgument(f"retention.mode: must be 'max' or 'min', got {self.mode!r}")
         if len(self.metric) > MAX_METRIC_CHARS or not self.metric.isprintable():
             raise InvalidArgument(f"retention.metric: a metric name is printable and at most {MAX_METRIC_CHARS} "
                                   f"characters, got {len(self.metric)}")
