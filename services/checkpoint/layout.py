@@ -1,6 +1,8 @@
 """Where checkpoints live in a store, and which names are allowed.
 
     <root>/<agent_id>/<run_id>/retention.json
+    <root>/<agent_id>/<run_id>/history/status.json    (the trainer's heartbeat and state)
+    <root>/<agent_id>/<run_id>/history/metrics.csv    (the trainer's metrics history)
     <root>/<agent_id>/<run_id>/step-0000001000/manifest.json   (written last)
     <root>/<agent_id>/<run_id>/step-0000001000/<files...>
 
@@ -19,6 +21,12 @@ from rewind.names import MAX_FILE_NAME_CHARS, check_name
 MANIFEST = "manifest.json"
 RETENTION = "retention.json"
 MAX_STEP = 10**STEP_DIGITS - 1
+# A run's history, which its trainer uploads (PutRunFile) with each checkpoint and
+# every few seconds; the history pages and API read it. Only these names exist.
+HISTORY_DIR = "history"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.csv"
+RUN_FILES = (STATUS_FILE, METRICS_FILE)
 
 
 def check_id(value: str, field: str) -> str:
@@ -62,6 +70,12 @@ class RunKey:
     @property
     def retention_key(self) -> str:
         return f"{self.prefix}{RETENTION}"
+
+    def history_key(self, name: str) -> str:
+        """The key of one of the run's history files (RUN_FILES)."""
+        if name not in RUN_FILES:
+            raise InvalidArgument(f"name: {name!r} is not a run file; expected one of {', '.join(RUN_FILES)}")
+        return f"{self.prefix}{HISTORY_DIR}/{name}"
 
     def __str__(self) -> str:
         return f"{self.agent_id}/{self.run_id}"
