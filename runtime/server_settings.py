@@ -20,6 +20,9 @@ class ServerSettings(Settings):
     port_file: str = setting("", "write the bound port to this file once SERVING")
     health_port: int = setting(-1, "also answer health checks, and nothing else, in plaintext on this port "
                                    "(Kubernetes' gRPC probes cannot speak TLS; -1: none)", minimum=-1, maximum=65535)
+    http_port: int = setting(-1, "HTTP port for /metrics (and the checkpoint service's history pages and API); "
+                                 "-1: none, 0: a free one, and a free one too when port is 0 and this is left "
+                                 "at its default", minimum=-1, maximum=65535)
     max_message_mb: int = setting(64, "largest request or response, both ways, in MiB", minimum=1, maximum=2047)
     grace_s: float = setting(10.0, "seconds in-flight calls get on SIGTERM", minimum=0)
     workers: int = setting(16, "gRPC worker threads", minimum=1)

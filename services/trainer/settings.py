@@ -69,6 +69,9 @@ class TrainSettings(ServerSettings):
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)
+    http_port: int = setting(addresses.TRAINER_HTTP_PORT, "HTTP port of this trainer's /metrics (-1: none, 0: a "
+                             "free one; free too when port is 0 and this is left at its default)",
+                             minimum=-1, maximum=65535)
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
     out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/); "
                                    "given, it is also the store of services this run starts", aliases=("output_dir",))
