@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: venv run test test-fast test-deploy lint proto bench clean
+.PHONY: venv run test test-fast test-deploy lint proto bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ RUN_ARGS ?= --model-size tiny
 run: $(STAMP)
 	$(VENV)/bin/rewind train --local-services --store file://$(CURDIR)/rewind-data --resume-from-checkpoint latest $(RUN_ARGS) $(ARGS)
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) browser
 	$(PY) -m pytest
 
 test-fast: $(STAMP) $(NODE_STAMP)
@@ -50,6 +50,10 @@ proto: $(STAMP)
 	$(PY) scripts/protogen.py
 
 venv: $(STAMP)
+
+# Debian's chromium and chromium-driver, for the history pages' browser tests (apt, as root).
+browser:
+	bash scripts/install_browser.sh
 
 bench: $(STAMP)
 	$(PY) bench/health.py
