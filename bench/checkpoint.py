@@ -64,14 +64,7 @@ def plain_file_write(path: Path, data: bytes) -> None:
 def run(args: argparse.Namespace) -> dict:
     data = os.urandom(args.mib * 2**20)
     work = Path(tempfile.mkdtemp(prefix="rewind-bench-ckpt-"))
-    moto = None
-    if args.s3_endpoint:
-        support = s3_support()
-        env = {"AWS_ENDPOINT_URL": args.s3_endpoint, "AWS_ACCESS_KEY_ID": support.ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": support.SECRET_KEY, "AWS_DEFAULT_REGION": support.REGION}
-    else:
-        moto = s3_support().MotoServer(work)
-        env = moto.env
+    env, moto = s3_support().s3_environment(args.s3_endpoint, work)
     os.environ.update(env)
     s3 = boto3.client("s3")
     bucket = f"rewind-bench-{os.getpid()}"

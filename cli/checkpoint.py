@@ -33,7 +33,20 @@ EXAMPLES = """examples:
   rewind ckpt download tdmpc2/run-1/step-0000005000 --out restore/
   rewind ckpt rm tdmpc2/run-1/5000
   rewind ckpt retention tdmpc2/run-1 --keep-last 5 --keep-every 10000
+  rewind ckpt web --store file://./rewind-data         # the training-history pages: http://127.0.0.1:50072/
 """
+
+WEB_EXAMPLES = """examples:
+  rewind ckpt web                                      # ./rewind-data, where `rewind train --local-services` saves
+  rewind ckpt web --store s3://my-bucket/rewind --http-port 8080
+  rewind ckpt web --store /data/rewind --host 0.0.0.0 --read-tokens-file read.tokens --tls-cert-file tls.crt \\
+      --tls-key-file tls.key
+  curl -s http://127.0.0.1:50072/api/training-runs     # the same history as JSON
+
+It reads the store only (nothing is written or swept), so it may run beside the
+checkpoint service that writes it; it shows that service's changes within 2 s.
+A checkpoint service started with an HTTP port (--http-port, 50072 by default)
+serves the same pages itself: this command is for a store with no service."""
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -107,6 +120,30 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     retention_p.add_argument("--mode", choices=["max", "min"], help="higher (max) or lower (min) is better")
     client_args(retention_p)
     retention_p.set_defaults(func=retention)
+
+    add_web_parser(commands)
+
+
+def add_web_parser(commands: argparse._SubParsersAction) -> None:
+    """`rewind ckpt web`: the training-history pages and JSON API straight on a store."""
+    web_p = commands.add_parser("web", help="serve the training-history pages and JSON API of a store (read-only)",
+                                description="Serve the training-history pages (runs, learning curves, checkpoints "
+                                            "with resume commands) and their JSON API straight on a store, with no "
+                                            "checkpoint service running.",
+                                epilog=WEB_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    web_p.add_argument("--store", default="./rewind-data",
+                       help="the store: a folder, file:// or s3:// URL (default ./rewind-data)")
+    web_p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    web_p.add_argument("--http-port", type=int, default=addresses.CHECKPOINT_HTTP_PORT,
+                       help=f"HTTP port (default {addresses.CHECKPOINT_HTTP_PORT}; 0 picks a free one)")
+    web_p.add_argument("--read-tokens-file", default="", help="tokens that may read the pages, one per line; "
+                                                              "a browser logs in with any user name and a token")
+    web_p.add_argument("--write-tokens-file", default="", help="tokens of the write scope (they may read too)")
+    web_p.add_argument("--tls-cert-file", default="", help="serve HTTPS with this certificate (PEM)")
+    web_p.add_argument("--tls-key-file", default="", help="the certificate's private key (PEM)")
+    web_p.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve with no tokens on an interface other than loopback (a network you trust only)")
+    web_p.set_defaults(func=web)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -365,4 +402,37 @@ def retention(args: argparse.Namespace) -> int:
           f"keep_best {policy.keep_best} by {policy.metric or '-'} ({policy.mode})")
     if changes:
         print("applied after the run's next commit")
+    return 0
+
+
+def web(args: argparse.Namespace) -> int:
+    """Serve the training history of --store until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from rewind_checkpoint.api import open_existing_store
+    from rewind_checkpoint.catalog import Catalog
+    from rewind_checkpoint.history import History, install
+    from rewind_runtime.auth import Authenticator
+    from rewind_runtime.http import HttpHost
+    from rewind_runtime.tls import ServerTLS
+
+    if not 0 <= args.http_port <= 65535:
+        raise InvalidArgument(f"--http-port: {args.http_port} is outside 0..65535")
+    store = open_existing_store(args.store)  # a folder that does not exist is an error, not a new empty store
+    store.check()
+    tls = ServerTLS(args.tls_cert_file, args.tls_key_file) if args.tls_cert_file or args.tls_key_file else None
+    http = HttpHost(host=args.host, port=args.http_port, tls=tls, allow_unauthenticated=args.allow_unauthenticated,
+                    authenticator=Authenticator(args.read_tokens_file, args.write_tokens_file),
+                    title="Rewind training history")
+    # Reading only: no staging is ever old enough to be swept, and nothing here commits or deletes.
+    install(http, History(Catalog(store, staging_max_age_s=math.inf)))
+    http.start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"training history of {store.url}: {http.url}/ (read-only; stop with Ctrl-C)", flush=True)
+    stop.wait()
+    http.stop()
+    print("stopped", flush=True)
     return 0

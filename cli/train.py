@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 from typing import Any
 
+from rewind.commands import resume_command
 from rewind.errors import InvalidArgument
 from rewind_cli import serving
 from rewind_runtime.settings import flags, from_mapping, parse_pair, render_yaml
@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   rewind train task=Pendulum-v1 checkpoint_dir=./checkpoints agent.num_samples=256   # TD-MPC2's (Hydra's) form
   rewind train --checkpoint-interval-episodes 0 --checkpoint-interval-steps 1000 --keep-last-n-checkpoints 5
   rewind train --config run.yaml --print-config          # the settings it would run with, as a YAML file
+  rewind train --tensorboard                             # also TensorBoard scalars (pip install 'rewind[tensorboard]')
 
 A YAML config file holds the same names with underscores (or dashes):
   task: Pendulum-v1
@@ -29,10 +30,9 @@ A YAML config file holds the same names with underscores (or dashes):
   checkpoint_interval_episodes: 10
   agent: {num_samples: 256}
 
-SIGTERM or Ctrl-C writes a checkpoint and exits; --resume-from-checkpoint latest continues it."""
-
-PLACE_FLAGS = ("buffer_address", "checkpoint_address")
-
+SIGTERM or Ctrl-C writes a checkpoint and exits; --resume-from-checkpoint latest continues it.
+The run's status and metrics go into its folder in the store (history/status.json, history/metrics.csv)
+with each checkpoint and every --heartbeat-interval-s; the checkpoint service's history pages show them."""
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
     """Register `rewind train`."""
@@ -86,19 +86,6 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def resume_command(settings: TrainSettings, path: str) -> str:
-    """The command that continues this run from `path`."""
-    parts = ["rewind", "train"]
-    if settings.local_services:
-        parts += ["--local-services", "--store", settings.store_url]
-    else:
-        defaults = TrainSettings()
-        for name in PLACE_FLAGS:
-            if getattr(settings, name) != getattr(defaults, name):
-                parts += [f"--{name.replace('_', '-')}", getattr(settings, name)]
-    return shlex.join([*parts, "--resume-from-checkpoint", path])
-
-
 def run(args: argparse.Namespace) -> int:
     from rewind_trainer.api import launch
 
@@ -118,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if result.checkpoint:
         more = "" if result.stopped else f" --steps {2 * s.steps}"
         placed = s if s.local_services else settings  # local services: their store, not their random ports
-        print(f"resume: {resume_command(placed, result.checkpoint)}{more}")
+        print(f"resume: {resume_command(placed.to_dict(), result.checkpoint)}{more}")
+    if s.local_services:
+        # the services this run started are gone; the history pages can be served straight off the store
+        print(f"browse it again: rewind ckpt web --store {s.store_url}")
     if not result.committed:
         print("rewind: error: the last checkpoint was not committed; resume from the previous one "
               "(--resume-from-checkpoint latest)", file=sys.stderr)

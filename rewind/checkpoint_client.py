@@ -45,6 +45,14 @@ class Saved:
 
 
 @dataclass(frozen=True)
+class RunFile:
+    """One of a run's history files (status.json, metrics.csv) and when it was written (RFC 3339 UTC)."""
+
+    content: bytes
+    modified: str
+
+
+@dataclass(frozen=True)
 class Found:
     """What lookup() found, and the newer (or better) checkpoints it skipped as corrupt: (path, reason)."""
 
@@ -351,5 +359,34 @@ class CheckpointClient(ServiceClient):
                                                      retention=checkpoint_pb2.RetentionPolicy(**policy))
         return self._call(self._stub.SetRetention, request).retention
 
+    # -- a run's history -----------------------------------------------------
 
-__all__ = ["CheckpointClient", "Found", "Saved", "buffer_source", "make_ref"]
+    def put_run_file(self, agent_id: str, run_id: str, name: str, content: bytes,
+                     timeout: float | None = None) -> str:
+        """Store one of a run's history files, replacing the old one atomically; returns its location.
+
+        Args:
+            agent_id: the agent.
+            run_id: the run.
+            name: "status.json" (a JSON object with a `state`) or "metrics.csv".
+            content: the file's bytes.
+            timeout: deadline in seconds (default: the client's).
+
+        Raises:
+            InvalidArgument: a bad id, name or content, named (the stored file is unchanged).
+        """
+        request = checkpoint_pb2.PutRunFileRequest(agent_id=agent_id, run_id=run_id, name=name, content=content)
+        return self._call(self._stub.PutRunFile, request, timeout).path
+
+    def get_run_file(self, agent_id: str, run_id: str, name: str, timeout: float | None = None) -> RunFile:
+        """One of a run's history files ("status.json" or "metrics.csv"); `timeout` in seconds (default: the client's).
+
+        Raises:
+            NotFound: no such run, or its trainer has not uploaded the file (yet).
+        """
+        request = checkpoint_pb2.GetRunFileRequest(agent_id=agent_id, run_id=run_id, name=name)
+        response = self._call(self._stub.GetRunFile, request, timeout)
+        return RunFile(response.content, response.modified)
+
+
+__all__ = ["CheckpointClient", "Found", "RunFile", "Saved", "buffer_source", "make_ref"]

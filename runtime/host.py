@@ -3,8 +3,13 @@
 It wraps a grpc.server with what each service needs: explicit message-size
 limits, the grpc.health.v1 service (NOT_SERVING while starting and
 draining), server reflection for every service, the interceptors written once
-for every method (tokens and scopes, then errors to statuses), TLS, and a
-graceful stop on SIGTERM.
+for every method (metrics, tokens and scopes, then errors to statuses), TLS,
+and a graceful stop on SIGTERM.
+
+With an HTTP port it also serves an HttpHost (runtime/http.py) on the same
+interface with the same tokens and TLS: `/metrics` (this host's own registry,
+`metrics`), `/healthz` (SERVING like the health service) and whatever routes
+the service adds to `http_app` before `start()`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from fastapi import FastAPI
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rewind.errors import FailedPrecondition, Unavailable
-from rewind_runtime.auth import Authenticator, AuthInterceptor, is_loopback
+from rewind.errors import Unavailable
+from rewind_runtime.auth import Authenticator, AuthInterceptor
+from rewind_runtime.http import HttpHost, check_exposure
 from rewind_runtime.interceptors import ErrorInterceptor
+from rewind_runtime.metrics import MetricsInterceptor, RpcMetrics, new_registry
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.stream_limit import StreamLimitInterceptor
 from rewind_runtime.tls import ServerTLS
@@ -62,7 +70,8 @@ class ServiceHost:
         max_streams: streams open at once (0: half the workers), so that
             health and unary calls always have threads (see stream_limit).
         grace_s: seconds in-flight calls get when stopping.
-        port_file: write the bound port to this file once SERVING (for launchers).
+        port_file: write the bound port to this file once SERVING (for launchers);
+            the HTTP port goes to `<port_file>.http` (written first).
         authenticator: the token files; None (or no files) serves without
             authentication, which start() allows only on loopback unless
             `allow_unauthenticated`.
@@ -70,6 +79,8 @@ class ServiceHost:
         health_port: also serve the health service alone, in plaintext, on
             this port with threads of its own (-1: no such port).
         allow_unauthenticated: allow no authentication on other interfaces.
+        http_port: also serve HTTP (/metrics, /healthz, `http_app`'s routes) on
+            this port (0: a free one; -1: no HTTP).
     """
 
     def __init__(
@@ -87,6 +98,7 @@ class ServiceHost:
         tls: ServerTLS | None = None,
         allow_unauthenticated: bool = False,
         health_port: int = -1,
+        http_port: int = -1,
     ) -> None:
         self.bindings = list(bindings)
         self.authenticator = authenticator or Authenticator()
@@ -100,10 +112,18 @@ class ServiceHost:
         self.port_file = port_file
         self.port: int | None = None
         self.stopped = threading.Event()
+        self.serving = False
+        self.metrics = new_registry()
+        self.http = HttpHost(host=host, port=http_port, authenticator=self.authenticator, tls=tls,
+                             allow_unauthenticated=allow_unauthenticated, registry=self.metrics,
+                             serving=lambda: self.serving, title=", ".join(b.name for b in self.bindings)) \
+            if http_port >= 0 else None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewind-grpc"),
-            # Outermost first: a refused call never reaches the method, nor the error mapping.
-            interceptors=[AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor(), self.streams],
+            # Outermost first: metrics see every call, refused ones too; a refused call never
+            # reaches the method, nor the error mapping.
+            interceptors=[MetricsInterceptor(RpcMetrics(self.metrics)),
+                          AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor(), self.streams],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -134,13 +154,30 @@ class ServiceHost:
                    workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
                    port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
-                   allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port)
+                   allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port,
+                   http_port=settings.http_port_to_bind)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def http_app(self) -> FastAPI | None:
+        """The HTTP app to add routes to before start() (None: no HTTP port)."""
+        return self.http.app if self.http else None
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port after start() (None: no HTTP, or not started)."""
+        return self.http.port if self.http else None
+
+    @property
+    def http_address(self) -> str | None:
+        """host:port of the HTTP server after start() (None: no HTTP, or not started)."""
+        return self.http.address if self.http and self.http.port is not None else None
+
     def _set_health(self, status: int) -> None:
+        self.serving = status == health_pb2.HealthCheckResponse.SERVING
         for name in ("", *(b.name for b in self.bindings)):
             self.health.set(name, status)
 
@@ -167,22 +204,32 @@ class ServiceHost:
         self.port = port
         if self._health_server is not None:
             self._start_health_server()
+        if self.http is not None:
+            self._start_http()
         if not self.authenticator.enabled:
             log.warning("authentication is off: anyone who can reach %s may call every method (give "
                         "--write-tokens-file to turn it on)", self.address)
         self._server.start()
         if serving:
             self.set_serving()
-        log.info("serving %s on %s (%s)", ", ".join(b.name for b in self.bindings), self.address, self.security)
+        log.info("serving %s on %s (%s)%s", ", ".join(b.name for b in self.bindings), self.address, self.security,
+                 f"; HTTP on {self.http.url}" if self.http else "")
         return port
 
     def _check_exposure(self) -> None:
-        """Serving open to the network must be asked for (start() says so when it serves open on loopback)."""
-        if not self.authenticator.enabled and not is_loopback(self.host) and not self.allow_unauthenticated:
-            raise FailedPrecondition(
-                f"host: listening on {self.host} with no tokens would let anyone who reaches the port read, change "
-                "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
-                "pass --allow-unauthenticated on a network you trust")
+        """Serving open to the network must be asked for (start() says so when it serves open on loopback).
+
+        The HTTP port listens on the same interface with the same tokens, so one check covers both.
+        """
+        check_exposure(self.host, self.authenticator, self.allow_unauthenticated)
+
+    def _start_http(self) -> None:
+        try:
+            self.http.start()
+        except Exception:
+            if self._health_server is not None:
+                self._health_server.stop(0)  # nothing of a host that failed to start may keep serving
+            raise
 
     def _start_health_server(self) -> None:
         target = f"{self.host}:{self.health_port}"
@@ -203,18 +250,26 @@ class ServiceHost:
         """Report SERVING on the health service (for every hosted service)."""
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.port_file:
+            http_file = Path(f"{self.port_file}.http")
+            if self.http is not None:  # before the port file, which launchers wait for
+                http_file.write_text(str(self.http.port))
+            else:
+                http_file.unlink(missing_ok=True)  # a predecessor's must not be taken for ours
             Path(self.port_file).write_text(str(self.port))
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace."""
         if self.stopped.is_set():
             return
+        self.serving = False  # /healthz too says NOT_SERVING while draining
         self.health.enter_graceful_shutdown()
         grace = self.grace_s if grace_s is None else grace_s
         log.info("draining (grace %.1fs)", grace)
         self._server.stop(grace).wait()
         if self._health_server is not None:
             self._health_server.stop(0).wait()
+        if self.http is not None:
+            self.http.stop()
         self.stopped.set()
 
     def install_signal_handlers(self) -> None:

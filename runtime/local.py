@@ -32,6 +32,10 @@ def _stop_with_parent() -> None:
 class LocalService:
     """Start `python -m rewind_cli <args> --host 127.0.0.1 --port 0` and wait until it serves.
 
+    The service's HTTP port (/metrics; the checkpoint service's history pages)
+    is a free one too: `http_port` and `http_url` once it serves (0 and "" when
+    it serves no HTTP, as with `--http-port -1`).
+
     Args:
         args: the command after `rewind`, e.g. ["buffer", "serve", "--min-history", "0"].
         stdout: where the service's output goes (default: inherited).
@@ -70,6 +74,7 @@ class LocalService:
         )
         self._port_file, self._timeout, self._args = port_file, timeout, args
         self.port, self.address = 0, ""
+        self.http_port, self.http_url = 0, ""
         if wait:
             self.wait_until_serving()
 
@@ -90,6 +95,11 @@ class LocalService:
             time.sleep(0.02)  # the child writes the file once SERVING; there is no event to wait on
         self.port = int(self._port_file.read_text())
         self.address = f"127.0.0.1:{self.port}"
+        http_file = self._port_file.with_name(f"{self._port_file.name}.http")  # written before the port file
+        if http_file.exists():
+            self.http_port = int(http_file.read_text())
+            scheme = "https" if any(a.startswith("--tls-cert-file") for a in self._args) else "http"
+            self.http_url = f"{scheme}://127.0.0.1:{self.http_port}"
         return self
 
     def terminate(self, timeout: float = 60.0) -> int:

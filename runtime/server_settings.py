@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rewind.errors import InvalidArgument
@@ -53,3 +54,14 @@ class ServerSettings(Settings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def http_port_to_bind(self) -> int:
+        """The HTTP port to listen on: http_port, except a free one (0) when port is 0 and http_port is
+        left at its class default, so that services on free ports (tests, LocalService) never collide
+        on a fixed HTTP port.
+        """
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "http_port")
+        if self.port == 0 and self.http_port == default and default > 0:
+            return 0
+        return self.http_port

@@ -13,6 +13,7 @@ from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind_buffer.allocator import fix_malloc_thresholds
 from rewind_buffer.captures import CaptureStore
+from rewind_buffer.metrics import BufferCollector
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.servicer import BufferServicer
 from rewind_buffer.settings import BufferServiceSettings
@@ -33,7 +34,9 @@ def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]
     servicer = BufferServicer(registry, CaptureStore(settings.max_captures, settings.capture_ttl_s))
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
                              read_methods=READ_METHODS)
-    return ServiceHost.from_settings([binding], settings), registry
+    host = ServiceHost.from_settings([binding], settings)
+    host.metrics.register(BufferCollector(registry))
+    return host, registry
 
 
 def serve(settings: BufferServiceSettings, *, handle_signals: bool = False) -> ServiceHost:

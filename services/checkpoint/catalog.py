@@ -32,6 +32,25 @@ from rewind_checkpoint.store import ObjectInfo, ObjectMissing, PendingUpload, St
 log = logging.getLogger(__name__)
 
 
+class CatalogListener:
+    """Told of the changes this process makes to a store, so readers that cache what they read (the
+    history index) drop what became stale. Writers in other processes are not seen: such readers
+    also re-read after a short time.
+
+    Methods are called under the run's lock, after the change is in the store: they must be quick,
+    and what they raise is logged, never passed to the writer.
+    """
+
+    def committed(self, manifest: Manifest) -> None:
+        """A checkpoint was committed (its manifest written)."""
+
+    def deleted(self, key: CheckpointKey) -> None:
+        """A committed checkpoint was deleted (its manifest removed)."""
+
+    def run_changed(self, run: RunKey) -> None:
+        """Something else of the run changed: its retention policy or its history files."""
+
+
 @dataclass(frozen=True)
 class LookupResult:
     """The checkpoint found, and the ones passed over on the way (path, reason)."""
@@ -62,9 +81,29 @@ class Catalog:
         # (file key, size, version) of files whose sha256 was checked; any rewrite
         # changes the version (S3 ETag; inode and mtime in ns on a file system).
         self._verified: set[tuple[str, int, str]] = set()
+        self._listeners: list[CatalogListener] = []
 
     def path(self, key: CheckpointKey) -> str:
         return self.store.location(key.prefix.rstrip("/"))
+
+    # -- listeners -----------------------------------------------------------
+
+    def add_listener(self, listener: CatalogListener) -> None:
+        """Tell `listener` of every commit, delete and run change made through this catalog from now on."""
+        self._listeners.append(listener)
+
+    @property
+    def listeners(self) -> tuple[CatalogListener, ...]:
+        return tuple(self._listeners)
+
+    def notify(self, event: str, subject: Manifest | CheckpointKey | RunKey) -> None:
+        """Call `event` ("committed", "deleted" or "run_changed") on every listener with `subject`."""
+        for listener in self._listeners:
+            try:
+                getattr(listener, event)(subject)
+            except Exception:
+                # A reader's bookkeeping must never fail a save or a delete that already happened.
+                log.exception("catalog listener %r failed on %s of %s", listener, event, subject)
 
     def run_lock(self, run: RunKey) -> threading.Lock:
         """Serialises commits, retention and deletes within a run."""
@@ -305,6 +344,7 @@ class Catalog:
     def set_retention(self, run: RunKey, policy: RetentionPolicy) -> None:
         with self.run_lock(run):
             self.store.put(run.retention_key, policy.to_json())
+            self.notify("run_changed", run)
 
     def apply_retention(self, run: RunKey) -> list[Manifest]:
         """Delete the committed checkpoints no rule keeps; returns them. Call with the run's lock held."""
@@ -327,6 +367,7 @@ class Catalog:
         # Manifest first: the checkpoint disappears atomically; a crash after
         # that leaves only staging, which clean_staging removes.
         self.store.delete([key.manifest_key])
+        self.notify("deleted", key)
         self.store.delete([o.key for o in self.store.list(key.prefix)])
 
     def clean_staging(self, run: RunKey | None = None) -> int:

@@ -16,6 +16,9 @@ from rewind import CheckpointClient
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import RewindError
 from rewind_checkpoint.catalog import Catalog
+from rewind_checkpoint.history import History
+from rewind_checkpoint.history import install as install_history
+from rewind_checkpoint.metrics import CheckpointCollector, stats_of
 from rewind_checkpoint.servicer import CheckpointServicer
 from rewind_checkpoint.settings import CheckpointSettings
 from rewind_checkpoint.store import open_store
@@ -24,8 +27,8 @@ from rewind_runtime.host import ServiceBinding, ServiceHost
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
-# A read token may call these; saving, deleting, restoring and retention changes need a write token.
-READ_METHODS = ("Download", "ListRuns", "ListCheckpoints", "Lookup", "GetRetention")
+# A read token may call these; saving, deleting, restoring, retention changes and run files need a write token.
+READ_METHODS = ("Download", "ListRuns", "ListCheckpoints", "Lookup", "GetRetention", "GetRunFile")
 
 
 def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
@@ -37,12 +40,16 @@ def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
                                   buffer_addresses=settings.buffer_addresses)
     binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
                              read_methods=READ_METHODS)
-    return ServiceHost.from_settings([binding], settings), catalog
+    host = ServiceHost.from_settings([binding], settings)
+    host.metrics.register(CheckpointCollector(catalog))
+    if host.http is not None:
+        install_history(host.http, History(catalog))  # the pages and JSON API on the HTTP port
+    return host, catalog
 
 
 def _clean_staging(catalog: Catalog) -> None:
     try:
-        catalog.clean_staging()
+        stats_of(catalog).swept(catalog.clean_staging())
     except RewindError as exc:
         log.warning("staging clean-up skipped: %s", exc)
 

@@ -10,6 +10,7 @@ from rewind_checkpoint.layout import MANIFEST, RunKey, check_file_name
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.restore import restore_buffers
 from rewind_checkpoint.retention import RetentionPolicy
+from rewind_checkpoint.run_files import get_run_file, put_run_file
 from rewind_checkpoint.upload import Upload
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
@@ -123,6 +124,16 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         policy = RetentionPolicy.from_proto(request.retention)
         self.catalog.set_retention(run, policy)
         return checkpoint_pb2.SetRetentionResponse(retention=policy.to_proto())
+
+    def PutRunFile(self, request, context):
+        run = RunKey.checked(request.agent_id, request.run_id)
+        path = put_run_file(self.catalog, run, request.name, request.content)
+        return checkpoint_pb2.PutRunFileResponse(path=path, size=len(request.content))
+
+    def GetRunFile(self, request, context):
+        run = RunKey.checked(request.agent_id, request.run_id)
+        content, modified = get_run_file(self.catalog.store, run, request.name)
+        return checkpoint_pb2.GetRunFileResponse(content=content, modified=modified)
 
 
 def _check_named_file(manifest: Manifest, file: str, path: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
 from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
+from rewind_checkpoint.metrics import stats_of
 from rewind_checkpoint.retention import RetentionPolicy
 from rewind_checkpoint.store import ObjectWriter
 
@@ -112,6 +114,7 @@ class Upload:
 
     def run(self, requests: Iterable[checkpoint_pb2.SaveRequest]) -> tuple[Manifest, list[Manifest]]:
         """Process the whole stream; returns (committed manifest, checkpoints retention deleted)."""
+        started, stats = time.perf_counter(), stats_of(self.catalog)
         try:
             commit = None
             for request in requests:
@@ -133,15 +136,18 @@ class Upload:
             if commit is None:
                 raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
             result = self._commit(commit)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            stats.failed(exc)
             # The store is down: answer now, clean up when it returns (or the
             # staging sweep will), rather than holding the caller past its deadline.
             threading.Thread(target=self._abort, name="rewind-abort", daemon=True).start()
             raise
-        except BaseException:
+        except BaseException as exc:
+            stats.failed(exc)
             self._abort()
             raise
         self._release()
+        stats.committed(result[0].total_bytes, time.perf_counter() - started)
         return result
 
     def _release(self) -> None:
@@ -243,7 +249,9 @@ class Upload:
         with self.catalog.run_lock(self.key.run):
             if header.HasField("retention"):
                 self.store.put(self.key.run.retention_key, RetentionPolicy.from_proto(header.retention).to_json())
+                self.catalog.notify("run_changed", self.key.run)
             self.store.put(self.key.manifest_key, manifest.to_json())  # the commit point
+            self.catalog.notify("committed", manifest)
             self._written_keys.clear()
             log.info("committed %s (%d files, %.1f MiB)", self.key, len(manifest.files), manifest.total_bytes / 2**20)
             try:

@@ -60,8 +60,8 @@ def launch(settings: TrainSettings, *, explicit: set[str], handle_signals: bool 
     settings = placement(settings, explicit)
     if not settings.local_services:
         return run(settings, explicit=explicit, handle_signals=handle_signals, control=control)
-    with local_services(settings) as placed:
-        return run(placed, explicit=explicit, handle_signals=handle_signals, control=control)
+    with local_services(settings) as (placed, pages_url):
+        return run(placed, explicit=explicit, handle_signals=handle_signals, control=control, pages_url=pages_url)
 
 
 def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:

@@ -62,6 +62,7 @@ class CheckpointStatus:
     error: str = ""
     saves: int = 0
     failures: int = 0
+    committed_at: float = 0.0   # epoch seconds of the last commit by this run (0: none yet)
 
 
 def encode_trainer_state(state: dict) -> bytes:
@@ -119,6 +120,10 @@ class Checkpointer:
         self.status = CheckpointStatus(path=resumed_from, step=resumed_at if resumed_from else -1)
         self._current: SaveJob | None = None
         self._lock = threading.Lock()
+        # The run's history (history.RunHistory): uploaded before each Save, so the store's metrics cover every
+        # row up to the checkpoint's step, and its status after each commit. Neither may raise.
+        self.before_save: Callable[[], object] = lambda: None
+        self.after_commit: Callable[[], object] = lambda: None
 
     @property
     def busy(self) -> bool:
@@ -162,6 +167,7 @@ class Checkpointer:
             job.done.exception(timeout=timeout)  # raises TimeoutError; a failure is recorded in status
 
     def _save(self, job: SaveJob) -> None:
+        self.before_save()
         try:
             files = {TRAINER_FILE: encode_trainer_state(job.state),
                      POLICY_FILE: encode_policy(job.state["agent"]["model"], job.config.get("agent_config", {}))}
@@ -180,10 +186,11 @@ class Checkpointer:
             return
         path = saved.checkpoint.path
         self.status = CheckpointStatus(path, job.step, job.blocking_ms, "", self.status.saves + 1,
-                                       self.status.failures)
+                                       self.status.failures, time.time())
         for deleted in saved.deleted:
             log.info("retention removed %s", deleted)
         log.info("checkpoint %s committed (trainer blocked %.1f ms)", path, job.blocking_ms)
+        self.after_commit()  # before the result: the run's final status must come after this one
         job.done.set_result(path)
 
     def _release_captures(self, job: SaveJob) -> None:

@@ -63,10 +63,11 @@ def connect(settings: TrainSettings) -> Iterator[Services]:
 
 
 @contextmanager
-def local_services(settings: TrainSettings) -> Iterator[TrainSettings]:
+def local_services(settings: TrainSettings) -> Iterator[tuple[TrainSettings, str]]:
     """Start a buffer and a checkpoint service on free loopback ports for this run; stop them after.
 
-    Yields the settings with their addresses.
+    Yields the settings with their addresses, and the URL of the checkpoint
+    service's history pages ("" when it serves none).
     """
     log.info("starting a buffer service and a checkpoint service (store %s)", settings.store_url)
     # Side by side: each spends its first seconds importing, on its own core.
@@ -75,7 +76,9 @@ def local_services(settings: TrainSettings) -> Iterator[TrainSettings]:
     try:
         buffer.wait_until_serving()
         ckpt.wait_until_serving()
-        yield settings.replace(buffer_address=buffer.address, checkpoint_address=ckpt.address)
+        # getattr: a LocalService that reads no HTTP port serves no pages
+        pages = getattr(ckpt, "http_url", "") or ""
+        yield settings.replace(buffer_address=buffer.address, checkpoint_address=ckpt.address), pages
         ckpt.terminate(timeout=60)
     finally:
         ckpt.kill()

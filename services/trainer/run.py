@@ -17,19 +17,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewind.errors import Internal
+from rewind.checkpoint_client import CheckpointClient
+from rewind.errors import Internal, RewindError
 from rewind_runtime.host import ServiceHost
 from rewind_runtime.threads import configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus
 from rewind_trainer.connections import connect, own_buffers
+from rewind_trainer.history import Progress, RunHistory, recover_metrics
 from rewind_trainer.loop import Stopped, Trainer
 from rewind_trainer.metrics import MetricsLog
 from rewind_trainer.plan import Plan, check_task, prepare
 from rewind_trainer.plot import plot_learning_curve
+from rewind_trainer.prometheus import TrainerCollector
 from rewind_trainer.schedule import CheckpointSchedule
 from rewind_trainer.settings import TrainSettings
+from rewind_trainer.tensorboard import TensorBoardLog, check_installed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class TrainResult:
 
 
 def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_signals: bool = False,
-          control: service.Control | None = None) -> TrainResult:
+          control: service.Control | None = None, pages_url: str = "") -> TrainResult:
     """Run (or resume) training.
 
     Args:
@@ -62,6 +66,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
             differ from the defaults). On resume only these override the checkpoint.
         handle_signals: SIGTERM and SIGINT checkpoint and stop (main thread only).
         control: requests from outside (tests); the trainer service gets the same one.
+        pages_url: where the checkpoint service serves its history pages (local services): the run's page
+            is logged at the start.
 
     Raises:
         InvalidArgument: bad settings or an unknown task.
@@ -72,13 +78,15 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
     explicit = _changed(settings) if explicit is None else explicit
     control = control or service.Control()
     check_task(settings, explicit)
+    if settings.tensorboard:
+        check_installed()  # a missing extra is said before anything is called or written
     with connect(settings) as services:
         plan = prepare(settings, explicit, services)
         settings = plan.settings
         threads = configure_torch_threads(settings.torch_threads, "trainer")  # once checked, before any work
         own_buffers(services, settings, plan.agent_config, plan.resumed_from)
         agent = TDMPC2(plan.agent_config, seed=settings.seed, device=settings.device)
-        metrics = MetricsLog(Path(settings.out_dir) / settings.agent_id / settings.run)
+        metrics, board = _metrics_logs(settings, plan)
         checkpointer = Checkpointer(services.ckpt, settings.agent_id, settings.run, services.buffer,
                                     services.test_buffer, _retention(settings), plan.resumed_from,
                                     _resumed_at(plan))
@@ -87,14 +95,19 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         trainer = Trainer(settings, plan.env, agent, services.buffer, services.test_buffer, metrics,
                           on_boundary=schedule.on_boundary, interrupt=control.stopping, progress=settings.progress)
         if plan.resume is not None:
-            _continue(trainer, plan, metrics)
+            _continue(trainer, plan, metrics, services.ckpt)
+        history = _run_history(services.ckpt, settings, metrics, plan.resumed_from, trainer, checkpointer,
+                               pages_url)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads)
-        with _trainer_service(settings, servicer), _signals(control, handle_signals), _settled(control):
-            stopped, ok = _run(trainer, schedule, control)
-        plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
-                            settings.action_repeat)
-        exit_code = 1 if not ok else settings.preempt_exit_code if stopped else 0
+        with _recorded(history, board):
+            with _trainer_service(settings, servicer), _signals(control, handle_signals), _settled(control):
+                stopped, ok = _run(trainer, schedule, control)
+            plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
+                                settings.action_repeat)
+            exit_code = 1 if not ok else settings.preempt_exit_code if stopped else 0
+            state, message = _ending(stopped, ok, control.stop_reason, trainer.state.step)
+            history.close(state, exit_code, message)
         s = trainer.state
         return TrainResult(settings, s.step, s.episode, s.eval_return, stopped, checkpointer.status.path,
                            plan.resumed_from, metrics.path.parent, agent, exit_code, ok, checkpointer.status)
@@ -111,14 +124,76 @@ def _run(trainer: Trainer, schedule: CheckpointSchedule, control: service.Contro
     return False, schedule.final_checkpoint(trainer, deadline=None)
 
 
-def _continue(trainer: Trainer, plan: Plan, metrics: MetricsLog) -> None:
-    """Put the loop, the agent and every generator back where the checkpoint left them."""
+def _continue(trainer: Trainer, plan: Plan, metrics: MetricsLog, client: CheckpointClient) -> None:
+    """Put the loop, the agent, every generator and the metrics back where the checkpoint left them."""
     trainer.load_state_dict(plan.resume.state)
     trainer.agent.set_lr(plan.settings.learning_rate)  # the optimisers' saved state carries the old rate
-    metrics.truncate_after(trainer.state.step)
+    # The local metrics.csv is gone with a Kubernetes pod's emptyDir; the store's holds every row up to the step.
+    recover_metrics(client, plan.settings, metrics.path, trainer.state.step)
+    s = trainer.state
+    # A checkpoint at an episode's end is taken before the episode is added, and before the evaluation due
+    # there: their rows at its step were written after it, and the resumed loop writes them again.
+    again = ("train",) * s.unadded + ("eval",) * (s.last_eval_step != s.step)
+    metrics.truncate_after(s.step, again)
     changes = ", ".join(f"{k} {v['from']} -> {v['to']}" for k, v in plan.resume.overrides.items())
     log.info("resuming %s at step %d%s", plan.resumed_from, trainer.state.step,
              f" with overrides: {changes}" if changes else "")
+
+
+def _metrics_logs(settings: TrainSettings, plan: Plan) -> tuple[MetricsLog, TensorBoardLog | None]:
+    """The run's metrics.csv, and its TensorBoard scalars with --tensorboard (each row goes to both)."""
+    run_dir = Path(settings.out_dir) / settings.agent_id / settings.run
+    board = None
+    if settings.tensorboard:
+        board = TensorBoardLog(run_dir, settings.action_repeat, _resumed_at(plan) if plan.resume else None)
+    return MetricsLog(run_dir, on_row=board.write if board else None), board
+
+
+def _run_history(client: CheckpointClient, settings: TrainSettings, metrics: MetricsLog, resumed_from: str,
+                 trainer: Trainer, checkpointer: Checkpointer, pages_url: str) -> RunHistory:
+    """The run's status.json and metrics.csv in the store: with each checkpoint, each heartbeat and at the end."""
+    def progress() -> Progress:
+        s, c = trainer.state, checkpointer.status
+        # Until its first commit, a run resumed from another run's checkpoint has none of its own.
+        own = c.saves > 0 or c.path.rstrip("/").split("/")[-3:-1] == [settings.agent_id, settings.run]
+        return Progress(s.step, s.episode, trainer.steps_per_second, s.episode_return, s.eval_return,
+                        c.path if own else "")
+
+    history = RunHistory(client, settings, metrics.path, resumed_from, progress)
+    checkpointer.before_save, checkpointer.after_commit = history.upload, history.upload_status
+    if pages_url:
+        log.info("training history: %s/runs/%s/%s", pages_url, settings.agent_id, settings.run)
+    return history
+
+
+def _ending(stopped: bool, committed: bool, reason: str, step: int) -> tuple[str, str]:
+    """(state, message) of a run that ended without an exception."""
+    if not stopped:
+        state, message = "finished", f"trained to step {step}"
+    elif reason == "SIGTERM":
+        state = "preempted"
+        message = f"SIGTERM at step {step}: checkpointed and stopped; --resume-from-checkpoint latest continues it"
+    else:
+        state, message = "stopped", f"stopped at step {step} by {reason or 'request'}"
+    if not committed:
+        message += "; the last checkpoint was not committed (resume from the one before)"
+    return state, message
+
+
+@contextmanager
+def _recorded(history: RunHistory, board: TensorBoardLog | None) -> Iterator[None]:
+    """The run's history uploads until the end; an exception is recorded as how the run ended, then raised."""
+    history.start()
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = str(exc) if isinstance(exc, RewindError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+        history.close("stopped" if interrupted else "failed", 130 if interrupted else 1, reason)
+        raise
+    finally:
+        if board is not None:
+            board.close()
 
 
 def _changed(settings: TrainSettings) -> set[str]:
@@ -137,11 +212,12 @@ def _resumed_at(plan: Plan) -> int:
 
 @contextmanager
 def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer) -> Iterator[None]:
-    """The trainer's own gRPC service (status, checkpoint-now, stop), unless port is -1."""
+    """The trainer's own gRPC service (status, checkpoint-now, stop) and its /metrics, unless port is -1."""
     if settings.port < 0:
         yield
         return
     host = ServiceHost.from_settings([service.binding(servicer)], settings)
+    host.metrics.register(TrainerCollector(servicer))
     host.start()
     try:
         yield

@@ -29,6 +29,7 @@ SAFE_ON_RESUME = frozenset({
 PLACEMENT = frozenset({
     "buffer_address", "checkpoint_address", "out_dir", "prefetch", "torch_threads", "resume_from_checkpoint",
     "agent_id", "run_id", "wait_for_services_s", "local_services", "store", "checkpoint_dir", "progress",
+    "heartbeat_interval_s", "tensorboard",
     *(f.name for f in fields(ServerSettings)),
 })
 # AgentConfig fields that have settings of their own (or come from the task).
@@ -76,6 +77,11 @@ class TrainSettings(ServerSettings):
     out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/); "
                                    "given, it is also the store of services this run starts", aliases=("output_dir",))
     progress: bool = setting(True, "show a progress bar")
+    tensorboard: bool = setting(False, "also write TensorBoard scalars into <out-dir>/<agent-id>/<run-id>/tensorboard "
+                                       "(x: environment steps; needs pip install 'rewind[tensorboard]')")
+    heartbeat_interval_s: float = setting(30.0, "seconds between uploads of the run's status.json and metrics.csv "
+                                                "into its folder in the store (0: only with each checkpoint and at "
+                                                "the end)", minimum=0)
     torch_threads: int = setting(0, "torch intra- and inter-op threads (0: the CPUs this process may use "
                                     "(affinity mask and cgroup quota))", minimum=0)
     wait_for_services_s: float = setting(10.0, "at start, seconds to wait for the buffer and checkpoint services "

@@ -5,8 +5,13 @@ it makes uses them."""
 
 from __future__ import annotations
 
+import json
 import re
+import ssl
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import boto3
 import pytest
@@ -55,6 +60,25 @@ def trainer_status(security: ClientSecurity):
         return client.status()
 
 
+def https_get(path: str, secrets: Path, port: int = 50072, token: str = "read.token") -> tuple[int, bytes]:
+    """(status, body) of a GET on a service's HTTPS port, as a user on the host makes it (the CA, a token)."""
+    context = ssl.create_default_context(cafile=str(secrets / "ca.crt"))
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {(secrets / token).read_text().strip()}")
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def run_history(secrets: Path) -> dict:
+    status, body = https_get("/api/training-runs/tdmpc2/compose", secrets)
+    assert status == 200, body[:500]
+    return json.loads(body)
+
+
 def test_up_trains_into_s3_down_and_up_resumes_and_stop_commits(stack, tmp_path):
     started = time.monotonic()
     compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", env=stack, timeout=400)
@@ -96,6 +120,19 @@ def test_up_trains_into_s3_down_and_up_resumes_and_stop_commits(stack, tmp_path)
     with TrainerClient(TRAINER_ADDRESS, timeout=60, security=write) as trainer:
         later, _ = trainer.checkpoint(wait=True, timeout=300)
     assert later > before  # the step continues
+    # The history API over HTTPS on 127.0.0.1:50072: the committed checkpoints, the running state,
+    # and the first session's checkpoints before the resume; nothing without a token.
+    # (The trainer checkpoints every episode and keeps the last 3, so the list moves on as we look.)
+    run = run_history(secrets)
+    steps = [c["step"] for c in run["checkpoint_paths"]]
+    assert steps == sorted(steps) and 1 <= len(steps) <= 3 and steps[-1] >= later, steps
+    assert [c["path"] for c in run["checkpoint_paths"]] == [f"s3://rewind/{PREFIX}step-{s:010d}" for s in steps]
+    assert run["state"] == "running" and run["status"]["resumed_from"] == f"s3://rewind/{PREFIX}step-{before:010d}"
+    assert https_get("/api/training-runs", secrets, token="")[0] == 401
+    status, page = https_get("/runs/tdmpc2/compose", secrets)
+    assert status == 200 and b"<svg" in page and f"step-{later:010d}".encode() in page
+    status, metrics = https_get("/metrics", secrets, port=50071)
+    assert status == 200 and b'rewind_buffer_episodes_added_total{buffer="buffer"}' in metrics
     # The named volume trainer-runs took its owner from the image, so uid 10001 writes its metrics there.
     owner = docker("exec", TRAINER, "stat", "-c", "%u", "/var/lib/rewind/runs").stdout.strip()
     metrics = docker("exec", TRAINER, "head", "-1", "/var/lib/rewind/runs/tdmpc2/compose/metrics.csv").stdout
@@ -108,4 +145,7 @@ def test_up_trains_into_s3_down_and_up_resumes_and_stop_commits(stack, tmp_path)
     assert state["ExitCode"] == 0, logs(TRAINER)[-3000:]  # compose's REWIND_PREEMPT_EXIT_CODE: 0
     assert "the last checkpoint was not committed" not in logs(TRAINER)
     assert checkpoint_steps()[-1] >= later and stop_s < 60
+    stopped = run_history(secrets)  # SIGTERM: the trainer's last status says so
+    assert stopped["state"] == "preempted" and stopped["status"]["exit_code"] == 0, stopped["status"]
+    assert stopped["checkpoint_paths"][-1]["step"] == checkpoint_steps()[-1]
     print(f"compose stop trainer: {stop_s:.1f} s")

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -27,7 +30,7 @@ from rewind import BufferClient, CheckpointClient, TrainerClient
 from rewind.channel import make_channel
 from rewind.errors import RewindError, Unauthenticated, Unavailable
 from rewind.health import check, wait_until_serving
-from rewind.security import ClientSecurity
+from rewind.security import ClientSecurity, TokenFile
 from rewind_runtime import settings as mechanism
 from rewind_runtime.credentials import write_credentials
 from tests.support.deploy import compose, compose_env, container_env, find, pod_spec, render
@@ -62,8 +65,8 @@ def secrets_here(env: dict[str, str], secrets: Path) -> dict[str, str]:
 class Container:
     """`rewind <args>` with a container's environment, listening on 127.0.0.1:<free port>.
 
-    The secrets it names under SECRETS_DIR are read from `secrets`; a health port, when the
-    definition has one, moves to a free port too.
+    The secrets it names under SECRETS_DIR are read from `secrets`; a health port and an HTTP
+    port, when the definition has them, move to free ports too.
     """
 
     def __init__(self, tmp_path: Path, name: str, args: list[str], env: dict[str, str], secrets: Path,
@@ -77,6 +80,10 @@ class Container:
         if int(self.env.get("REWIND_HEALTH_PORT", "-1")) >= 0:
             self.health_port = free_port()
             self.env["REWIND_HEALTH_PORT"] = str(self.health_port)
+        self.http_port = None
+        if int(self.env.get("REWIND_HTTP_PORT", "-1")) >= 0:
+            self.http_port = free_port()
+            self.env["REWIND_HTTP_PORT"] = str(self.http_port)
         # What a client needs, as the container's own calls use it: the token and the CA it names.
         self.security = ClientSecurity(token_file=self.env["REWIND_TOKEN_FILE"],
                                        tls_ca_file=self.env["REWIND_TLS_CA_FILE"])
@@ -142,6 +149,32 @@ def assert_refuses_strangers(container: Container, call) -> None:
         call(ClientSecurity())
 
 
+def https_get(container: Container, path: str, token: str = "", plaintext: bool = False) -> tuple[int, bytes]:
+    """GET `path` on the container's HTTP port, trusting the CA it names."""
+    scheme = "http" if plaintext else "https"
+    request = urllib.request.Request(f"{scheme}://127.0.0.1:{container.http_port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=container.security.tls_ca_file)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=None if plaintext else context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def assert_http_is_tls_with_tokens(container: Container, metric: bytes) -> None:
+    """The HTTP port: /healthz open over TLS, /metrics with the read token only, no plaintext."""
+    assert container.http_port is not None, "the definition sets REWIND_HTTP_PORT"
+    assert https_get(container, "/healthz") == (200, b'{"status":"SERVING"}')
+    assert https_get(container, "/metrics")[0] == 401
+    read_token = TokenFile(container.env["REWIND_READ_TOKENS_FILE"]).lines()[0]
+    status, body = https_get(container, "/metrics", token=read_token)
+    assert status == 200 and metric in body
+    with pytest.raises((ConnectionError, urllib.error.URLError)):
+        https_get(container, "/healthz", plaintext=True)
+
+
 def test_each_service_starts_from_its_definition_and_passes_the_image_healthcheck(stack):
     source, specs, buffer, ckpt, _, _ = stack
     for container in (buffer, ckpt):
@@ -171,6 +204,8 @@ def test_each_service_starts_from_its_definition_and_passes_the_image_healthchec
     assert_refuses_strangers(buffer, buffer_stats)
     assert_refuses_strangers(ckpt, checkpoint_runs)
     assert isinstance(checkpoint_runs(ckpt.security), list)  # with the token, it answers
+    for container, metric in ((buffer, b"rewind_buffer_transitions"), (ckpt, b"rewind_checkpoint_saves_total")):
+        assert_http_is_tls_with_tokens(container, metric)
     # The settings given by variables took effect.
     settings = buffer_stats(buffer.security).settings
     assert settings.min_history == int(specs["buffer"][1]["REWIND_MIN_HISTORY"]) == 0

@@ -13,6 +13,8 @@ from tests.support.deploy import COMPOSE, compose, compose_env, dockerfile, pinn
 
 REWIND_SERVICES = {"buffer": 50051, "checkpoint": 50052, "trainer": 50053}
 GPU_SERVICES = {"buffer-gpu": 50051, "trainer-gpu": 50053}
+# HTTP: /metrics on every service, the training-history pages on the checkpoint service.
+HTTP_PORTS = {"buffer": 50071, "checkpoint": 50072, "trainer": 50073, "buffer-gpu": 50071, "trainer-gpu": 50073}
 SECRETS_DIR = "/var/lib/rewind/secrets"
 # Serving (tokens, certificate) and calling (token, CA): each variable and the file it names.
 SECURITY_ENV = {"REWIND_READ_TOKENS_FILE": "read.token", "REWIND_WRITE_TOKENS_FILE": "write.token",
@@ -70,11 +72,13 @@ def test_ports_are_published_on_loopback_by_default_on_the_documented_numbers_an
     spec = compose()
     services = spec["services"]
     for name, port in {**REWIND_SERVICES, **GPU_SERVICES}.items():
-        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        http = HTTP_PORTS[name]
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}", f"127.0.0.1:{http}:{http}"], name
+        assert compose_env(services[name])["REWIND_HTTP_PORT"] == str(http), name
     assert services["minio"]["ports"] == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"]
     # One variable publishes them all elsewhere; nothing else is published.
     text = COMPOSE.read_text()
-    assert text.count("${REWIND_PUBLISH_HOST:-127.0.0.1}:") == 7
+    assert text.count("${REWIND_PUBLISH_HOST:-127.0.0.1}:") == 12
     assert {name for name, svc in services.items() if svc.get("ports")} == {"minio", *REWIND_SERVICES,
                                                                              *GPU_SERVICES}
     assert set(spec["volumes"]) == {"minio-data", "trainer-runs", "rewind-secrets"}

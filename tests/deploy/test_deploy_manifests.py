@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.deploy import (
     KUBERNETES_VERSION,
+    KUSTOMIZE,
     OVERLAYS,
     container_env,
     find,
@@ -26,6 +28,8 @@ RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kube
                "app.kubernetes.io/part-of", "app.kubernetes.io/version")
 SERVICES = {"rewind-buffer": 50051, "rewind-checkpoint": 50052, "rewind-trainer": 50053}
 HEALTH_PORTS = {"rewind-buffer": 50061, "rewind-checkpoint": 50062, "rewind-trainer": 50063}
+# HTTPS: /metrics and /healthz on each; the training-history pages on the checkpoint service.
+HTTP_PORTS = {"rewind-buffer": 50071, "rewind-checkpoint": 50072, "rewind-trainer": 50073}
 KINDS = {"rewind-buffer": "Deployment", "rewind-checkpoint": "Deployment", "rewind-trainer": "Job"}
 SECRETS_DIR = "/var/lib/rewind/secrets"
 # The Secrets every Rewind pod mounts, key by key (cert-manager's names for the TLS one).
@@ -96,31 +100,71 @@ def test_every_workload_and_container_is_hardened_labelled_and_sized(overlay):
     assert len(used_accounts) == len(set(used_accounts)), "one ServiceAccount per workload"
 
 
-def test_the_services_have_grpc_probes_on_their_health_port_named_ports_and_cluster_ip_services(overlay):
+def test_the_services_have_probes_on_their_health_and_http_ports_named_ports_and_cluster_ip_services(overlay):
     _, docs = overlay
     for name, port in SERVICES.items():
         kind = KINDS[name]
         w = find(docs, kind, name)
         [c] = pod_spec(w)["containers"]
-        health = HEALTH_PORTS[name]
+        health, http = HEALTH_PORTS[name], HTTP_PORTS[name]
         assert c["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"},
-                              {"name": "health", "containerPort": health, "protocol": "TCP"}]
+                              {"name": "health", "containerPort": health, "protocol": "TCP"},
+                              {"name": "http", "containerPort": http, "protocol": "TCP"}]
         env = container_env(docs, c)
         assert env["REWIND_PORT"] == str(port)
         # The main port serves TLS only; the kubelet's gRPC probes cannot, so they use the
         # plaintext health-only port the service opens for them.
         assert env["REWIND_HEALTH_PORT"] == str(health)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "livenessProbe"):
             assert c[probe]["grpc"] == {"port": health}, f"{name}: {probe} must use the health port"
+        # Readiness asks the HTTP side's open /healthz, over HTTPS since TLS is on (REWIND_TLS_CERT_FILE).
+        assert env["REWIND_HTTP_PORT"] == str(http) and env["REWIND_TLS_CERT_FILE"]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTPS"}, name
         svc = find(docs, "Service", name)
         assert svc["spec"]["type"] == "ClusterIP"
-        # The Service offers the TLS port alone, never the health port.
-        assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("grpc", port, "grpc")]
+        # The Service offers the TLS ports (gRPC and HTTPS), never the health port.
+        assert [(p["name"], p["port"], p["targetPort"], p["appProtocol"]) for p in svc["spec"]["ports"]] == [
+            ("grpc", port, "grpc", "grpc"), ("http", http, "http", "https")]
         selector = svc["spec"]["selector"]
         assert selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
         if kind == "Deployment":
             assert w["spec"]["replicas"] == 1 and w["spec"]["strategy"]["type"] == "Recreate"
             assert w["spec"]["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_every_pod_asks_to_be_scraped_over_https_on_its_http_port(overlay):
+    _, docs = overlay
+    for name, http in HTTP_PORTS.items():
+        annotations = find(docs, KINDS[name], name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(http),
+                               "prometheus.io/scheme": "https", "prometheus.io/path": "/metrics"}, name
+
+
+def test_the_optional_service_monitor_scrapes_every_http_port_with_the_read_token_and_the_ca(tmp_path):
+    import yaml
+
+    # A user's kustomization over an overlay (kustomize wants relative paths).
+    kustomization = tmp_path / "kustomization.yaml"
+    kustomization.write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(repo_path("deploy", "k8s", "overlays", "cpu"), tmp_path)],
+        "components": [os.path.relpath(repo_path("deploy", "k8s", "components", "servicemonitor"), tmp_path)]}))
+    out = subprocess.run([str(KUSTOMIZE), "build", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    monitor = find(docs, "ServiceMonitor", "rewind")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "rewind"
+    selector = monitor["spec"]["selector"]
+    services = [d for d in docs if d["kind"] == "Service" and _selects(selector, d["metadata"]["labels"])]
+    assert sorted(d["metadata"]["name"] for d in services) == sorted(SERVICES)
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert all(endpoint["port"] in [p["name"] for p in d["spec"]["ports"]] for d in services)
+    assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == ("http", "https", "/metrics")
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "rewind-tokens",
+                                                                            "key": "read.token"}}
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "rewind-tls", "key": "ca.crt"}}
+    assert endpoint["tlsConfig"]["serverName"] in {f"{s}.rewind.svc" for s in SERVICES}  # in the certificate
+    assert "insecureSkipVerify" not in endpoint["tlsConfig"]
 
 
 def test_the_trainer_job_resumes_and_preemption_does_not_spend_retries(overlay):
@@ -316,13 +360,23 @@ def _in_block(block: dict, address) -> bool:
     return contains(block["cidr"]) and not any(contains(cidr) for cidr in block.get("except", []))
 
 
+# In a pod's labels: the labels of its namespace, when it is not the namespace rewind.
+NAMESPACE = "(namespace)"
+PROMETHEUS = {NAMESPACE: {"kubernetes.io/metadata.name": "monitoring"}, "app.kubernetes.io/name": "prometheus"}
+
+
 def _peer_matches(peer: dict, other) -> bool:
-    """Whether a NetworkPolicy peer matches `other`: a pod's labels, or an address outside the namespace."""
+    """Whether a NetworkPolicy peer matches `other`: a pod's labels (with NAMESPACE for a pod of another
+    namespace), or an address outside the namespace."""
     if "ipBlock" in peer:
         return _is_address(other) and _in_block(peer["ipBlock"], other)
+    if _is_address(other):
+        return False
+    namespace = other.get(NAMESPACE)
     if "namespaceSelector" in peer:
-        return False  # other namespaces (DNS): never one of ours
-    return not _is_address(other) and _selects(peer["podSelector"], other)
+        return namespace is not None and _selects(peer["namespaceSelector"], namespace) \
+            and _selects(peer.get("podSelector", {}), other)
+    return namespace is None and _selects(peer["podSelector"], other)
 
 
 def _direction_allows(docs, pod: dict, peer: dict, port: int, direction: str) -> bool:
@@ -386,6 +440,21 @@ def test_network_policies_deny_by_default_and_allow_exactly_what_the_trio_needs(
         for address in PUBLIC:
             assert allowed(docs, ckpt, address, 443), address
             assert not allowed(docs, ckpt, address, 80) and not allowed(docs, trainer, address, 443)
+
+
+def test_prometheus_in_the_monitoring_namespace_reaches_the_http_ports_and_nothing_else_does(overlay):
+    _, docs = overlay
+    pods = {name: _labels(docs, KINDS[name], name) for name in SERVICES}
+    elsewhere = {**PROMETHEUS, NAMESPACE: {"kubernetes.io/metadata.name": "default"}}
+    for name, pod in pods.items():
+        http = HTTP_PORTS[name]
+        # Only ingress is ours to check: the monitoring namespace's own policies govern its egress.
+        assert _direction_allows(docs, pod, PROMETHEUS, http, "Ingress"), name
+        assert not _direction_allows(docs, pod, elsewhere, http, "Ingress"), name
+        for port in (SERVICES[name], HEALTH_PORTS[name]):
+            assert not _direction_allows(docs, pod, PROMETHEUS, port, "Ingress"), (name, port)
+        for src in pods.values():  # the pages and /metrics are for people and Prometheus, not the trio
+            assert not allowed(docs, src, pod, http), (name, src["app.kubernetes.io/name"])
 
 
 def test_the_gpu_overlay_lets_the_checkpoint_service_reach_public_https_but_not_the_cluster_or_metadata():

@@ -72,10 +72,17 @@ def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
         answers = assert_guarded(host.address, checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"],
                                  set(CHECKPOINT_READS), fingerprint)
         assert answers["ListRuns"] == grpc.StatusCode.OK
+        assert answers["GetRunFile"] == grpc.StatusCode.INVALID_ARGUMENT  # let in: an empty request names no run
         with CheckpointClient(host.address, security=tokens.read) as reader:
             assert [c.step for c in reader.list("agent", "run")] == [10]  # the SDK with a read token
             with pytest.raises(PermissionDenied, match="DeleteCheckpoint: needs a write token"):
                 reader.delete(reader.list("agent", "run")[0])
+            # A run's history: the trainer (a write token) uploads it, the pages and a read token read it.
+            with CheckpointClient(host.address, security=tokens.write) as writer:
+                writer.put_run_file("agent", "run", "status.json", b'{"state": "running", "step": 10}')
+            with pytest.raises(PermissionDenied, match="PutRunFile: needs a write token"):
+                reader.put_run_file("agent", "run", "status.json", b'{"state": "failed"}')
+            assert reader.get_run_file("agent", "run", "status.json").content == b'{"state": "running", "step": 10}'
         assert [c.step for c in CheckpointClient(host.address, security=tokens.write).list("agent", "run")] == [10]
     finally:
         host.stop(grace_s=0.5)

@@ -45,6 +45,6 @@ def test_unreachable_service_is_unavailable_after_retries():
 
 
 def test_port_in_use_is_a_clear_error(service):
-    host, _ = build(SMALL.replace(port=service.port))
+    host, _ = build(SMALL.replace(port=service.port, http_port=0))
     with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{service.port}"):
         host.start()

@@ -1070,7 +1070,8 @@ class CheckpointWorld(World):
     """A checkpoint service over `store_url`, with committed checkpoints:
 
     agent/run/step 100 (weights.pt, empty.bin and a snapshot of the buffer world's `buffer`),
-    agent/run/step 200, agent/victims/step 1 (which DeleteCheckpoint removes; repair() saves it again).
+    agent/run/step 200, agent/victims/step 1 (which DeleteCheckpoint removes; repair() saves it again),
+    and agent/run's history files (status.json, metrics.csv).
     Saves go to agent/saves, at a new step each time. The fingerprint holds the buffer world's too.
     """
 
@@ -1090,6 +1091,8 @@ class CheckpointWorld(World):
         self.paths: dict[int, str] = {}
         self._retention_off: str | None = None
         self.repair()
+        for request in (self.template_PutRunFile(random.Random(0)), self.template_PutRunFile(random.Random(1))):
+            self.call("PutRunFile", request[0])
 
     def close(self) -> None:
         self.call.close()
@@ -1115,6 +1118,11 @@ class CheckpointWorld(World):
             probe("GetRetention", "GetRetention", [checkpoint_pb2.GetRetentionRequest(**run)])
             probe("Lookup best by the run's retention metric", "Lookup",
                   [checkpoint_pb2.LookupRequest(**run, best=checkpoint_pb2.BestSelector())])
+        elif rpc.name == "PutRunFile" and messages:
+            where = {"agent_id": messages[0].agent_id, "run_id": messages[0].run_id}
+            probe("GetRunFile of what it stored", "GetRunFile",
+                  [checkpoint_pb2.GetRunFileRequest(**where, name=messages[0].name)])
+            probe("ListRuns", "ListRuns", [checkpoint_pb2.ListRunsRequest()])
         elif rpc.name == "RestoreBuffers" and messages:
             on_buffers = _onto(probe, "BufferService")
             for target in messages[0].targets:
@@ -1244,6 +1252,18 @@ class CheckpointWorld(World):
         policy = checkpoint_pb2.RetentionPolicy(keep_last=5, keep_every=100, keep_best=1, metric="eval_return",
                                                 mode="min")
         return [checkpoint_pb2.SetRetentionRequest(agent_id=AGENT, run_id=RUN, retention=policy)]
+
+    def template_PutRunFile(self, rng):
+        if rng.random() < 0.5:
+            content = json.dumps({"format": "rewind.run-status/1", "state": "running", "step": 200,
+                                  "eval_return": None, "message": ""}).encode()
+            return [checkpoint_pb2.PutRunFileRequest(agent_id=AGENT, run_id=RUN, name="status.json", content=content)]
+        content = b"step,episode,kind,episode_return\n100,1,train,-1200.5\n200,2,eval,-850\n"
+        return [checkpoint_pb2.PutRunFileRequest(agent_id=AGENT, run_id=RUN, name="metrics.csv", content=content)]
+
+    def template_GetRunFile(self, rng):
+        return [checkpoint_pb2.GetRunFileRequest(agent_id=AGENT, run_id=RUN,
+                                                 name=rng.choice(("status.json", "metrics.csv")))]
 
 
 # -- trainer service ---------------------------------------------------------------------------------

@@ -67,3 +67,13 @@ class MotoServer:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+def s3_environment(endpoint: str, work: Path) -> tuple[dict[str, str], MotoServer | None]:
+    """The AWS_* variables of an S3 server for the benchmarks: `endpoint` when given (with the test
+    credentials), else a moto server started in `work` (returned, for the caller to stop)."""
+    if endpoint:
+        return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_DEFAULT_REGION": REGION}, None
+    moto = MotoServer(work)
+    return moto.env, moto

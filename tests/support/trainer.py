@@ -27,7 +27,8 @@ class TrainerProcess:
             [sys.executable, "-m", "rewind_cli", "train", "--model-size", "tiny", "--seed-steps", "200",
              "--eval-freq", "400", "--eval-episodes", "1", "--checkpoint-interval-episodes", "0",
              *AGENT_FLAGS, "--buffer-address", buffer, "--checkpoint-address", ckpt, "--out-dir",
-             str(tmp_path / "runs"), "--port", str(self.port), "--no-progress", "--torch-threads", "1", *args],
+             str(tmp_path / "runs"), "--port", str(self.port), "--http-port", "0", "--no-progress", "--torch-threads",
+             "1", *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, **(env or {})})
         self.client = TrainerClient(f"127.0.0.1:{self.port}", timeout=30, security=security)
         self.tmp_path = tmp_path

@@ -11,6 +11,7 @@ from tests.support.curl import call, curl
 from tests.support.processes import ServiceProcess
 
 SERVICE = "rewind.checkpoint.v1.CheckpointService"
+STATUS = b'{"format": "rewind.run-status/1", "state": "finished", "step": 300}'
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def address(tmp_path_factory):
         for step, ret in ((100, -400.0), (200, -150.0), (300, -250.0)):
             ckpt.save("tdmpc2", "run-1", step, {"model.pt": b"w" * step}, episode=step // 100,
                       metrics={"eval_return": ret})
+        ckpt.put_run_file("tdmpc2", "run-1", "status.json", STATUS)
     yield proc.address
     proc.stop()
 
@@ -31,7 +33,7 @@ def test_list_services_and_describe(address):
     assert set(result.stdout.split()) >= {SERVICE, "grpc.health.v1.Health"}
     result = curl(address, "--list-methods", f"http://{address}")
     methods = ("Save", "Download", "ListRuns", "ListCheckpoints", "Lookup", "DeleteCheckpoint", "GetRetention",
-               "SetRetention")
+               "SetRetention", "PutRunFile", "GetRunFile")
     assert {f"{SERVICE}/{m}" for m in methods} <= set(result.stdout.split())
 
 
@@ -48,6 +50,21 @@ def test_list_runs_checkpoints_and_lookups_with_json(address):
     assert best["checkpoint"]["step"] == "200"
     policy = call(address, "GetRetention", {"agentId": "tdmpc2", "runId": "run-1"}, SERVICE)["retention"]
     assert policy["keepLast"] == 3
+
+
+def test_a_runs_history_files_over_json(address):
+    import base64
+
+    got = call(address, "GetRunFile", {"agentId": "tdmpc2", "runId": "run-1", "name": "status.json"}, SERVICE)
+    assert base64.b64decode(got["content"]) == STATUS and got["modified"].endswith("Z")
+    content = base64.b64encode(b"step,episode,kind,episode_return\n300,3,eval,-250\n").decode()
+    put = call(address, "PutRunFile", {"agentId": "tdmpc2", "runId": "run-1", "name": "metrics.csv",
+                                       "content": content}, SERVICE)
+    assert put["path"].endswith("tdmpc2/run-1/history/metrics.csv") and put["size"] == "49"
+    result = curl(address, f"http://{address}/{SERVICE}/PutRunFile",
+                  data={"agentId": "tdmpc2", "runId": "run-1", "name": "status.json", "content": content})
+    error = json.loads(result.stderr)
+    assert error["code"] == "invalid_argument" and error["message"].startswith("content: status.json is not JSON")
 
 
 def test_errors_come_back_with_their_code(address):

@@ -51,7 +51,11 @@ def test_service_to_service_calls_carry_the_token_over_tls(secure_trio):
     with CheckpointClient(secure_trio["ckpt"].address, security=secure_trio["write"]) as ckpt:
         latest = ckpt.lookup(*RUN, "latest").checkpoint
         files = {f.name for f in latest.files}
+        status = json.loads(ckpt.get_run_file(*RUN, "status.json").content)  # the trainer's PutRunFile got in too
+        metrics = ckpt.get_run_file(*RUN, "metrics.csv").content
     assert latest.step >= 200 and {"buffer.snapshot", "test_buffer.snapshot", "trainer.pt"} <= files
+    assert (status["state"], status["agent_id"], status["run_id"], status["steps"]) == ("running", *RUN, 100000)
+    assert metrics.startswith(b"step,episode,kind,episode_return,")
 
 
 def test_every_trainer_rpc_needs_a_token_and_its_scope(secure_trio):

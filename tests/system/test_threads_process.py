@@ -52,7 +52,7 @@ def pinned_trainer_status(tmp_path: Path, services: tuple[str, str], *args: str)
             ["taskset", "-c", "0", sys.executable, "-m", "rewind_cli", "train", "--model-size", "tiny",
              "--steps", "100000", "--seed-steps", "200", "--eval-episodes", "0", "--buffer-size", "20000",
              "--checkpoint-interval-episodes", "0", *AGENT_FLAGS, "--buffer-address", buffer,
-             "--checkpoint-address", ckpt, "--out-dir", str(tmp_path / "runs"), "--port", str(port),
+             "--checkpoint-address", ckpt, "--out-dir", str(tmp_path / "runs"), "--port", str(port), "--http-port", "0",
              "--no-progress", *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
         try:

@@ -364,3 +364,41 @@ class SetRetentionResponse(_message.Message):
     RETENTION_FIELD_NUMBER: _ClassVar[int]
     retention: RetentionPolicy
     def __init__(self, retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ...) -> None: ...
+
+class PutRunFileRequest(_message.Message):
+    __slots__ = ("agent_id", "run_id", "name", "content")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    run_id: str
+    name: str
+    content: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class PutRunFileResponse(_message.Message):
+    __slots__ = ("path", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class GetRunFileRequest(_message.Message):
+    __slots__ = ("agent_id", "run_id", "name")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    run_id: str
+    name: str
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetRunFileResponse(_message.Message):
+    __slots__ = ("content", "modified")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    content: bytes
+    modified: str
+    def __init__(self, content: _Optional[bytes] = ..., modified: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,16 @@ class CheckpointServiceStub:
                 request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionRequest.SerializeToString,
                 response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionResponse.FromString,
                 _registered_method=True)
+        self.PutRunFile = channel.unary_unary(
+                '/rewind.checkpoint.v1.CheckpointService/PutRunFile',
+                request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileRequest.SerializeToString,
+                response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileResponse.FromString,
+                _registered_method=True)
+        self.GetRunFile = channel.unary_unary(
+                '/rewind.checkpoint.v1.CheckpointService/GetRunFile',
+                request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileRequest.SerializeToString,
+                response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
@@ -162,6 +172,24 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutRunFile(self, request, context):
+        """PutRunFile stores one of a run's history files (status.json or
+        metrics.csv under <agent_id>/<run_id>/history/), replacing the previous
+        one atomically. A trainer uploads both with each checkpoint, before its
+        Save, and every heartbeat interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunFile(self, request, context):
+        """GetRunFile returns one of a run's history files (NOT_FOUND until its
+        trainer uploaded it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +237,16 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.SetRetention,
                     request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionRequest.FromString,
                     response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionResponse.SerializeToString,
+            ),
+            'PutRunFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRunFile,
+                    request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileRequest.FromString,
+                    response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileResponse.SerializeToString,
+            ),
+            'GetRunFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunFile,
+                    request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileRequest.FromString,
+                    response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -459,6 +497,60 @@ class CheckpointService:
             '/rewind.checkpoint.v1.CheckpointService/SetRetention',
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionRequest.SerializeToString,
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SetRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRunFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.checkpoint.v1.CheckpointService/PutRunFile',
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileRequest.SerializeToString,
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.PutRunFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.checkpoint.v1.CheckpointService/GetRunFile',
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileRequest.SerializeToString,
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.GetRunFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
