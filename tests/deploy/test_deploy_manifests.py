@@ -457,6 +457,18 @@ def test_prometheus_in_the_monitoring_namespace_reaches_the_http_ports_and_nothi
             assert not allowed(docs, src, pod, http), (name, src["app.kubernetes.io/name"])
 
 
+def test_an_ingress_controller_reaches_the_history_pages_and_nothing_else(overlay):
+    _, docs = overlay
+    ingress = {NAMESPACE: {"kubernetes.io/metadata.name": "ingress-nginx"}, "app.kubernetes.io/name": "ingress-nginx"}
+    elsewhere = {**ingress, NAMESPACE: {"kubernetes.io/metadata.name": "default"}}
+    pods = {name: _labels(docs, KINDS[name], name) for name in SERVICES}
+    assert _direction_allows(docs, pods["rewind-checkpoint"], ingress, 50072, "Ingress")
+    assert not _direction_allows(docs, pods["rewind-checkpoint"], elsewhere, 50072, "Ingress")
+    for name, pod in pods.items():
+        for port in (SERVICES[name], HEALTH_PORTS[name], *([] if name == "rewind-checkpoint" else [HTTP_PORTS[name]])):
+            assert not _direction_allows(docs, pod, ingress, port, "Ingress"), (name, port)
+
+
 def test_the_gpu_overlay_lets_the_checkpoint_service_reach_public_https_but_not_the_cluster_or_metadata():
     docs = render("gpu")
     ckpt = _labels(docs, "Deployment", "rewind-checkpoint")
