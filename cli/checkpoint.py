@@ -171,10 +171,13 @@ def _client(args: argparse.Namespace) -> CheckpointClient:
         from rewind_checkpoint.settings import CheckpointSettings
 
         open_existing_store(args.store)  # a folder that does not exist is an error, not a new empty store
-        logging.getLogger("rewind_runtime").setLevel(logging.WARNING)  # its start and stop are not news here
+        # Its start, stop and "authentication is off" (on loopback, for this one command) are not news here.
+        logging.getLogger("rewind_runtime").setLevel(logging.ERROR)
         logging.getLogger("rewind_checkpoint").setLevel(logging.WARNING)
         # Reading only: no staging is ever old enough to be swept.
-        return serve_in_process(args.store, CheckpointSettings(staging_max_age_s=math.inf), timeout=args.timeout)
+        # No HTTP port: one command's embedded service has no pages to show (`rewind ckpt web` has).
+        return serve_in_process(args.store, CheckpointSettings(staging_max_age_s=math.inf, http_port=-1),
+                                timeout=args.timeout)
     from rewind import CheckpointClient
 
     return CheckpointClient(args.address, timeout=args.timeout)
