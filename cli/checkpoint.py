@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rewind import addresses
 from rewind.errors import InvalidArgument, NotFound
+from rewind.versions import describe
 from rewind_checkpoint.settings import CheckpointSettings
 from rewind_cli import serving
 
@@ -284,10 +285,12 @@ def show(args: argparse.Namespace) -> int:
         print(f"  resumed from {c.resumed_from}")
     if c.metrics:
         print(f"  metrics {_metrics(c)}")
+    print(f"  written with {describe(c.versions)}")
     for f in c.files:
         print(f"  file {f.name:<32} {_size(f.size):>10}  sha256 {f.sha256[:16]}...")
     for b in c.buffers:
-        print(f"  buffer {b.buffer!r} -> {b.file} ({b.episodes_added:,} episodes added, from {b.address})")
+        print(f"  buffer {b.buffer!r} -> {b.file} ({b.episodes_added:,} episodes added, from {b.address}; "
+              f"written with {describe(b.versions)})")
     if c.config:
         print(f"  config {json.dumps(_struct(c.config), sort_keys=True)}")
     if c.extra:

@@ -239,6 +239,12 @@ class BufferClient(ServiceClient):
         """Stats of every buffer in the service."""
         return list(self._call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout).buffers)
 
+    def versions(self) -> dict[str, str]:
+        """The service's versions (python, torch, tensordict, torchrl, rewind) and the newest snapshot_format
+        it restores; empty from a service older than version records."""
+        response = self._call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout)
+        return dict(response.versions)
+
     def create(self, **settings: int) -> buffer_pb2.BufferStats:
         """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon.
 
@@ -280,9 +286,10 @@ class BufferClient(ServiceClient):
         return written
 
     def capture(self, expect_episodes_added: int = 0) -> buffer_pb2.CaptureResponse:
-        """Copy the buffer's state now, to be streamed later by snapshot_stream(capture_id=...).
+        """Pin the buffer's state now, to be streamed later by snapshot_stream(capture_id=...).
 
-        The pause lasts only the copy; adds and samples continue afterwards.
+        The pause copies no rows (the service copies a row aside only before a write would change
+        one the capture has not streamed yet); adds and samples continue afterwards.
         """
         request = buffer_pb2.CaptureRequest(buffer=self.buffer, expect_episodes_added=expect_episodes_added)
         return self._call(self._stub.Capture, request, timeout=self.timeout)

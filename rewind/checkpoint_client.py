@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rewind import addresses
+from rewind import versions as version_records
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.errors import DataLoss, InvalidArgument
@@ -140,6 +141,7 @@ class CheckpointClient(ServiceClient):
         retention: checkpoint_pb2.RetentionPolicy | Mapping[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
         timeout: float = TRANSFER_TIMEOUT_S,
+        versions: Mapping[str, str] | None = None,
     ) -> Saved:
         """Upload files (and buffer snapshots) as one checkpoint, then commit it.
 
@@ -158,6 +160,9 @@ class CheckpointClient(ServiceClient):
             retention: set the run's retention policy with this commit.
             progress: called with the number of bytes of each chunk sent.
             timeout: deadline for the whole upload, seconds.
+            versions: the versions the manifest records as the saver's
+                (python, torch, tensordict, torchrl, rewind); default: this
+                process's (rewind.versions.current()). A resume checks them.
 
         Raises:
             InvalidArgument: a bad id, file name or value (nothing is saved).
@@ -173,6 +178,7 @@ class CheckpointClient(ServiceClient):
         header.metrics.update(metrics or {})
         header.config.update(dict(config or {}))
         header.extra.update(dict(extra or {}))
+        header.versions.update(version_records.current() if versions is None else dict(versions))
         if retention is not None:
             header.retention.CopyFrom(retention if isinstance(retention, checkpoint_pb2.RetentionPolicy)
                                       else checkpoint_pb2.RetentionPolicy(**retention))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tensordict import TensorDict
@@ -19,6 +19,7 @@ from torchrl.data import ReplayBuffer
 
 from rewind.errors import DataLoss, FailedPrecondition, ResourceExhausted
 from rewind_buffer import torchrl_adapter
+from rewind_buffer.captures import RowCapture
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
 from rewind_buffer.writer import TRAJ_KEY, EpisodeWriter
@@ -59,7 +60,11 @@ class BufferStats:
 
 @dataclass(frozen=True)
 class BufferState:
-    """A consistent copy of a buffer: its description (JSON in a snapshot's header) and its tensors."""
+    """A consistent copy of a buffer: its description (JSON in a snapshot's header) and its tensors.
+
+    From export_state() without copy=True, the storage columns are CapturedColumns of `rows` (a RowCapture),
+    read as snapshot.encode streams them; release() (or streaming them to the end) lets the buffer forget it.
+    """
 
     name: str
     settings: BufferSettings
@@ -71,7 +76,13 @@ class BufferState:
     batches_sampled: int
     transitions: int
     writer: dict                   # EpisodeWriter.state_dict()
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
+    rows: RowCapture | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Stop the copy-before-overwrite of a capture not to be streamed (streaming it to the end does this too)."""
+        if self.rows is not None:
+            self.rows.release()
 
     def header(self) -> dict:
         """The JSON-able description (everything but the tensors)."""
@@ -286,12 +297,21 @@ class EpisodeBuffer:
 
     # -- snapshot support ----------------------------------------------------
 
-    def export_state(self, expect_episodes_added: int = 0) -> BufferState:
-        """A consistent copy of everything a snapshot needs.
+    def export_state(self, expect_episodes_added: int = 0, *, copy: bool = False) -> BufferState:
+        """A consistent state of everything a snapshot needs, as of now.
+
+        By default no row is copied here (the trainer's stall is this lock
+        hold): the state records the capture point (counters, writer state,
+        generator state, the rows in use) and a RowCapture that registers with
+        the writer, which copies rows aside only before a write would change
+        one the snapshot still needs. Its columns are read under the lock, a
+        chunk at a time, as snapshot.encode streams them; the bytes are those
+        of a full copy taken now. copy=True takes that full copy instead.
 
         Args:
-            expect_episodes_added: when > 0, the copy is refused unless exactly
+            expect_episodes_added: when > 0, the state is refused unless exactly
                 this many episodes have been added (checked under the lock).
+            copy: copy every used row now, under the lock (the old path; tests compare against it).
 
         Raises:
             FailedPrecondition: the buffer has seen a different number of episodes.
@@ -302,17 +322,24 @@ class EpisodeBuffer:
                     f"expect_episodes_added: buffer {self.name!r} has seen {self.episodes_added} episodes, "
                     f"not {expect_episodes_added}; the snapshot would not match the caller's step"
                 )
-            tensors: dict[str, torch.Tensor] = {}
+            tensors: dict = {}
+            rows = None
             if self._rb is not None:
-                # A copy: the snapshot streams after the lock is released.
-                tensors = torchrl_adapter.copy_rows(self._rb.storage, (*FIELDS, TRAJ_KEY))
+                keys = (*FIELDS, TRAJ_KEY)
+                if copy:
+                    # A copy: the snapshot streams after the lock is released.
+                    tensors = torchrl_adapter.copy_rows(self._rb.storage, keys)
+                else:
+                    live, used = torchrl_adapter.live_columns(self._rb.storage, keys)
+                    rows = RowCapture(self.lock, live, used, self._writer.watchers)
+                    tensors = dict(rows.columns())
                 tensors["generator_state"] = self._generator.get_state().to("cpu", copy=True)
             return BufferState(
                 name=self.name, settings=self.settings, seed=self.seed,
                 storage_device=self.storage_device_preference,
                 device_type=self.device.type if self.device is not None else None, schema=self.schema,
                 episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
-                transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors)
+                transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows)
 
     @classmethod
     def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None,

@@ -17,6 +17,7 @@ import grpc
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
+from rewind.versions import SNAPSHOT_FORMATS, current
 from rewind_buffer import snapshot, snapshot_check
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
@@ -53,7 +54,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         self.captures = captures if captures is not None else CaptureStore()
 
     def ListBuffers(self, request, context):
-        response = buffer_pb2.ListBuffersResponse()
+        # The newest snapshot format it restores: a resume checks a checkpoint's buffers against it.
+        response = buffer_pb2.ListBuffersResponse(versions={**current(), "snapshot_format": str(max(SNAPSHOT_FORMATS))})
         for buffer in self.registry.buffers():  # one list: a buffer deleted meanwhile is no NOT_FOUND
             stats_to_proto(buffer, response.buffers.add())
         return response
@@ -145,12 +147,14 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             state = buffer.export_state(request.expect_episodes_added)
         total, pieces = snapshot.encode(state.header(), state.tensors)
         offset = 0
+        versions = {**current(), "snapshot_format": str(snapshot.FORMAT_VERSION)}  # on the first message only
         for chunk in snapshot.chunked(pieces, chunk_bytes):
             if not context.is_active():
                 return
             yield buffer_pb2.SnapshotResponse(chunk=chunk, offset=offset, total_bytes=total,
-                                              episodes_added=state.episodes_added)
+                                              episodes_added=state.episodes_added, versions=versions)
             offset += len(chunk)
+            versions = None
 
     def Capture(self, request, context):
         buffer = self.registry.get(request.buffer)

@@ -81,6 +81,8 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
     max_captures: int = setting(2, "captures per buffer waiting to be streamed; a new one drops the oldest",
                                 minimum=1)
     capture_ttl_s: float = setting(600.0, "seconds a capture waits to be streamed before it is dropped", above=0)
+    max_capture_copy_mb: int = setting(1024, "MiB a capture may copy aside while writes overwrite rows it has not "
+                                             "streamed yet; past it the capture is dropped", minimum=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,12 +26,12 @@ import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from rewind.codec import TORCH_TO_WIRE, dtype_name, view_bytes
-from rewind.errors import DataLoss, InvalidArgument, ResourceExhausted
+from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 
 MAGIC = b"RWNDBUF1"
 FORMAT_VERSION = 1
@@ -83,12 +83,29 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def encode(header: dict, tensors: dict[str, torch.Tensor]) -> tuple[int, Iterator[memoryview | bytes]]:
+class ChunkedTensor(Protocol):
+    """A tensor that arrives in row chunks (rewind_buffer.captures.CapturedColumn): its bytes are read as it streams."""
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        """Consecutive CPU tensors of whole rows, `shape[0]` rows in all."""
+
+    def close(self) -> None:
+        """Called once the stream ends or is abandoned."""
+
+
+def encode(header: dict, tensors: dict[str, torch.Tensor | ChunkedTensor]) -> tuple[int, Iterator[memoryview | bytes]]:
     """Lay out a snapshot without copying the tensors.
 
     Args:
         header: JSON-serialisable description of the buffer.
-        tensors: CPU tensors to append, in order.
+        tensors: CPU tensors to append, in order, or ChunkedTensors read chunk by chunk as the blob streams
+            (the bytes are the same either way); each ChunkedTensor is closed when the stream ends or is dropped.
 
     Returns:
         (total size in bytes, iterator over the blob's pieces).
@@ -97,7 +114,8 @@ def encode(header: dict, tensors: dict[str, torch.Tensor]) -> tuple[int, Iterato
         **header,
         "format_version": FORMAT_VERSION,
         "tensors": [
-            {"key": k, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "nbytes": t.numel() * t.element_size()}
+            {"key": k, "dtype": dtype_name(t.dtype), "shape": list(t.shape),
+             "nbytes": math.prod(t.shape) * t.dtype.itemsize}
             for k, t in tensors.items()
         ],
     }
@@ -106,13 +124,19 @@ def encode(header: dict, tensors: dict[str, torch.Tensor]) -> tuple[int, Iterato
     total = len(prefix) + sum(e["nbytes"] for e in header["tensors"]) + DIGEST_BYTES
 
     def pieces() -> Iterator[memoryview | bytes]:
-        digest = hashlib.sha256(prefix)
-        yield prefix
-        for t in tensors.values():
-            view = _tensor_bytes(t)
-            digest.update(view)
-            yield view
-        yield digest.digest()
+        try:
+            digest = hashlib.sha256(prefix)
+            yield prefix
+            for t in tensors.values():
+                for part in ((t,) if isinstance(t, torch.Tensor) else t.chunks()):
+                    view = _tensor_bytes(part)
+                    digest.update(view)
+                    yield view
+            yield digest.digest()
+        finally:
+            for t in tensors.values():
+                if not isinstance(t, torch.Tensor):
+                    t.close()
 
     return total, pieces()
 
@@ -299,8 +323,13 @@ class SnapshotReader:
         self._head = bytearray()
         if not isinstance(header, dict):
             raise DataLoss(f"snapshot: the header is a JSON {type(header).__name__}, not an object")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise DataLoss(f"snapshot: format_version {header.get('format_version')!r:.50} is not supported")
+        found = header.get("format_version")
+        if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+            # Intact data this release cannot read: an upgrade fixes it, so it is not a loss.
+            raise FailedPrecondition(f"snapshot: format_version {found} was written by a newer Rewind; this buffer "
+                                     f"service reads format_version {FORMAT_VERSION}; upgrade it to restore this")
+        if found != FORMAT_VERSION:
+            raise DataLoss(f"snapshot: format_version {found!r:.50} is not supported")
         specs = tensor_specs(header.get("tensors"))
         if self.check_header is not None:
             self.checked = self.check_header(header)

@@ -115,6 +115,14 @@ def copy_rows(storage: Storage, keys: tuple[str, ...]) -> dict[str, torch.Tensor
     return {key: columns(storage).get(key)[:used].to("cpu", copy=True) for key in keys}
 
 
+def live_columns(storage: Storage, keys: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], int]:
+    """The storage's column tensors themselves (capacity rows each, no copy) and how many rows are used.
+
+    The tensors are the storage: writes change them in place (a RowCapture reads them under the buffer's lock).
+    """
+    return {key: columns(storage).get(key) for key in keys}, len(storage)
+
+
 def write_rows(storage: Storage, tensors: dict[str, torch.Tensor]) -> None:
     """Fill rows 0..n-1 from tensors of n rows each (a restore)."""
     used = next(iter(tensors.values())).shape[0]

@@ -9,10 +9,16 @@ Slots that hold no live episode (fragments of evicted episodes, the unused
 tail after a wrap) get a distinct negative id each in the `episode` column, so
 that SliceSampler sees them as length-1 trajectories and, with
 `strict_length=True`, never samples them.
+
+Every write to the storage goes through `_before_overwrite` first: captures
+taken without a copy (rewind_buffer.captures.RowCapture) watch the writer and
+copy aside the rows they still need before they change. The writer runs
+inside EpisodeBuffer's lock, so the copy and the write share one lock hold.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import Any
 
@@ -34,6 +40,8 @@ class EpisodeWriter(Writer):
         self._episodes: deque[tuple[int, int, int]] = deque()
         self._transitions = 0
         self.evicted = 0
+        # RowCaptures of this storage still being held or streamed; each leaves when released (or collected).
+        self.watchers: weakref.WeakSet = weakref.WeakSet()
 
     @property
     def num_episodes(self) -> int:
@@ -68,6 +76,7 @@ class EpisodeWriter(Writer):
                 last += 1
             self._evict_overlapping(start, end)
             index = torch.arange(start, end)
+            self._before_overwrite(start, end)
             self._storage.set(index, data[offset : offset + end - start])
             slot = start
             for eid, length in zip(ids[first:last], lengths[first:last], strict=True):
@@ -90,7 +99,20 @@ class EpisodeWriter(Writer):
             self._invalidate(first, first + length)
             self.evicted += 1
 
+    def _before_overwrite(self, start: int, end: int, keys: tuple[str, ...] | None = None) -> None:
+        """Let every watching capture copy aside rows [start, end) of `keys` (None: all columns) before they change.
+
+        The one invariant this keeps (see RowCapture): no storage write happens
+        without this call first, for the same rows and columns, in the same lock
+        hold. Every write of this class goes through it: `storage.set` in
+        extend() and the episode column in _invalidate().
+        """
+        if self.watchers:
+            for capture in list(self.watchers):
+                capture.before_overwrite(start, end, keys)
+
     def _invalidate(self, start: int, end: int) -> None:
+        self._before_overwrite(start, end, (TRAJ_KEY,))
         column = torchrl_adapter.columns(self._storage).get(TRAJ_KEY)
         column[start:end] = -1 - torch.arange(start, end, device=column.device)
 

@@ -15,9 +15,10 @@ from google.protobuf import json_format, struct_pb2
 
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import DataLoss
+from rewind.versions import CHECKPOINT_FORMAT
 from rewind_checkpoint.layout import CheckpointKey, RunKey
 
-FORMAT = "rewind.checkpoint/1"
+FORMAT = CHECKPOINT_FORMAT
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class BufferEntry:
     file: str
     address: str
     episodes_added: int
+    # The buffer service's versions and snapshot_format (empty in older manifests).
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     resumed_from: str = ""
     buffers: tuple[BufferEntry, ...] = ()
+    # The saving process's versions and checkpoint_format (empty in older manifests).
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> CheckpointKey:
@@ -88,7 +93,12 @@ class Manifest:
                 config=body.get("config", {}),
                 extra=body.get("extra", {}),
                 resumed_from=body.get("resumed_from", ""),
-                buffers=tuple(BufferEntry(**b) for b in body.get("buffers", [])),
+                # Field by field: a key this release does not know (a newer writer's) is ignored.
+                buffers=tuple(BufferEntry(buffer=b["buffer"], file=b["file"], address=b["address"],
+                                          episodes_added=int(b["episodes_added"]),
+                                          versions=_versions(b.get("versions", {})))
+                              for b in body.get("buffers", [])),
+                versions=_versions(body.get("versions", {})),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise DataLoss(f"{where}: manifest.json is unreadable ({type(exc).__name__}: {exc})") from None
@@ -98,12 +108,27 @@ class Manifest:
             agent_id=self.agent_id, run_id=self.run_id, step=self.step, episode=self.episode, path=path,
             created=self.created, total_bytes=self.total_bytes, resumed_from=self.resumed_from,
             files=[checkpoint_pb2.FileInfo(name=f.name, size=f.size, sha256=f.sha256) for f in self.files],
-            buffers=[checkpoint_pb2.BufferFile(**asdict(b)) for b in self.buffers],
+            buffers=[checkpoint_pb2.BufferFile(buffer=b.buffer, file=b.file, address=b.address,
+                                               episodes_added=b.episodes_added, versions=b.versions)
+                     for b in self.buffers],
+            versions=self.versions,
         )
         msg.metrics.update(self.metrics)
         msg.config.update(self.config)
         msg.extra.update(self.extra)
         return msg
+
+
+def _versions(value: Any) -> dict[str, str]:
+    """A version record read from manifest.json: its string entries.
+
+    Lenient on purpose: a malformed record must not make the whole manifest
+    unreadable (an unreadable manifest is skipped, and what it references
+    looks unused); what is left out reads as an unrecorded version.
+    """
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def now_rfc3339() -> str:

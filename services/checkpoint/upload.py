@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
 
+from rewind import versions as version_records
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
-from rewind_checkpoint.manifest import BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
+from rewind_checkpoint.manifest import FORMAT, BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
 from rewind_checkpoint.metrics import stats_of
 from rewind_checkpoint.retention import RetentionPolicy
 from rewind_checkpoint.store import ObjectWriter
@@ -64,6 +65,7 @@ class _BufferPull(threading.Thread):
         self.allowed = allowed
         self.written = _Written(file)
         self.episodes_added = 0
+        self.versions: dict[str, str] = {}  # the buffer service's, from the first response
         self.answered = False  # a response arrived: the address is a buffer service, its errors may be told
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
@@ -74,6 +76,8 @@ class _BufferPull(threading.Thread):
             with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
                 for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s,
                                                        capture_id=self.source.capture_id):
+                    if not self.answered:
+                        self.versions = _buffer_versions(response.versions, self.source)
                     self.answered = True
                     if self.cancelled.is_set():
                         self.writer.abort()
@@ -186,6 +190,10 @@ class Upload:
             _check_json_numbers(getattr(header, name), f"header.{name}")
         if header.HasField("retention"):
             RetentionPolicy.from_proto(header.retention)  # validate before anything is written
+        try:
+            version_records.check(header.versions, "versions", version_records.PROCESS_KEYS)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         if header.resumed_from:
             self.catalog.resolve("", "", 0, header.resumed_from)
         self.catalog.begin_upload(key)
@@ -245,6 +253,7 @@ class Upload:
             extra=struct_to_dict(header.extra),
             resumed_from=header.resumed_from,
             buffers=tuple(buffers),
+            versions={**header.versions, "checkpoint_format": FORMAT},
         )
         with self.catalog.run_lock(self.key.run):
             if header.HasField("retention"):
@@ -302,7 +311,8 @@ class Upload:
             if pull.error is not None:
                 raise pull.error
             self.written[pull.file] = pull.written
-            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added))
+            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added,
+                                       pull.versions))
         return buffers
 
     def _abort(self) -> None:
@@ -331,6 +341,21 @@ def _pull_error(pull: _BufferPull) -> RewindError:
         return dial_failure(error, pull.source.address, pull.field)
     where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
     return type(error)(f"{where}: {error.message}", error.reason)
+
+
+def _buffer_versions(versions, source: checkpoint_pb2.BufferSource) -> dict[str, str]:
+    """The versions a buffer service sent with its snapshot, as the manifest records them.
+
+    Entries this release does not know (a newer buffer service's) or cannot
+    store are left out, with a warning: they must not fail the checkpoint.
+    """
+    kept = {}
+    for key, value in versions.items():
+        try:
+            kept.update(version_records.check({key: value}, "versions"))
+        except ValueError as exc:
+            log.warning("buffer %r at %s: left out of the manifest: %s", source.buffer, source.address, exc)
+    return kept
 
 
 def _check_json_numbers(value: struct_pb2.Struct, field: str) -> None:

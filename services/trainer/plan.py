@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewind import versions
+from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.checkpoint_paths import SELECTORS, locate_checkpoint
 from rewind.errors import FailedPrecondition, InvalidArgument, NotFound
 from rewind_trainer.checkpointer import TRAINER_FILE, decode_trainer_state
@@ -106,12 +108,44 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
     if found.skipped:
         log.warning("resume_from_checkpoint: resuming from %s, the newest checkpoint before it that verifies",
                     where)
+    check_versions(found.checkpoint, services)  # before trainer.pt is even read: another torch may not load it
     state = decode_trainer_state(services.ckpt.read(where, TRAINER_FILE), where)
     merged, overrides = merge_settings(state["settings"], settings, explicit, where)
     history = list(state.get("overrides", []))
     if overrides:
         history.append({"step": state["loop"]["step"], "changes": overrides})
     return merged, Resume(where, state, overrides, history)
+
+
+def check_versions(checkpoint: checkpoint_pb2.Checkpoint, services: Services) -> None:
+    """The checkpoint's version records against this trainer's, and each buffer's against the buffer
+    service that will restore it (rewind.versions.compare has the rules).
+
+    Compatible differences, and records missing from older checkpoints, are logged.
+
+    Raises:
+        FailedPrecondition: naming every incompatible version, and where it runs.
+    """
+    running = {**versions.current(), "checkpoint_format": versions.CHECKPOINT_FORMAT}
+    incompatible, different = versions.compare(dict(checkpoint.versions), running, "this trainer")
+    targets = {client.buffer: client for client in services.buffers}
+    reported: dict[str, dict[str, str]] = {}  # one ListBuffers per buffer service
+    for entry in checkpoint.buffers:
+        client = targets.get(entry.buffer)
+        if client is None:
+            continue  # not restored by this trainer
+        if client.address not in reported:
+            reported[client.address] = client.versions()
+        bad, diff = versions.compare(dict(entry.versions), reported[client.address],
+                                     f"the buffer service at {client.address}")
+        incompatible += [f"buffer {entry.buffer!r}: {m}" for m in bad]
+        different += [f"buffer {entry.buffer!r}: {m}" for m in diff]
+    if incompatible:
+        raise FailedPrecondition(f"resume_from_checkpoint: {checkpoint.path} was written with versions this run "
+                                 f"cannot resume: {'; '.join(incompatible)}")
+    if different:
+        log.info("resume_from_checkpoint: %s was written with other versions (compatible): %s", checkpoint.path,
+                 "; ".join(different))
 
 
 def _check_fresh(services: Services, settings: TrainSettings) -> None:

@@ -189,6 +189,10 @@ GOOD = hashlib.sha256(b"abcd").hexdigest()
     ([_header(step=-1)], "step"),
     ([_header(episode=-5)], "episode"),
     ([_header(retention=checkpoint_pb2.RetentionPolicy(keep_best=2))], "retention.metric"),
+    ([_header(versions={"numpy": "2.0"})], "versions: unknown key 'numpy'"),
+    ([_header(versions={"snapshot_format": "1"})], "versions: unknown key 'snapshot_format'"),
+    ([_header(versions={"torch": "2" * 65})], "versions['torch']"),
+    ([_header(versions={"torch": "2.13\x00"})], "printable"),
     ([], "no messages"),
 ])
 def test_a_bad_upload_is_rejected_and_leaves_nothing(ckpt_host, ckpt, stream, message):
@@ -377,6 +381,51 @@ def test_buffer_snapshots_go_into_the_checkpoint_and_restore_exactly(ckpt, servi
         assert (stats.episodes, stats.transitions) == (1, 30)
     finally:
         fresh.stop(grace_s=0.5)
+
+
+def test_manifest_records_versions_of_trainer_and_buffers(ckpt, ckpt_host, service):
+    from rewind import versions
+
+    buffer = BufferClient(service.address, "buffer")
+    buffer.add(episode(0, 40))
+    trainer = {**versions.current(), "torchrl": "0.14.0"}  # as a trainer with another patch release sends them
+    c = ckpt.save("agent", "run-1", 40, {"model.pt": b"w"}, versions=trainer,
+                  buffers=[(service.address, "buffer"), (service.address, "test_buffer")]).checkpoint
+    expected_buffer = {**versions.current(), "snapshot_format": "1"}
+    assert dict(c.versions) == {**trainer, "checkpoint_format": "rewind.checkpoint/1"}
+    assert [dict(b.versions) for b in c.buffers] == [expected_buffer, expected_buffer]
+    # In manifest.json as written, and as every reader sees it.
+    _, store = raw(ckpt_host)
+    manifest = json.loads(store.get("agent/run-1/step-0000000040/manifest.json"))
+    assert manifest["versions"] == dict(c.versions)
+    assert [b["versions"] for b in manifest["buffers"]] == [expected_buffer, expected_buffer]
+    assert ckpt.lookup("agent", "run-1", "latest").checkpoint == c
+    assert buffer.versions() == {**versions.current(), "snapshot_format": str(max(versions.SNAPSHOT_FORMATS))}
+    # By default the SDK records this process's versions.
+    assert dict(ckpt.save("agent", "run-1", 41, {}).checkpoint.versions) == {
+        **versions.current(), "checkpoint_format": "rewind.checkpoint/1"}
+
+
+def test_a_manifest_written_before_version_records_still_reads_and_restores(ckpt, ckpt_host, service):
+    buffer = BufferClient(service.address, "buffer")
+    for eid in range(3):
+        buffer.add(episode(eid, 40))
+    ckpt.save("agent", "run-1", 120, {"model.pt": b"w"}, buffers=[(service.address, "buffer")])
+    expected = buffer.sample()
+    _, store = raw(ckpt_host)
+    key = "agent/run-1/step-0000000120/manifest.json"
+    old = json.loads(store.get(key))
+    del old["versions"]
+    for b in old["buffers"]:
+        del b["versions"]
+    store.put(key, json.dumps(old).encode())
+    found = ckpt.lookup("agent", "run-1", "latest").checkpoint
+    assert found.step == 120 and dict(found.versions) == {} and dict(found.buffers[0].versions) == {}
+    buffer.add(episode(3, 40))
+    [restored] = ckpt.restore_buffers(found)
+    assert restored.episodes_added == 3
+    for a, b in zip(buffer.sample(), expected, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_buffer_that_moved_on_fails_the_save_and_leaves_nothing(ckpt, ckpt_host, service):

@@ -167,6 +167,7 @@ def test_checkpoint_detail_has_files_with_sizes_and_sha256(http, trained):
     assert (c["step"], c["episode"], c["path"], c["metrics"]) == (300, 3, checkpoints[1].path,
                                                                   {"eval_return": -620.0, "episode_return": -670.0})
     assert c["config"] == config and c["extra"] == {} and c["buffers"] == []
+    assert c["versions"]["checkpoint_format"] == "rewind.checkpoint/1" and c["versions"]["torchrl"]
     assert c["retention"]["kept_by"] == ["keep_last"]
     assert ok(http, "/api/training-runs/tdmpc2/run-1/checkpoints/step-0000000300") == c
 

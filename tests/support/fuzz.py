@@ -1013,6 +1013,7 @@ def save_requests(agent: str, run: str, step: int, *, files: dict[str, bytes], b
         buffers=list(buffers), resumed_from=resumed_from)
     header.config.update({"lr": 0.001, "task": "pendulum-swingup", "layers": [256, 256]})
     header.extra.update({"note": "fuzz"})
+    header.versions.update({"python": "3.11.7", "torch": "2.13.0+cpu", "torchrl": "0.14.1"})
     if retention is not None:
         header.retention.CopyFrom(retention)
     requests = [checkpoint_pb2.SaveRequest(header=header)]

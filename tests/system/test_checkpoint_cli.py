@@ -56,6 +56,7 @@ def test_save_list_show_latest_download_rm(service, tmp_path):
     shown = ok("ckpt", "show", "tdmpc2/run-1/latest", *addr)
     assert "step 4,000" in shown and "episode 8" in shown
     assert hashlib.sha256(optim.read_bytes()).hexdigest()[:16] in shown
+    assert "written with python " in shown and "checkpoint_format rewind.checkpoint/1" in shown
     assert shown.strip().splitlines()[-1].strip() == f"resume: {resumes[-1]}"
 
     latest = ok("ckpt", "latest", "tdmpc2/run-1", *addr).splitlines()

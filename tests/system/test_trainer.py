@@ -191,6 +191,62 @@ def test_resume_with_another_task_shape_is_refused(file_trio, tmp_path):
               explicit={"resume_from_checkpoint", "task"})
 
 
+def store_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["trainer", "buffer service"])
+def test_resume_across_an_incompatible_torchrl_fails_at_start_naming_it(file_trio, tmp_path, monkeypatch, where):
+    from rewind import versions
+
+    quick = dict(seed_steps=1000, eval_episodes=0)
+    first = train(file_trio.settings(tmp_path / "runs", steps=5, **quick))
+    recorded = versions.current()["torchrl"]
+    before_store = store_files(tmp_path / "store")
+    before = BufferClient(file_trio.buffers.address).stats()
+    other = {**versions.current(), "torchrl": "0.99.0"}
+    # The resuming process (or the buffer service that would receive the buffers) runs another torchrl.
+    monkeypatch.setattr("rewind.versions.current" if where == "trainer" else "rewind_buffer.servicer.current",
+                        lambda: dict(other))
+    with pytest.raises(FailedPrecondition) as info:
+        train(file_trio.settings(tmp_path / "runs", steps=10, resume_from_checkpoint="latest", **quick),
+              explicit={"steps", "resume_from_checkpoint"})
+    message = str(info.value)
+    assert message.startswith(f"resume_from_checkpoint: {first.checkpoint} was written with versions")
+    if where == "trainer":
+        assert f"torchrl {recorded}, this trainer runs 0.99.0" in message
+    else:
+        for name in ("buffer", "test_buffer"):
+            assert f"buffer {name!r}: torchrl {recorded}, the buffer service at {file_trio.buffers.address} " \
+                   "runs 0.99.0" in message
+    assert f"install torchrl {'.'.join(recorded.split('.')[:2])}.x or start a new run" in message
+    assert store_files(tmp_path / "store") == before_store  # nothing written: no checkpoint, no history
+    after = BufferClient(file_trio.buffers.address).stats()
+    assert (after.episodes_added, after.batches_sampled) == (before.episodes_added, before.batches_sampled)
+
+
+def test_a_checkpoint_without_version_records_resumes_and_says_so(file_trio, tmp_path, caplog):
+    quick = dict(seed_steps=1000, eval_episodes=0)
+    first = train(file_trio.settings(tmp_path / "runs", steps=5, **quick))
+    manifest = Path(first.checkpoint.removeprefix("file://")) / "manifest.json"
+    body = json.loads(manifest.read_text())
+    assert body["versions"]["torchrl"] and all(b["versions"] for b in body["buffers"])
+    del body["versions"]  # as written before Rewind recorded versions
+    for b in body["buffers"]:
+        del b["versions"]
+    manifest.write_text(json.dumps(body))
+    file_trio.fresh_buffers()
+    caplog.set_level("INFO", logger="rewind_trainer.plan")
+    resumed = train(file_trio.settings(tmp_path / "runs", steps=10, resume_from_checkpoint=first.checkpoint, **quick),
+                    explicit={"steps", "resume_from_checkpoint"})
+    assert (resumed.step, resumed.resumed_from) == (10, first.checkpoint)
+    [logged] = [r.getMessage() for r in caplog.records if "compatible" in r.getMessage()]
+    assert logged.startswith(f"resume_from_checkpoint: {first.checkpoint} was written with other versions")
+    assert "no version record" in logged
+    # The new checkpoint records them again.
+    assert file_trio.ckpt.lookup(which=resumed.checkpoint).checkpoint.versions["torchrl"]
+
+
 def test_latest_without_a_checkpoint_starts_fresh_and_says_so(file_trio, tmp_path, caplog):
     caplog.set_level("INFO", logger="rewind_trainer.plan")
     result = train(file_trio.settings(tmp_path / "runs", steps=5, seed_steps=5, eval_episodes=0,

@@ -87,10 +87,19 @@ class ListBuffersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListBuffersResponse(_message.Message):
-    __slots__ = ("buffers",)
+    __slots__ = ("buffers", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     buffers: _containers.RepeatedCompositeFieldContainer[BufferStats]
-    def __init__(self, buffers: _Optional[_Iterable[_Union[BufferStats, _Mapping]]] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, buffers: _Optional[_Iterable[_Union[BufferStats, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateBufferRequest(_message.Message):
     __slots__ = ("buffer", "settings")
@@ -239,16 +248,25 @@ class CaptureResponse(_message.Message):
     def __init__(self, capture_id: _Optional[str] = ..., episodes_added: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., transitions: _Optional[int] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
-    __slots__ = ("chunk", "offset", "total_bytes", "episodes_added")
+    __slots__ = ("chunk", "offset", "total_bytes", "episodes_added", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
     offset: int
     total_bytes: int
     episodes_added: int
-    def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
     __slots__ = ("buffer", "chunk")

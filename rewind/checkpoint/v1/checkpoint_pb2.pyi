@@ -30,19 +30,28 @@ class FileInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class BufferFile(_message.Message):
-    __slots__ = ("buffer", "file", "address", "episodes_added")
+    __slots__ = ("buffer", "file", "address", "episodes_added", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     file: str
     address: str
     episodes_added: int
-    def __init__(self, buffer: _Optional[str] = ..., file: _Optional[str] = ..., address: _Optional[str] = ..., episodes_added: _Optional[int] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, buffer: _Optional[str] = ..., file: _Optional[str] = ..., address: _Optional[str] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("agent_id", "run_id", "step", "episode", "path", "created", "files", "total_bytes", "metrics", "config", "extra", "resumed_from", "buffers")
+    __slots__ = ("agent_id", "run_id", "step", "episode", "path", "created", "files", "total_bytes", "metrics", "config", "extra", "resumed_from", "buffers", "versions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +59,13 @@ class Checkpoint(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +79,7 @@ class Checkpoint(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     run_id: str
     step: int
@@ -76,7 +93,8 @@ class Checkpoint(_message.Message):
     extra: _struct_pb2.Struct
     resumed_from: str
     buffers: _containers.RepeatedCompositeFieldContainer[BufferFile]
-    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., path: _Optional[str] = ..., created: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[BufferFile, _Mapping]]] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., path: _Optional[str] = ..., created: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[BufferFile, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RetentionPolicy(_message.Message):
     __slots__ = ("keep_last", "keep_every", "keep_best", "metric", "mode")
@@ -115,7 +133,7 @@ class FileAnnouncement(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class SaveHeader(_message.Message):
-    __slots__ = ("agent_id", "run_id", "step", "episode", "files", "buffers", "metrics", "config", "extra", "resumed_from", "retention")
+    __slots__ = ("agent_id", "run_id", "step", "episode", "files", "buffers", "metrics", "config", "extra", "resumed_from", "retention", "versions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +141,13 @@ class SaveHeader(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +159,7 @@ class SaveHeader(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     run_id: str
     step: int
@@ -145,7 +171,8 @@ class SaveHeader(_message.Message):
     extra: _struct_pb2.Struct
     resumed_from: str
     retention: RetentionPolicy
-    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileAnnouncement, _Mapping]]] = ..., buffers: _Optional[_Iterable[_Union[BufferSource, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileAnnouncement, _Mapping]]] = ..., buffers: _Optional[_Iterable[_Union[BufferSource, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("file", "data")

@@ -224,7 +224,7 @@ class History:
     # -- one checkpoint ----------------------------------------------------------
 
     def checkpoint(self, agent_id: str, run_id: str, step: str | int) -> dict[str, Any]:
-        """One checkpoint: files (size, sha256), metrics, config, extra, buffers, lineage and retention.
+        """One checkpoint: files (size, sha256), metrics, config, extra, buffers, versions, lineage and retention.
 
         Raises:
             InvalidArgument: a malformed id or step (naming it).
@@ -243,7 +243,8 @@ class History:
             "agent_id": m.agent_id, "run_id": m.run_id,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
             "buffers": [{"buffer": b.buffer, "file": b.file, "address": b.address,
-                         "episodes_added": b.episodes_added} for b in m.buffers],
+                         "episodes_added": b.episodes_added, "versions": b.versions} for b in m.buffers],
+            "versions": m.versions,
             "config": m.config, "extra": m.extra,
             "lineage": self._chain(m.resumed_from, {run}),
             "retention": {**_policy(view.retention), **_kept_by(view, m)},
