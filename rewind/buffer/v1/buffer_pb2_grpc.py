@@ -184,8 +184,9 @@ class BufferServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Capture(self, request, context):
-        """Capture copies a buffer's state now, for a later Snapshot of exactly that
-        state (by capture_id). Sampling and adding continue meanwhile.
+        """Capture pins a buffer's state now (copying no rows), for a later Snapshot of
+        exactly that state (by capture_id). Sampling and adding continue meanwhile:
+        a write first copies aside the rows a capture still needs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
