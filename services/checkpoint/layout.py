@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from rewind.checkpoint_paths import STEP_DIGITS, parse_step_dir, step_dir
 from rewind.errors import InvalidArgument
 from rewind.names import MAX_FILE_NAME_CHARS, check_name
+from rewind.run_history import RUN_FILES
 
 MANIFEST = "manifest.json"
 RETENTION = "retention.json"
@@ -24,9 +25,6 @@ MAX_STEP = 10**STEP_DIGITS - 1
 # A run's history, which its trainer uploads (PutRunFile) with each checkpoint and
 # every few seconds; the history pages and API read it. Only these names exist.
 HISTORY_DIR = "history"
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.csv"
-RUN_FILES = (STATUS_FILE, METRICS_FILE)
 
 
 def check_id(value: str, field: str) -> str:
@@ -74,7 +72,8 @@ class RunKey:
     def history_key(self, name: str) -> str:
         """The key of one of the run's history files (RUN_FILES)."""
         if name not in RUN_FILES:
-            raise InvalidArgument(f"name: {name!r} is not a run file; expected one of {', '.join(RUN_FILES)}")
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise InvalidArgument(f"name: {shown!r} is not a run file; expected one of {', '.join(RUN_FILES)}")
         return f"{self.prefix}{HISTORY_DIR}/{name}"
 
     def __str__(self) -> str:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import DataLoss
+from rewind.run_history import now_rfc3339  # noqa: F401  (the store's one timestamp format; upload.py's `created`)
 from rewind.versions import CHECKPOINT_FORMAT
 from rewind_checkpoint.layout import CheckpointKey, RunKey
 
@@ -129,11 +129,6 @@ def _versions(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def now_rfc3339() -> str:
-    """UTC time with microseconds: commit order is the order of these strings."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:

@@ -8,30 +8,19 @@ was) and replaced atomically, so a reader sees the old or the new file whole.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from rewind.errors import InvalidArgument, NotFound
+from rewind.run_history import METRICS_FILE, STATES, STATUS_FILE, rfc3339
 from rewind_checkpoint.catalog import Catalog
-from rewind_checkpoint.layout import METRICS_FILE, RUN_FILES, STATUS_FILE, RunKey
+from rewind_checkpoint.layout import RunKey
 from rewind_checkpoint.store import ObjectMissing, Store
 
-STATUS_FORMAT = "rewind.run-status/1"
-# What a run's status.json may say: running, or how the run ended.
-STATES = ("running", "finished", "stopped", "preempted", "failed")
 # A status is a few hundred bytes; the metrics of a long run (one row per episode and per evaluation) a few MiB.
 MAX_BYTES = {STATUS_FILE: 64 * 1024, METRICS_FILE: 32 * 1024 * 1024}
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
-
-
-def check_name(name: str) -> str:
-    """Raises InvalidArgument (naming `name`) unless it is one of the run files."""
-    if name not in RUN_FILES:
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        raise InvalidArgument(f"name: {shown!r} is not a run file; expected one of {', '.join(RUN_FILES)}")
-    return name
 
 
 def check_content(name: str, content: bytes) -> None:
@@ -79,8 +68,8 @@ def put_run_file(catalog: Catalog, run: RunKey, name: str, content: bytes) -> st
     Raises:
         InvalidArgument: a bad name or content (nothing is written).
     """
-    check_content(check_name(name), content)
-    key = run.history_key(name)
+    key = run.history_key(name)  # checks the name first
+    check_content(name, content)
     with catalog.run_lock(run):
         catalog.store.put(key, content)
         catalog.notify("run_changed", run)
@@ -94,11 +83,11 @@ def get_run_file(store: Store, run: RunKey, name: str) -> tuple[bytes, str]:
         InvalidArgument: a bad name.
         NotFound: no such run, or the run has no such file (yet).
     """
-    key = run.history_key(check_name(name))
+    key = run.history_key(name)
     found = [o for o in store.list(key) if o.key == key]
     if found:
         try:
-            return store.get(key), _rfc3339(found[0].modified)
+            return store.get(key), rfc3339(found[0].modified)
         except ObjectMissing:
             pass  # removed since the listing (a store cleaned by hand): missing
     if run.run_id not in store.list_dirs(f"{run.agent_id}/"):
@@ -106,6 +95,3 @@ def get_run_file(store: Store, run: RunKey, name: str) -> tuple[bytes, str]:
     raise NotFound(f"name: run {run} has no {name} yet; its trainer uploads it with each checkpoint and every "
                    "heartbeat_interval_s (a trainer older than this service uploads none)")
 
-
-def _rfc3339(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

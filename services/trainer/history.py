@@ -32,17 +32,15 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rewind.checkpoint_client import CheckpointClient
 from rewind.errors import NotFound, RewindError
+from rewind.run_history import METRICS_FILE, STATUS_FILE, STATUS_FORMAT, now_rfc3339
 from rewind_trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
-STATUS_FORMAT = "rewind.run-status/1"
-STATUS_FILE, METRICS_FILE = "status.json", "metrics.csv"   # the store's names (rewind_checkpoint.layout)
 UPLOAD_TIMEOUT_S = 10.0    # per call: a service that does not answer costs the heartbeat thread no more
 
 
@@ -56,11 +54,6 @@ class Progress:
     episode_return: float
     eval_return: float
     checkpoint: str          # this run's last committed checkpoint, or ""
-
-
-def now_rfc3339() -> str:
-    """UTC time with microseconds, as the checkpoint service writes it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _number(value: float) -> float | None:

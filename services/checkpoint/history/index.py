@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewind.errors import DataLoss, InvalidArgument, NotFound
+from rewind.run_history import STATUS_FILE
 from rewind_checkpoint.catalog import Catalog, CatalogListener
-from rewind_checkpoint.layout import STATUS_FILE, CheckpointKey, RunKey, parse_step_dir
+from rewind_checkpoint.layout import CheckpointKey, RunKey, parse_step_dir
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.retention import RetentionPolicy, commit_order
 from rewind_checkpoint.store import ObjectMissing

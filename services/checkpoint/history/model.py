@@ -20,12 +20,12 @@ from typing import Any
 
 from rewind.commands import resume_command
 from rewind.errors import InvalidArgument, NotFound
+from rewind.run_history import METRICS_FILE, STATES
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.history.index import RunIndex, RunView
-from rewind_checkpoint.layout import METRICS_FILE, CheckpointKey, RunKey, check_id, check_step, parse_step_dir
+from rewind_checkpoint.layout import CheckpointKey, RunKey, check_id, check_step, parse_step_dir
 from rewind_checkpoint.manifest import Manifest
 from rewind_checkpoint.retention import RetentionPolicy, commit_order, rank_best
-from rewind_checkpoint.run_files import STATES
 from rewind_checkpoint.store import ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def page_url(run: RunKey, step: int | None = None) -> str:
 
 
 def parse_time(text: Any) -> float | None:
-    """RFC 3339 UTC (as manifest.now_rfc3339 writes it) -> epoch seconds; None when it is not one."""
+    """RFC 3339 UTC (as rewind.run_history.rfc3339 writes it) -> epoch seconds; None when it is not one."""
     if not isinstance(text, str) or not text:
         return None
     try:
