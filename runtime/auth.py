@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from rewind.errors import PermissionDenied, Unauthenticated
+from rewind.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from rewind.security import AUTHORIZATION, TokenFile
 from rewind_runtime.interceptors import refuse
 
@@ -141,6 +141,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
 def is_open(method: str) -> bool:
     """Whether `method` is one of grpc's own open services (health, reflection)."""
     return method.lstrip("/").split("/", 1)[0] in OPEN_SERVICES
+
+
+def check_exposure(host: str, authenticator: Authenticator, allow_unauthenticated: bool) -> None:
+    """Serving open to the network must be asked for.
+
+    Raises:
+        FailedPrecondition: no tokens on an interface other than loopback, without allow_unauthenticated.
+    """
+    if not authenticator.enabled and not is_loopback(host) and not allow_unauthenticated:
+        raise FailedPrecondition(
+            f"host: listening on {host} with no tokens would let anyone who reaches the port read, change "
+            "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
+            "pass --allow-unauthenticated on a network you trust")
 
 
 def is_loopback(host: str) -> bool:

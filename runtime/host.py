@@ -29,8 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rewind.errors import Unavailable
-from rewind_runtime.auth import Authenticator, AuthInterceptor
-from rewind_runtime.http import HttpHost, check_exposure
+from rewind_runtime.auth import Authenticator, AuthInterceptor, check_exposure
+from rewind_runtime.http import HttpHost
 from rewind_runtime.interceptors import ErrorInterceptor
 from rewind_runtime.metrics import MetricsInterceptor, RpcMetrics, new_registry
 from rewind_runtime.server_settings import ServerSettings

@@ -39,8 +39,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rewind.errors import FailedPrecondition, PermissionDenied, RewindError, Unauthenticated, Unavailable
-from rewind_runtime.auth import READ, WRITE, Authenticator, is_loopback
+from rewind.errors import PermissionDenied, RewindError, Unauthenticated, Unavailable
+from rewind_runtime.auth import READ, WRITE, Authenticator, check_exposure
 from rewind_runtime.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -71,19 +71,6 @@ ErrorPage = Callable[[Request, int, str, str], Response]
 def http_status(code: grpc.StatusCode) -> int:
     """The HTTP status answering a gRPC `code` (500 for a code with no mapping)."""
     return HTTP_STATUS.get(code, 500)
-
-
-def check_exposure(host: str, authenticator: Authenticator, allow_unauthenticated: bool) -> None:
-    """Serving open to the network must be asked for.
-
-    Raises:
-        FailedPrecondition: no tokens on an interface other than loopback, without allow_unauthenticated.
-    """
-    if not authenticator.enabled and not is_loopback(host) and not allow_unauthenticated:
-        raise FailedPrecondition(
-            f"host: listening on {host} with no tokens would let anyone who reaches the port read, change "
-            "and delete everything; give --write-tokens-file (and --read-tokens-file), listen on 127.0.0.1, or "
-            "pass --allow-unauthenticated on a network you trust")
 
 
 def bearer(authorization: str | None) -> str | None:
