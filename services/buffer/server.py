@@ -22,7 +22,7 @@ from rewind_runtime.threads import configure_torch_threads
 
 SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
 # A read token may call these (reading and sampling); the rest change buffers and need a write token.
-READ_METHODS = ("ListBuffers", "GetStats", "Sample", "SampleStream", "Snapshot")
+READ_METHODS = ("ListBuffers", "GetStats", "Sample", "SampleStream", "Snapshot", "SnapshotBlocks")
 
 
 def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]:

@@ -954,6 +954,14 @@ class BufferWorld(World):
             request.capture_id = self.call("Capture", buffer_pb2.CaptureRequest(buffer="buffer")).capture_id
         return [request]
 
+    def template_SnapshotBlocks(self, rng):
+        request = buffer_pb2.SnapshotBlocksRequest(buffer="buffer", chunk_bytes=4096)
+        if rng.random() < 0.5:
+            request.capture_id = self.call("Capture", buffer_pb2.CaptureRequest(buffer="buffer")).capture_id
+        if rng.random() < 0.5:
+            request.stored_blocks.append("0" * 64)
+        return [request]
+
     def template_Capture(self, rng):
         stats = self.call("GetStats", buffer_pb2.GetStatsRequest(buffer="buffer")).stats
         return [buffer_pb2.CaptureRequest(buffer="buffer", expect_episodes_added=stats.episodes_added)]

@@ -268,13 +268,66 @@ class SnapshotResponse(_message.Message):
     versions: _containers.ScalarMap[str, str]
     def __init__(self, chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class SnapshotBlocksRequest(_message.Message):
+    __slots__ = ("buffer", "chunk_bytes", "expect_episodes_added", "capture_id", "stored_blocks")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    chunk_bytes: int
+    expect_episodes_added: int
+    capture_id: str
+    stored_blocks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, buffer: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ..., stored_blocks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlockRef(_message.Message):
+    __slots__ = ("sha256", "size")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size: int
+    def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class BlockIndexStart(_message.Message):
+    __slots__ = ("size", "blocks", "episodes_added", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
+    episodes_added: int
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SnapshotBlocksResponse(_message.Message):
+    __slots__ = ("block", "chunk", "index")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    block: BlockRef
+    chunk: bytes
+    index: BlockIndexStart
+    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., chunk: _Optional[bytes] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ...) -> None: ...
+
 class RestoreRequest(_message.Message):
-    __slots__ = ("buffer", "chunk")
+    __slots__ = ("buffer", "chunk", "block")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk: bytes
-    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    block: BlockRef
+    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("stats",)

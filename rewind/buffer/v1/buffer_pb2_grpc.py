@@ -94,6 +94,11 @@ class BufferServiceStub:
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.FromString,
                 _registered_method=True)
+        self.SnapshotBlocks = channel.unary_stream(
+                '/rewind.buffer.v1.BufferService/SnapshotBlocks',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.FromString,
+                _registered_method=True)
         self.Restore = channel.stream_unary(
                 '/rewind.buffer.v1.BufferService/Restore',
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.SerializeToString,
@@ -192,8 +197,20 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotBlocks(self, request, context):
+        """SnapshotBlocks streams a capture (or the current state) as content-addressed
+        blocks: only the blocks the caller's store lacks travel, then a small index
+        (counters, writer, sampler state, and which rows each block holds). A
+        checkpoint then costs what changed since the last one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Restore(self, request_iterator, context):
-        """Restore replaces (or creates) a buffer from a stream of snapshot chunks.
+        """Restore replaces (or creates) a buffer from a stream of snapshot chunks:
+        a whole snapshot, or a block index followed by its blocks, streamed one
+        block at a time into the new storage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,6 +273,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.Capture,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.SerializeToString,
+            ),
+            'SnapshotBlocks': grpc.unary_stream_rpc_method_handler(
+                    servicer.SnapshotBlocks,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.SerializeToString,
             ),
             'Restore': grpc.stream_unary_rpc_method_handler(
                     servicer.Restore,
@@ -565,6 +587,33 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/Capture',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.CaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rewind.buffer.v1.BufferService/SnapshotBlocks',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.FromString,
             options,
             channel_credentials,
             insecure,

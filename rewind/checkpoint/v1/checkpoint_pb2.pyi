@@ -30,7 +30,7 @@ class FileInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class BufferFile(_message.Message):
-    __slots__ = ("buffer", "file", "address", "episodes_added", "versions")
+    __slots__ = ("buffer", "file", "address", "episodes_added", "versions", "format", "blocks")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,12 +43,24 @@ class BufferFile(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     file: str
     address: str
     episodes_added: int
     versions: _containers.ScalarMap[str, str]
-    def __init__(self, buffer: _Optional[str] = ..., file: _Optional[str] = ..., address: _Optional[str] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    format: str
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockInfo]
+    def __init__(self, buffer: _Optional[str] = ..., file: _Optional[str] = ..., address: _Optional[str] = ..., episodes_added: _Optional[int] = ..., versions: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ...) -> None: ...
+
+class BlockInfo(_message.Message):
+    __slots__ = ("sha256", "size")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size: int
+    def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("agent_id", "run_id", "step", "episode", "path", "created", "files", "total_bytes", "metrics", "config", "extra", "resumed_from", "buffers", "versions")
@@ -111,18 +123,20 @@ class RetentionPolicy(_message.Message):
     def __init__(self, keep_last: _Optional[int] = ..., keep_every: _Optional[int] = ..., keep_best: _Optional[int] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class BufferSource(_message.Message):
-    __slots__ = ("address", "buffer", "file", "expect_episodes_added", "capture_id")
+    __slots__ = ("address", "buffer", "file", "expect_episodes_added", "capture_id", "blocks")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     EXPECT_EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     address: str
     buffer: str
     file: str
     expect_episodes_added: int
     capture_id: str
-    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ...) -> None: ...
+    blocks: bool
+    def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ..., blocks: _Optional[bool] = ...) -> None: ...
 
 class FileAnnouncement(_message.Message):
     __slots__ = ("name", "size")
@@ -199,12 +213,16 @@ class SaveRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[SaveHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
 
 class SaveResponse(_message.Message):
-    __slots__ = ("checkpoint", "deleted")
+    __slots__ = ("checkpoint", "deleted", "uploaded_bytes", "deduplicated_bytes")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     checkpoint: Checkpoint
     deleted: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+    uploaded_bytes: int
+    deduplicated_bytes: int
+    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., deleted: _Optional[_Iterable[str]] = ..., uploaded_bytes: _Optional[int] = ..., deduplicated_bytes: _Optional[int] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("ref", "file", "chunk_bytes")
