@@ -313,6 +313,53 @@ class BufferClient(ServiceClient):
                                              capture_id=capture_id)
         return self._stream(self._stub.Snapshot, request, timeout)
 
+    def snapshot_blocks(
+        self, stored_blocks: Iterable[str] = (), *, capture_id: str = "", expect_episodes_added: int = 0,
+        chunk_bytes: int = 0, timeout: float | None = TRANSFER_TIMEOUT_S,
+    ) -> Iterator[buffer_pb2.SnapshotBlocksResponse]:
+        """Stream the buffer (or a capture) as content-addressed blocks, then its block index.
+
+        Only blocks not named in `stored_blocks` travel: each opens with a `block`
+        (its sha256 and size) followed by its `chunk`s. Last comes `index` (its
+        size, every block it references in restore order, the episode count and
+        the service's versions) followed by the index's chunks.
+
+        Args:
+            stored_blocks: sha256 names of the blocks the caller's store already holds.
+            capture_id: stream this earlier capture() instead of the current state.
+            expect_episodes_added: as in snapshot_stream (not with capture_id).
+            chunk_bytes: bytes per chunk; 0 means 1 MiB.
+            timeout: deadline for the whole stream, seconds.
+        """
+        request = buffer_pb2.SnapshotBlocksRequest(
+            buffer=self.buffer, capture_id=capture_id, expect_episodes_added=expect_episodes_added,
+            chunk_bytes=chunk_bytes, stored_blocks=list(stored_blocks))
+        return self._stream(self._stub.SnapshotBlocks, request, timeout)
+
+    def restore_blocks(self, index: Iterable[bytes], blocks: Iterable[tuple[str, int, Iterable[bytes]]],
+                       timeout: float | None = TRANSFER_TIMEOUT_S):
+        """Replace (or create) this buffer from a block index and its blocks; returns its new stats.
+
+        The service writes each block into the new storage as it arrives and
+        checks every block's sha256; anything missing, extra, out of order or
+        corrupt is DATA_LOSS, and the buffer stays as it was.
+
+        Args:
+            index: the index's consecutive chunks.
+            blocks: (sha256, size, chunks) of every block the index references, in its order.
+        """
+
+        def requests() -> Iterator[buffer_pb2.RestoreRequest]:
+            yield buffer_pb2.RestoreRequest(buffer=self.buffer)
+            for chunk in index:
+                yield buffer_pb2.RestoreRequest(chunk=chunk)
+            for sha256, size, chunks in blocks:
+                yield buffer_pb2.RestoreRequest(block=buffer_pb2.BlockRef(sha256=sha256, size=size))
+                for chunk in chunks:
+                    yield buffer_pb2.RestoreRequest(chunk=chunk)
+
+        return self._call(self._stub.Restore, requests(), timeout=timeout).stats
+
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes | Iterable[bytes],
                 timeout: float = TRANSFER_TIMEOUT_S):
         """Replace (or create) this buffer from a snapshot; returns its new stats.

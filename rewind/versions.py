@@ -21,9 +21,9 @@ from collections.abc import Mapping
 PACKAGES = ("torch", "tensordict", "torchrl", "rewind")
 # The formats: of the checkpoint (its manifest.json) and of a buffer snapshot.
 CHECKPOINT_FORMAT = "rewind.checkpoint/1"
-# Buffer snapshot format_versions this release reads (1: the whole blob). The block index of
-# incremental checkpoints (issue 14) will be 2, added here once the buffer service restores it.
-SNAPSHOT_FORMATS = frozenset({1})
+# Buffer snapshot format_versions this release reads (1: the whole blob; 2: the block index of
+# an incremental checkpoint, whose rows are in content-addressed blocks).
+SNAPSHOT_FORMATS = frozenset({1, 2})
 # The keys of a process's versions (what current() returns, and a SaveHeader may carry).
 PROCESS_KEYS = ("python", *PACKAGES)
 # Every key a version record may hold.

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rewind.errors import Internal, NotFound, ResourceExhausted
+from rewind_buffer import row_ranges
 
 if TYPE_CHECKING:
     from rewind_buffer.episode_buffer import BufferState
@@ -89,7 +90,8 @@ class RowCapture:
         self._live = columns
         self._row_bytes = {key: _row_bytes(t) for key, t in columns.items()}
         self._saved: dict[str, list[tuple[int, int, torch.Tensor]]] = {key: [] for key in columns}
-        self._column, self._row = 0, 0        # the stream's position: every row before it is streamed
+        # Per column, the rows a stream will still read: writes copy aside only these.
+        self._needed: dict[str, row_ranges.Ranges] = {key: [(0, used)] if used else [] for key in columns}
         self._watchers = watchers
         watchers.add(self)
 
@@ -107,11 +109,11 @@ class RowCapture:
             self.release()  # the store answers NOT_FOUND (expired) for it; nothing will stream it
             return
         todo: list[tuple[str, int, int]] = []
-        for index, key in enumerate(self._keys):
-            if index < self._column or (keys is not None and key not in keys):
+        for key in self._keys:
+            if keys is not None and key not in keys:
                 continue
-            lo = max(start, self._row) if index == self._column else start
-            todo += [(key, a, b) for a, b in _gaps(self._saved[key], lo, end)]
+            for lo, hi in row_ranges.clip(self._needed[key], start, end):
+                todo += [(key, a, b) for a, b in _gaps(self._saved[key], lo, hi)]
         nbytes = sum((b - a) * self._row_bytes[key] for key, a, b in todo)
         if self.max_copy_bytes is not None and self.copied_bytes + nbytes > self.max_copy_bytes:
             self._fail(f"writes since it was taken overwrote more than max_capture_copy_mb="
@@ -132,33 +134,64 @@ class RowCapture:
     def read(self, index: int, key: str, start: int, end: int) -> torch.Tensor:
         """Rows [start, end) of column `key` at the capture point (a CPU tensor); the stream's next chunk.
 
+        A whole-snapshot stream reads each column front to back: rows before
+        `end` are needed no more once read.
+
         Raises:
             ResourceExhausted: the capture went over its cap and was dropped.
         """
         with self.lock:
-            if self.failed:
-                raise ResourceExhausted(f"capture_id: {self.label} was dropped: {self.failed}")
-            if self.released or (index, start) != (self._column, self._row):
-                raise Internal(f"{self.label}: read of {key}[{start}:{end}] out of order or after release")
-            live, pieces, parts, pos = self._live[key], self._saved[key], [], start
-            for a, b, saved in pieces[max(0, bisect.bisect_right(pieces, start, key=_start) - 1):]:
-                if a >= end:
-                    break
-                if b <= pos:
-                    continue
-                if a > pos:
-                    parts.append(live[pos:a].to("cpu", copy=True))
-                parts.append(saved[max(a, pos) - a: min(b, end) - a])
-                pos = min(b, end)
-            if pos < end:
-                parts.append(live[pos:end].to("cpu", copy=True))
-            # Streamed: these rows are needed no more; nor is any saved copy behind them.
-            while pieces and pieces[0][1] <= end:
-                pieces.pop(0)
-            self._column, self._row = (index + 1, 0) if end >= self.used else (index, end)
-            if self._column > index:
-                self._saved[key] = []
+            rows = self._read_locked(key, start, end)
+            self._needed[key] = row_ranges.subtract(self._needed[key], 0, end)
+            self._prune(key)
+        return rows
+
+    def read_range(self, key: str, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) of column `key` at the capture point, in any order (a block stream's reads).
+
+        Raises:
+            ResourceExhausted: the capture went over its cap and was dropped.
+        """
+        with self.lock:
+            return self._read_locked(key, start, end)
+
+    def keep_only(self, ranges: row_ranges.Ranges) -> None:
+        """From now on only `ranges` of every column will be read: writes elsewhere copy nothing."""
+        with self.lock:
+            for key in self._keys:
+                self._needed[key] = row_ranges.intersect(self._needed[key], ranges)
+                self._prune(key)
+
+    def forget(self, start: int, end: int) -> None:
+        """Rows [start, end) of every column will not be read again."""
+        with self.lock:
+            for key in self._keys:
+                self._needed[key] = row_ranges.subtract(self._needed[key], start, end)
+                self._prune(key)
+
+    def _read_locked(self, key: str, start: int, end: int) -> torch.Tensor:
+        if self.failed:
+            raise ResourceExhausted(f"capture_id: {self.label} was dropped: {self.failed}")
+        if self.released or not row_ranges.covers(self._needed[key], start, end):
+            raise Internal(f"{self.label}: read of {key}[{start}:{end}], rows it no longer holds")
+        live, pieces, parts, pos = self._live[key], self._saved[key], [], start
+        for a, b, saved in pieces[max(0, bisect.bisect_right(pieces, start, key=_start) - 1):]:
+            if a >= end:
+                break
+            if b <= pos:
+                continue
+            if a > pos:
+                parts.append(live[pos:a].to("cpu", copy=True))
+            parts.append(saved[max(a, pos) - a: min(b, end) - a])
+            pos = min(b, end)
+        if pos < end:
+            parts.append(live[pos:end].to("cpu", copy=True))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _prune(self, key: str) -> None:
+        """Free the saved copies of rows no stream will read."""
+        needed = self._needed[key]
+        self._saved[key] = [p for p in self._saved[key] if row_ranges.clip(needed, p[0], p[1])]
 
     def release(self) -> None:
         """Stop watching writes and free the saved rows (idempotent)."""
@@ -231,18 +264,9 @@ def _start(piece: tuple[int, int, torch.Tensor]) -> int:
 
 def _gaps(pieces: list[tuple[int, int, torch.Tensor]], lo: int, hi: int) -> list[tuple[int, int]]:
     """The parts of [lo, hi) that no piece (sorted, disjoint [a, b) ranges) covers."""
-    gaps, pos = [], lo
-    for a, b, _ in pieces[max(0, bisect.bisect_right(pieces, lo, key=_start) - 1):]:
-        if a >= hi:
-            break
-        if b <= pos:
-            continue
-        if a > pos:
-            gaps.append((pos, a))
-        pos = max(pos, b)
-    if pos < hi:
-        gaps.append((pos, hi))
-    return gaps
+    first = max(0, bisect.bisect_right(pieces, lo, key=_start) - 1)
+    end = bisect.bisect_left(pieces, hi, key=_start)
+    return row_ranges.complement([(a, b) for a, b, _ in pieces[first:end]], lo, hi)
 
 
 @dataclass

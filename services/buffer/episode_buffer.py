@@ -19,6 +19,7 @@ from torchrl.data import ReplayBuffer
 
 from rewind.errors import DataLoss, FailedPrecondition, ResourceExhausted
 from rewind_buffer import torchrl_adapter
+from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, Sealed, row_bytes
 from rewind_buffer.captures import RowCapture
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
@@ -78,6 +79,9 @@ class BufferState:
     writer: dict                   # EpisodeWriter.state_dict()
     tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
     rows: RowCapture | None = field(default=None, compare=False, repr=False)
+    # The blocks of the capture point (None for a copy, or a buffer without storage): what SnapshotBlocks sends.
+    blocks: Sealed | None = field(default=None, compare=False, repr=False)
+    block_map: BlockMap | None = field(default=None, compare=False, repr=False)
 
     def release(self) -> None:
         """Stop the copy-before-overwrite of a capture not to be streamed (streaming it to the end does this too)."""
@@ -156,6 +160,7 @@ class EpisodeBuffer:
         self._generator: torch.Generator | None = None
         self._reserve_storage = reserve_storage
         self.reserved_bytes = 0  # the storage the registry has counted for this buffer
+        self.block_map: BlockMap | None = None  # which stored rows are already in blocks (from the storage on)
 
     # -- state ---------------------------------------------------------------
 
@@ -257,6 +262,11 @@ class EpisodeBuffer:
         log.info("buffer %r: capacity %s transitions, storage %.3f GB on %s",
                  self.name, f"{self.capacity:,}", required / 1e9, device)
         self.schema, self.device, self._generator, self._rb = schema, device, generator, rb
+        self._watch_blocks(BlockMap(row_bytes(schema)))
+
+    def _watch_blocks(self, block_map: BlockMap) -> None:
+        """Make `block_map` the one the writer tells of every write."""
+        self.block_map = self._writer.block_map = block_map
 
     def _write(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> None:
         # One extend for the lot: the writer places them and batches the copies.
@@ -297,7 +307,8 @@ class EpisodeBuffer:
 
     # -- snapshot support ----------------------------------------------------
 
-    def export_state(self, expect_episodes_added: int = 0, *, copy: bool = False) -> BufferState:
+    def export_state(self, expect_episodes_added: int = 0, *, copy: bool = False,
+                     block_bytes: int = DEFAULT_BLOCK_BYTES) -> BufferState:
         """A consistent state of everything a snapshot needs, as of now.
 
         By default no row is copied here (the trainer's stall is this lock
@@ -308,10 +319,15 @@ class EpisodeBuffer:
         chunk at a time, as snapshot.encode streams them; the bytes are those
         of a full copy taken now. copy=True takes that full copy instead.
 
+        The capture also seals the buffer's blocks (rewind_buffer.blocks): the
+        rows written since the last capture become new blocks, named later
+        from the capture's rows, so that SnapshotBlocks sends only those.
+
         Args:
             expect_episodes_added: when > 0, the state is refused unless exactly
                 this many episodes have been added (checked under the lock).
             copy: copy every used row now, under the lock (the old path; tests compare against it).
+            block_bytes: the most bytes of one new block, when the capture seals its blocks.
 
         Raises:
             FailedPrecondition: the buffer has seen a different number of episodes.
@@ -323,7 +339,7 @@ class EpisodeBuffer:
                     f"not {expect_episodes_added}; the snapshot would not match the caller's step"
                 )
             tensors: dict = {}
-            rows = None
+            rows = blocks = None
             if self._rb is not None:
                 keys = (*FIELDS, TRAJ_KEY)
                 if copy:
@@ -333,13 +349,15 @@ class EpisodeBuffer:
                     live, used = torchrl_adapter.live_columns(self._rb.storage, keys)
                     rows = RowCapture(self.lock, live, used, self._writer.watchers)
                     tensors = dict(rows.columns())
+                    blocks = self.block_map.seal(used, block_bytes)
                 tensors["generator_state"] = self._generator.get_state().to("cpu", copy=True)
             return BufferState(
                 name=self.name, settings=self.settings, seed=self.seed,
                 storage_device=self.storage_device_preference,
                 device_type=self.device.type if self.device is not None else None, schema=self.schema,
                 episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
-                transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows)
+                transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows,
+                blocks=blocks, block_map=self.block_map)
 
     @classmethod
     def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None,
@@ -350,18 +368,51 @@ class EpisodeBuffer:
             ResourceExhausted: the storage cannot be had (budget or allocation).
             DataLoss: the generator state does not fit the generator.
         """
+        buffer = cls.restore_begin(name, state, storage_device=storage_device, reserve_storage=reserve_storage)
+        if state.schema is not None:
+            torchrl_adapter.write_rows(buffer._rb.storage, {k: state.tensors[k] for k in (*FIELDS, TRAJ_KEY)})
+            buffer.restore_finish(state)
+        return buffer
+
+    @classmethod
+    def restore_begin(cls, name: str, state: BufferState, *, storage_device: str | None = None,
+                      reserve_storage: StorageGuard | None = None) -> EpisodeBuffer:
+        """A buffer with the state's settings and counters and its storage allocated, its rows still to write.
+
+        Raises:
+            ResourceExhausted: the storage cannot be had (budget or allocation).
+        """
         buffer = cls(name, state.settings, storage_device=storage_device or state.storage_device, seed=state.seed,
                      reserve_storage=reserve_storage)
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
-        if state.schema is None:
-            return buffer
-        buffer._init_storage(state.schema)
-        torchrl_adapter.write_rows(buffer._rb.storage, {k: state.tensors[k] for k in (*FIELDS, TRAJ_KEY)})
-        buffer._writer.load_state_dict(state.writer)
-        if buffer.device.type == state.device_type:
+        if state.schema is not None:
+            buffer._init_storage(state.schema)
+        return buffer
+
+    def storage_columns(self) -> dict[str, torch.Tensor]:
+        """The storage's column tensors (capacity rows each): where a block restore writes."""
+        return torchrl_adapter.live_columns(self._rb.storage, (*FIELDS, TRAJ_KEY))[0]
+
+    def restore_finish(self, state: BufferState, rows: int | None = None, block_map: BlockMap | None = None) -> None:
+        """After the rows are written: the used length, the writer's layout and the sampler's generator.
+
+        Args:
+            state: the restored state (its tensors hold the generator state).
+            rows: the used rows, when the rows were written straight into the columns (a block restore).
+            block_map: which blocks hold the rows (a block restore), so the next checkpoint sends only new ones.
+
+        Raises:
+            DataLoss: the generator state does not fit the generator.
+        """
+        if rows is not None:
+            torchrl_adapter.set_length(self._rb.storage, rows)
+        if block_map is not None:
+            self._watch_blocks(block_map)
+        self._writer.load_state_dict(state.writer)
+        if self.device.type == state.device_type:
             try:
-                buffer._generator.set_state(state.tensors["generator_state"])
+                self._generator.set_state(state.tensors["generator_state"])
             except RuntimeError as exc:
                 raise DataLoss(f"snapshot.tensors.generator_state: not a {state.device_type} generator's state "
                                f"({exc})") from None
@@ -369,9 +420,8 @@ class EpisodeBuffer:
             # A CPU generator state cannot drive a CUDA generator (or back):
             # reseed from the sample count so the stream is still deterministic.
             log.warning("buffer %r restored on %s (was %s): sampling sequence reseeded",
-                        name, buffer.device.type, state.device_type)
-            buffer._generator.manual_seed(buffer.seed + buffer.batches_sampled)
-        return buffer
+                        self.name, self.device.type, state.device_type)
+            self._generator.manual_seed(self.seed + self.batches_sampled)
 
     def stats(self) -> BufferStats:
         """Capacity, counters, readiness, device and bytes."""

@@ -32,7 +32,8 @@ def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]
     for name in settings.buffers:
         registry.create(name)
     servicer = BufferServicer(registry, CaptureStore(settings.max_captures, settings.capture_ttl_s,
-                                                     max_copy_bytes=settings.max_capture_copy_mb * 2**20))
+                                                     max_copy_bytes=settings.max_capture_copy_mb * 2**20),
+                              block_bytes=settings.snapshot_block_mb * 2**20)
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
                              read_methods=READ_METHODS)
     host = ServiceHost.from_settings([binding], settings)

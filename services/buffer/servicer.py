@@ -9,7 +9,7 @@ import gc
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import grpc
@@ -18,11 +18,13 @@ from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.versions import SNAPSHOT_FORMATS, current
-from rewind_buffer import snapshot, snapshot_check
+from rewind_buffer import block_stream, snapshot, snapshot_check
+from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.settings import BufferSettings, check_buffer_name
+from rewind_buffer.writer import TRAJ_KEY
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,12 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     """Implements rewind.buffer.v1.BufferService over a BufferRegistry."""
 
-    def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None) -> None:
+    def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
         self.registry = registry
         # `is None`, not `or`: an empty store is falsy (len 0), and `or` dropped the configured one.
         self.captures = captures if captures is not None else CaptureStore()
+        self.block_bytes = block_bytes  # the most bytes of a new block (snapshot_block_mb)
 
     def ListBuffers(self, request, context):
         # The newest snapshot format it restores: a resume checks a checkpoint's buffers against it.
@@ -136,15 +140,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def Snapshot(self, request, context):
         buffer = self.registry.get(request.buffer)
-        chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
-        if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
-            raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
-        if request.capture_id:
-            if request.expect_episodes_added:
-                raise InvalidArgument("expect_episodes_added: give it to Capture, not with a capture_id")
-            state = self.captures.take(request.capture_id, buffer.name).state
-        else:
-            state = buffer.export_state(request.expect_episodes_added)
+        chunk_bytes = _chunk_bytes(request.chunk_bytes)
+        state = self._state(buffer, request)
         total, pieces = snapshot.encode(state.header(), state.tensors)
         offset = 0
         versions = {**current(), "snapshot_format": str(snapshot.FORMAT_VERSION)}  # on the first message only
@@ -156,9 +153,38 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             offset += len(chunk)
             versions = None
 
+    def SnapshotBlocks(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        chunk_bytes = _chunk_bytes(request.chunk_bytes)
+        for i, name in enumerate(request.stored_blocks):
+            if not DIGEST.fullmatch(name):
+                raise InvalidArgument(f"stored_blocks[{i}]: {name!r:.80} is not a sha256 (64 lower-case hex digits)")
+        state = self._state(buffer, request)
+        versions = {**current(), "snapshot_format": str(snapshot.INDEX_FORMAT_VERSION)}
+        for event in block_stream.stream_blocks(state, set(request.stored_blocks), chunk_bytes):
+            if not context.is_active():
+                return
+            if isinstance(event, block_stream.BlockStart):
+                yield buffer_pb2.SnapshotBlocksResponse(block=buffer_pb2.BlockRef(sha256=event.sha256,
+                                                                                  size=event.size))
+            elif isinstance(event, block_stream.IndexStart):
+                yield buffer_pb2.SnapshotBlocksResponse(index=buffer_pb2.BlockIndexStart(
+                    size=event.size, blocks=[buffer_pb2.BlockRef(sha256=sha, size=size) for sha, size in event.blocks],
+                    episodes_added=event.episodes_added, versions=versions))
+            else:
+                yield buffer_pb2.SnapshotBlocksResponse(chunk=event)
+
+    def _state(self, buffer: EpisodeBuffer, request) -> BufferState:
+        """The state a Snapshot or SnapshotBlocks request streams: its capture, or the buffer as of now."""
+        if request.capture_id:
+            if request.expect_episodes_added:
+                raise InvalidArgument("expect_episodes_added: give it to Capture, not with a capture_id")
+            return self.captures.take(request.capture_id, buffer.name).state
+        return buffer.export_state(request.expect_episodes_added, block_bytes=self.block_bytes)
+
     def Capture(self, request, context):
         buffer = self.registry.get(request.buffer)
-        state = buffer.export_state(request.expect_episodes_added)
+        state = buffer.export_state(request.expect_episodes_added, block_bytes=self.block_bytes)
         capture_id = self.captures.put(Capture(buffer.name, state))
         return buffer_pb2.CaptureResponse(capture_id=capture_id, episodes_added=state.episodes_added,
                                           batches_sampled=state.batches_sampled, transitions=state.transitions)
@@ -167,15 +193,26 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         header_cap, stream_cap = snapshot.restore_caps(self.registry.limits.max_transitions,
                                                        self.registry.limits.max_storage_bytes)
         reader = snapshot.SnapshotReader(header_cap=header_cap, stream_cap=stream_cap)
+        requests = iter(request_iterator)
+        restored = None
         try:
-            name = _receive_snapshot(request_iterator, reader, self._admit_snapshot)
+            name, first_block = _receive_snapshot(requests, reader, self._admit_snapshot)
             _, tensors = reader.finish()
-            state = dataclasses.replace(reader.checked, tensors=tensors)
-            snapshot_check.check_tensors(state)
-            restored = _rebuild(name, state, self.registry)
+            if isinstance(reader.checked, snapshot_check.BlockIndex):
+                index = reader.checked
+                state = dataclasses.replace(index.state, tensors=tensors)
+                reader.close()  # the index is read; from here on the blocks go straight into the storage
+                restored = _restore_blocks(name, index, state, first_block, requests, self.registry)
+            else:
+                if first_block is not None:
+                    raise InvalidArgument("block: a whole snapshot (format_version 1) is not followed by blocks")
+                state = dataclasses.replace(reader.checked, tensors=tensors)
+                snapshot_check.check_tensors(state)
+                restored = _rebuild(name, state, self.registry)
             self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
         except BaseException:
             reader.close()  # first: only unreferenced bytes can be given back
+            restored = None
             if reader.received >= TRIM_AFTER_BYTES:
                 _give_memory_back()
             raise
@@ -185,17 +222,32 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         stats_to_proto(restored, response.stats)
         return response
 
-    def _admit_snapshot(self, name: str, header: dict) -> BufferState:
-        """Check a snapshot's header in full and against the budget, before its tensors are accepted."""
-        state = snapshot_check.parse_header(header)
+    def _admit_snapshot(self, name: str, header: dict) -> BufferState | snapshot_check.BlockIndex:
+        """Check a snapshot's (or block index's) header in full and against the budget, before anything else."""
+        if header.get("format_version") == snapshot.INDEX_FORMAT_VERSION:
+            checked = snapshot_check.parse_index(header)
+            state = checked.state
+        else:
+            checked = state = snapshot_check.parse_header(header)
         storage = storage_bytes_for(state.schema, state.settings.buffer_size) if state.schema is not None else 0
         self.registry.admit(name, state.settings, storage)
-        return state
+        return checked
 
 
-def _receive_snapshot(requests: Iterable[buffer_pb2.RestoreRequest], reader: snapshot.SnapshotReader,
-                      admit: Callable[[str, dict], BufferState]) -> str:
-    """Feed a Restore stream to `reader`; returns the buffer's name (from the first message)."""
+def _chunk_bytes(requested: int) -> int:
+    chunk_bytes = requested or DEFAULT_CHUNK_BYTES
+    if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
+        raise InvalidArgument(f"chunk_bytes: {requested} is outside 1 KiB..16 MiB")
+    return chunk_bytes
+
+
+def _receive_snapshot(requests: Iterator[buffer_pb2.RestoreRequest], reader: snapshot.SnapshotReader,
+                      admit: Callable[[str, dict], object]) -> tuple[str, buffer_pb2.RestoreRequest | None]:
+    """Feed a Restore stream to `reader` up to its first block, if any.
+
+    Returns:
+        The buffer's name (from the first message), and the message that opens the first block (or None).
+    """
     name = None
     for request in requests:
         if name is None:
@@ -203,10 +255,76 @@ def _receive_snapshot(requests: Iterable[buffer_pb2.RestoreRequest], reader: sna
             reader.check_header = functools.partial(admit, name)
         elif request.buffer and request.buffer != name:
             raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+        if request.HasField("block"):
+            return name, request
         reader.feed(request.chunk)
     if name is None:
         raise InvalidArgument("request: the stream carried no messages")
-    return name
+    return name, None
+
+
+def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferState,
+                    first: buffer_pb2.RestoreRequest | None, requests: Iterator[buffer_pb2.RestoreRequest],
+                    registry: BufferRegistry) -> EpisodeBuffer:
+    """A buffer rebuilt from a block index and its blocks, each written into the storage as it arrives.
+
+    The service holds the storage, one chunk and the index: never the whole snapshot.
+
+    Raises:
+        DataLoss: a block is missing, extra, out of order, short, or not the bytes its name says;
+            or the rows disagree with the writer's layout.
+    """
+    buffer = EpisodeBuffer.restore_begin(name, state, storage_device=registry.storage_device,
+                                         reserve_storage=registry.reserve_storage)
+    if state.schema is None:
+        if first is not None:
+            raise DataLoss("block: the index of an empty buffer references no blocks")
+        return buffer
+    columns, storage = columns_of(state.schema), buffer.storage_columns()
+    places: dict[int, list[tuple[int, int, int]]] = {}
+    for start, end, number, offset in index.extents:
+        places.setdefault(number, []).append((start, end, offset))
+    loader, received = None, 0
+    for request in _with_first(first, requests):
+        if request.buffer and request.buffer != name:
+            raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+        if request.HasField("block"):
+            if loader is not None:
+                loader.finish()
+            loader = _open_block(request.block, index, received, columns, storage, places)
+            received += 1
+        else:
+            loader.feed(request.chunk)
+    if loader is not None:
+        loader.finish()
+    if received != len(index.blocks):
+        missing = index.blocks[received][0]
+        raise DataLoss(f"blocks: {received} of the index's {len(index.blocks)} blocks arrived; block "
+                       f"{missing[:12]}... is missing")
+    snapshot_check.check_tensors(dataclasses.replace(state, tensors={TRAJ_KEY: storage[TRAJ_KEY][:index.rows].cpu()}))
+    block_map = BlockMap.from_index(sum(c.row_bytes for c in columns), index.blocks, index.extents)
+    buffer.restore_finish(state, index.rows, block_map)
+    return buffer
+
+
+def _with_first(first: buffer_pb2.RestoreRequest | None, requests: Iterator[buffer_pb2.RestoreRequest]
+                ) -> Iterator[buffer_pb2.RestoreRequest]:
+    if first is not None:
+        yield first
+    yield from requests
+
+
+def _open_block(ref: buffer_pb2.BlockRef, index: snapshot_check.BlockIndex, number: int, columns: list,
+                storage: dict, places: dict[int, list[tuple[int, int, int]]]) -> BlockLoader:
+    """The loader of the index's block `number`, which `ref` must name."""
+    if number >= len(index.blocks):
+        raise DataLoss(f"block: {ref.sha256[:12]}... arrived after all {len(index.blocks)} blocks of the index")
+    sha256, rows = index.blocks[number]
+    loader = BlockLoader(storage, columns, sha256, rows, places[number])
+    if ref.sha256 != sha256 or ref.size != loader.size:
+        raise DataLoss(f"block: {ref.sha256[:12]}... ({ref.size:,} bytes) arrived where the index's block {number} "
+                       f"is {sha256[:12]}... ({loader.size:,} bytes)")
+    return loader
 
 
 def _rebuild(name: str, state: BufferState, registry: BufferRegistry) -> EpisodeBuffer:

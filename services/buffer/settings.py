@@ -83,6 +83,9 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
     capture_ttl_s: float = setting(600.0, "seconds a capture waits to be streamed before it is dropped", above=0)
     max_capture_copy_mb: int = setting(1024, "MiB a capture may copy aside while writes overwrite rows it has not "
                                              "streamed yet; past it the capture is dropped", minimum=1)
+    snapshot_block_mb: int = setting(64, "MiB of rows at most in one content-addressed block of an incremental "
+                                         "checkpoint (SnapshotBlocks); smaller blocks dedup finer but make more "
+                                         "objects", minimum=1, maximum=1024)
 
     def __post_init__(self) -> None:
         super().__post_init__()

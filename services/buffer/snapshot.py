@@ -34,7 +34,9 @@ from rewind.codec import TORCH_TO_WIRE, dtype_name, view_bytes
 from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 
 MAGIC = b"RWNDBUF1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1        # a whole snapshot: the header, then every used row of every column
+INDEX_FORMAT_VERSION = 2  # a block index: the header plus which blocks hold the rows (rewind_buffer.blocks)
+FORMAT_VERSIONS = (FORMAT_VERSION, INDEX_FORMAT_VERSION)
 DIGEST_BYTES = 32
 _PREFIX = struct.Struct("<8sQ")
 DTYPES = {dtype_name(dtype): dtype for dtype in TORCH_TO_WIRE}
@@ -99,11 +101,13 @@ class ChunkedTensor(Protocol):
         """Called once the stream ends or is abandoned."""
 
 
-def encode(header: dict, tensors: dict[str, torch.Tensor | ChunkedTensor]) -> tuple[int, Iterator[memoryview | bytes]]:
+def encode(header: dict, tensors: dict[str, torch.Tensor | ChunkedTensor],
+           format_version: int = FORMAT_VERSION) -> tuple[int, Iterator[memoryview | bytes]]:
     """Lay out a snapshot without copying the tensors.
 
     Args:
         header: JSON-serialisable description of the buffer.
+        format_version: FORMAT_VERSION, or INDEX_FORMAT_VERSION for a block index.
         tensors: CPU tensors to append, in order, or ChunkedTensors read chunk by chunk as the blob streams
             (the bytes are the same either way); each ChunkedTensor is closed when the stream ends or is dropped.
 
@@ -112,7 +116,7 @@ def encode(header: dict, tensors: dict[str, torch.Tensor | ChunkedTensor]) -> tu
     """
     header = {
         **header,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "tensors": [
             {"key": k, "dtype": dtype_name(t.dtype), "shape": list(t.shape),
              "nbytes": math.prod(t.shape) * t.dtype.itemsize}
@@ -324,11 +328,12 @@ class SnapshotReader:
         if not isinstance(header, dict):
             raise DataLoss(f"snapshot: the header is a JSON {type(header).__name__}, not an object")
         found = header.get("format_version")
-        if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        if isinstance(found, int) and not isinstance(found, bool) and found > max(FORMAT_VERSIONS):
             # Intact data this release cannot read: an upgrade fixes it, so it is not a loss.
             raise FailedPrecondition(f"snapshot: format_version {found} was written by a newer Rewind; this buffer "
-                                     f"service reads format_version {FORMAT_VERSION}; upgrade it to restore this")
-        if found != FORMAT_VERSION:
+                                     f"service reads format_version {max(FORMAT_VERSIONS)}; upgrade it to restore "
+                                     "this")
+        if found not in FORMAT_VERSIONS or isinstance(found, bool):
             raise DataLoss(f"snapshot: format_version {found!r:.50} is not supported")
         specs = tensor_specs(header.get("tensors"))
         if self.check_header is not None:

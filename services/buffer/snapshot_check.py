@@ -11,13 +11,14 @@ snapshot is either restored exactly or not at all.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import torch
 
 from rewind.codec import dtype_name
 from rewind.errors import DataLoss, InvalidArgument
 from rewind_buffer import snapshot
+from rewind_buffer.blocks import DIGEST
 from rewind_buffer.episode_buffer import BufferState
 from rewind_buffer.schema import FIELDS, SCALAR_FIELDS, EpisodeSchema, FieldSpec
 from rewind_buffer.settings import STORAGE_DEVICES, BufferSettings
@@ -26,6 +27,7 @@ from rewind_buffer.writer import TRAJ_KEY
 GENERATOR_KEY = "generator_state"
 HEADER_KEYS = frozenset({"name", "settings", "seed", "storage_device", "device_type", "schema", "episodes_added",
                          "batches_sampled", "transitions", "writer", "format_version", "tensors"})
+INDEX_KEYS = HEADER_KEYS | {"rows", "blocks", "extents"}
 WRITER_KEYS = frozenset({"cursor", "episodes", "evicted"})
 DEVICE_TYPES = ("cpu", "cuda")
 INT64_MAX = 2**63 - 1
@@ -38,9 +40,83 @@ def parse_header(header: object) -> BufferState:
     Raises:
         DataLoss: a key is missing, unexpected or malformed, or the parts contradict each other.
     """
+    state = _parse_state(header, HEADER_KEYS)
+    rows = _check_tensor_list(state, snapshot.tensor_specs(header["tensors"]))
+    _check_layout(state, rows)
+    return state
+
+
+@dataclass
+class BlockIndex:
+    """A block index's header, checked: the buffer's state, its used rows, and which blocks hold them."""
+
+    state: BufferState
+    rows: int
+    blocks: list[list]   # [sha256, rows], in the order a restore sends them
+    extents: list[list]  # [slot start, slot end, block number, block offset], covering [0, rows) in order
+
+
+def parse_index(header: object) -> BlockIndex:
+    """A block index's header (format_version 2), checked in full before any block is accepted.
+
+    Raises:
+        DataLoss: as parse_header, or the blocks and extents do not cover the rows exactly.
+    """
+    state = _parse_state(header, INDEX_KEYS)
+    specs = snapshot.tensor_specs(header["tensors"])
+    expected = [] if state.schema is None else [GENERATOR_KEY]
+    if [spec.key for spec in specs] != expected:
+        raise DataLoss(f"snapshot.tensors: keys {[spec.key for spec in specs]}, expected {expected} in a block index")
+    if specs:
+        _check_generator(state, specs[0])
+    rows = _int(header["rows"], "snapshot.rows", maximum=state.settings.buffer_size)
+    if (rows == 0) != (state.schema is None):
+        raise DataLoss(f"snapshot.rows: {rows}, but the buffer {'has no' if state.schema is None else 'has a'} schema")
+    blocks = _index_blocks(header["blocks"], state.settings.buffer_size)
+    extents = _index_extents(header["extents"], blocks, rows)
+    _check_layout(state, rows)
+    return BlockIndex(state, rows, blocks, extents)
+
+
+def _index_blocks(value: object, capacity: int) -> list[list]:
+    if not isinstance(value, list):
+        raise DataLoss("snapshot.blocks: a list is expected")
+    seen = set()
+    for i, entry in enumerate(value):
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
+                or not DIGEST.fullmatch(entry[0]) or entry[0] in seen):
+            raise DataLoss(f"snapshot.blocks[{i}]: [sha256 (64 hex digits, each block once), rows] is expected")
+        _int(entry[1], f"snapshot.blocks[{i}]", minimum=1, maximum=capacity)
+        seen.add(entry[0])
+    return value
+
+
+def _index_extents(value: object, blocks: list[list], rows: int) -> list[list]:
+    if not isinstance(value, list):
+        raise DataLoss("snapshot.extents: a list is expected")
+    end, used = 0, set()
+    for i, entry in enumerate(value):
+        where = f"snapshot.extents[{i}]"
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise DataLoss(f"{where}: [slot start, slot end, block, offset] is expected")
+        start, stop, number, offset = (_int(x, where) for x in entry)
+        if start != end or stop <= start or stop > rows:
+            raise DataLoss(f"{where}: slots {start}..{stop}, expected a run from slot {end} within the {rows} rows")
+        if number >= len(blocks) or offset + stop - start > blocks[number][1]:
+            raise DataLoss(f"{where}: block {number} offset {offset} is outside the index's blocks")
+        end = stop
+        used.add(number)
+    if end != rows or len(used) != len(blocks):
+        raise DataLoss(f"snapshot.extents: cover slots 0..{end} of {rows} rows and {len(used)} of "
+                       f"{len(blocks)} blocks; an index covers every row and references every block")
+    return value
+
+
+def _parse_state(header: object, keys: frozenset[str]) -> BufferState:
+    """The part of a header a snapshot and a block index share, checked."""
     if not isinstance(header, dict):
         raise DataLoss(f"snapshot: the header is a JSON {type(header).__name__}, not an object")
-    _check_keys(header, HEADER_KEYS, "snapshot")
+    _check_keys(header, keys, "snapshot")
     settings, schema = _settings(header["settings"]), _schema(header["schema"])
     device_type = header["device_type"]
     if device_type not in ((None,) if schema is None else DEVICE_TYPES):
@@ -54,7 +130,7 @@ def parse_header(header: object) -> BufferState:
     if not isinstance(writer, dict):
         raise DataLoss("snapshot.writer: an object is expected")
     _check_keys(writer, WRITER_KEYS, "snapshot.writer")
-    state = BufferState(
+    return BufferState(
         name=header["name"], settings=settings, seed=_int(header["seed"], "snapshot.seed", minimum=-INT64_MAX),
         storage_device=header["storage_device"], device_type=device_type, schema=schema,
         episodes_added=_int(header["episodes_added"], "snapshot.episodes_added"),
@@ -64,9 +140,6 @@ def parse_header(header: object) -> BufferState:
                 "episodes": _episodes(writer["episodes"]),
                 "evicted": _int(writer["evicted"], "snapshot.writer.evicted")},
         tensors={})
-    rows = _check_tensor_list(state, snapshot.tensor_specs(header["tensors"]))
-    _check_layout(state, rows)
-    return state
 
 
 def check_tensors(state: BufferState) -> None:
@@ -171,12 +244,15 @@ def _check_tensor_list(state: BufferState, specs: list[snapshot.TensorSpec]) -> 
                            f"schema says {dtype_name(field.dtype)} [{rows}, *{list(field.shape)}]")
     if not 1 <= rows <= state.settings.buffer_size:
         raise DataLoss(f"snapshot.tensors: {rows} rows, outside 1..buffer_size {state.settings.buffer_size}")
-    generator = by_key[GENERATOR_KEY]
+    _check_generator(state, by_key[GENERATOR_KEY])
+    return rows
+
+
+def _check_generator(state: BufferState, generator: snapshot.TensorSpec) -> None:
     if generator.dtype != torch.uint8 or len(generator.shape) != 1 or (
             state.device_type == "cpu" and generator.shape[0] != CPU_GENERATOR_STATE_BYTES):
         raise DataLoss(f"snapshot.tensors.{GENERATOR_KEY}: {dtype_name(generator.dtype)} "
                        f"{list(generator.shape)} is not a {state.device_type} generator's state")
-    return rows
 
 
 def _check_layout(state: BufferState, rows: int) -> None:

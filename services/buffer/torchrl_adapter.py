@@ -8,7 +8,7 @@ below their public contract, for speed and for exact snapshots:
 - sampling calls `sampler.sample(storage, n)` directly and gathers batches
   time-major from the storage's columns, skipping ReplayBuffer.sample;
 - snapshots and the writer read and write the storage's column TensorDict
-  (`storage._storage`).
+  (`storage._storage`), and a block restore sets its used length (`_len`).
 
 torchrl is pinned to the minor release these are tested with (pyproject.toml),
 and `check_hooks()` (run by the test suite) fails with a clear message when
@@ -35,6 +35,9 @@ FINALIZE_INDEX_PARAMS = ("index", "num_slices", "seq_length", "target_seq_length
 
 def check_hooks() -> None:
     """Raise RuntimeError, saying what to do, if torchrl's private hook no longer has the expected signature."""
+    if not isinstance(getattr(LazyTensorStorage, "_len", None), property):
+        raise RuntimeError("torchrl: LazyTensorStorage._len is no longer a property; set_length() in "
+                           "rewind_buffer/torchrl_adapter.py must be updated for this torchrl")
     found = tuple(p for p in inspect.signature(SliceSampler._finalize_index).parameters if p != "self")
     if found != FINALIZE_INDEX_PARAMS:
         import torchrl
@@ -121,6 +124,11 @@ def live_columns(storage: Storage, keys: tuple[str, ...]) -> tuple[dict[str, tor
     The tensors are the storage: writes change them in place (a RowCapture reads them under the buffer's lock).
     """
     return {key: columns(storage).get(key) for key in keys}, len(storage)
+
+
+def set_length(storage: Storage, rows: int) -> None:
+    """Make the storage's used length `rows`, after a restore wrote them straight into its columns."""
+    storage._len = rows
 
 
 def write_rows(storage: Storage, tensors: dict[str, torch.Tensor]) -> None:

@@ -42,6 +42,8 @@ class EpisodeWriter(Writer):
         self.evicted = 0
         # RowCaptures of this storage still being held or streamed; each leaves when released (or collected).
         self.watchers: weakref.WeakSet = weakref.WeakSet()
+        # The buffer's BlockMap (rewind_buffer.blocks), told of every write so the next capture seals those rows.
+        self.block_map: Any = None
 
     @property
     def num_episodes(self) -> int:
@@ -100,13 +102,16 @@ class EpisodeWriter(Writer):
             self.evicted += 1
 
     def _before_overwrite(self, start: int, end: int, keys: tuple[str, ...] | None = None) -> None:
-        """Let every watching capture copy aside rows [start, end) of `keys` (None: all columns) before they change.
+        """Let every watching capture copy aside rows [start, end) of `keys` (None: all columns) before they change,
+        and the block map mark them written.
 
         The one invariant this keeps (see RowCapture): no storage write happens
         without this call first, for the same rows and columns, in the same lock
         hold. Every write of this class goes through it: `storage.set` in
         extend() and the episode column in _invalidate().
         """
+        if self.block_map is not None:
+            self.block_map.before_overwrite(start, end, keys)
         if self.watchers:
             for capture in list(self.watchers):
                 capture.before_overwrite(start, end, keys)

@@ -62,8 +62,8 @@ def test_a_snapshot_format_newer_than_the_reader_reads_is_incompatible(monkeypat
 
 
 def test_a_snapshot_format_this_release_does_not_know_is_incompatible():
-    incompatible, _ = versions.compare({**RECORDED, "snapshot_format": "2"}, running(snapshot_format="1"), "it")
-    assert incompatible == ["snapshot_format 2, it reads 1 (this Rewind reads snapshot formats 1 only; "
+    incompatible, _ = versions.compare({**RECORDED, "snapshot_format": "3"}, running(snapshot_format="2"), "it")
+    assert incompatible == ["snapshot_format 3, it reads 2 (this Rewind reads snapshot formats 1, 2 only; "
                             "install the Rewind that wrote it or start a new run)"]
 
 
@@ -107,10 +107,10 @@ def test_a_manifest_without_versions_reads_and_unknown_buffer_keys_are_ignored()
     old = {"format": "rewind.checkpoint/1", "agent_id": "a", "run_id": "r", "step": 5, "episode": 1,
            "created": "2026-01-01T00:00:00.000000Z", "files": [{"name": "m", "size": 1, "sha256": "0" * 64}],
            "buffers": [{"buffer": "buffer", "file": "buffer.snapshot", "address": "h:1", "episodes_added": 3,
-                        "format": "blocks", "blocks": [{"sha256": "1" * 64, "size": 9}]}]}
+                        "compression": "zstd", "shards": [{"x": 1}]}]}
     manifest = Manifest.from_json(json.dumps(old).encode(), "here")
     assert manifest.versions == {} and manifest.buffers[0].versions == {}
-    assert manifest.buffers[0] == BufferEntry("buffer", "buffer.snapshot", "h:1", 3)
+    assert manifest.buffers[0] == BufferEntry("buffer", "buffer.snapshot", "h:1", 3)  # and its format is "blob"
     assert dict(manifest.to_proto("p").versions) == {}
 
 
