@@ -49,8 +49,8 @@ import rewind_buffer.episode_buffer as _eb
 _export_state = _eb.EpisodeBuffer.export_state
 
 
-def _full_copy(self, expect_episodes_added=0, *, copy=True):
-    return _export_state(self, expect_episodes_added, copy=copy)
+def _full_copy(self, expect_episodes_added=0, *, copy=True, **kwargs):
+    return _export_state(self, expect_episodes_added, copy=copy, **kwargs)
 
 
 _eb.EpisodeBuffer.export_state = _full_copy

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from rewind.errors import Internal
 from rewind_buffer import blocks as block_format
 from rewind_buffer import snapshot
 from rewind_buffer.episode_buffer import BufferState
@@ -42,6 +43,8 @@ def stream_blocks(state: BufferState, stored: set[str], chunk_bytes: int
     """
     try:
         sealed = state.blocks
+        if sealed is None and state.schema is not None:
+            raise Internal("SnapshotBlocks: a copied state (export_state(copy=True)) has no sealed blocks")
         if sealed is not None:
             yield from _send_blocks(state, sealed, stored, chunk_bytes)
             index = block_format.BlockMap.to_index(sealed)

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 
 import grpc
 import pytest
 import torch
 
+from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import encode_episode
 from rewind.channel import make_channel
 from rewind_buffer import torchrl_adapter
 from rewind_buffer.blocks import row_bytes
 from rewind_buffer.server import build
+from rewind_runtime.local import LocalService
 from tests.support.configs import SMALL
 from tests.support.episodes import episode
 
@@ -268,3 +271,56 @@ def test_restored_storage_length_is_the_index_rows(service):
     service.restore("blocks", index, refs)
     assert len(service.registry.get("blocks")._rb.storage) == len(service.registry.get("buffer")._rb.storage)
     torchrl_adapter.check_hooks()
+
+
+def _memory(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)
+                if k in ("VmRSS", "VmHWM")}
+
+
+def _fresh_service() -> LocalService:
+    return LocalService(["--log-level", "WARNING", "buffer", "serve", "--buffers", "buffer", "--buffer-size",
+                         str(RSS_CAPACITY), "--min-history", "0", "--storage-device", "cpu"])
+
+
+RSS_STEPS, RSS_OBS, RSS_CAPACITY = 500, 64, 400_000
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_block_restore_holds_the_storage_and_a_chunk_not_the_snapshot():
+    """Peak RSS growth of the restoring service <= 1.2 x the stored bytes + 64 MiB; the whole-snapshot
+    restore of the same buffer, which holds the snapshot and the storage, is measured beside it."""
+    g = torch.Generator().manual_seed(0)
+    data = [{"obs": torch.randn(RSS_STEPS, RSS_OBS, generator=g), "action": torch.randn(RSS_STEPS, 4, generator=g),
+             "reward": torch.randn(RSS_STEPS, generator=g), "done": torch.zeros(RSS_STEPS)}
+            for _ in range(RSS_CAPACITY // RSS_STEPS)]
+    with _fresh_service() as source, BufferClient(source.address, "buffer", timeout=120) as client:
+        for first in range(0, len(data), 100):
+            client.load(data[first:first + 100])
+        stored = client.stats().bytes
+        blob = b"".join(r.chunk for r in client.snapshot_stream())
+        blocks, index, current = {}, bytearray(), None
+        for response in client.snapshot_blocks():
+            item = response.WhichOneof("item")
+            if item == "block":
+                current = blocks.setdefault(response.block.sha256, bytearray())
+            elif item == "index":
+                refs, current = [(b.sha256, b.size) for b in response.index.blocks], index
+            else:
+                current.extend(response.chunk)
+    del data
+    growth = {}
+    for mode in ("blocks", "whole"):
+        with _fresh_service() as target, BufferClient(target.address, "buffer", timeout=120) as client:
+            before = _memory(target.proc.pid)["VmRSS"]
+            if mode == "blocks":
+                stats = client.restore_blocks(
+                    [bytes(index)], ((sha, size, (bytes(blocks[sha][i:i + 2**20]) for i in range(0, size, 2**20)))
+                                     for sha, size in refs))
+            else:
+                stats = client.restore(blob)
+            assert stats.transitions == RSS_CAPACITY
+            growth[mode] = _memory(target.proc.pid)["VmHWM"] - before
+    assert growth["blocks"] <= 1.2 * stored + 64 * 2**20, (growth, stored)
+    assert growth["whole"] > growth["blocks"] + 0.5 * stored, (growth, stored)  # the snapshot it no longer holds
