@@ -43,6 +43,10 @@ class Saved:
 
     checkpoint: checkpoint_pb2.Checkpoint
     deleted: tuple[str, ...]
+    # Bytes the save wrote to the store (files, snapshots, new buffer blocks), and bytes of
+    # buffer blocks the checkpoint references that the store already held.
+    uploaded_bytes: int = 0
+    deduplicated_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Found:
 
 
 def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_added: int = 0,
-                  capture_id: str = "") -> checkpoint_pb2.BufferSource:
+                  capture_id: str = "", blocks: bool = False) -> checkpoint_pb2.BufferSource:
     """A buffer whose snapshot the checkpoint service pulls into the checkpoint.
 
     Args:
@@ -71,9 +75,13 @@ def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_add
         file: the file name in the checkpoint (default `<buffer>.snapshot`).
         expect_episodes_added: fail unless the buffer has seen exactly this many episodes.
         capture_id: pull this capture (BufferClient.capture) instead of the current state.
+        blocks: save it as content-addressed blocks, shared by the run's checkpoints: only the
+            blocks the store lacks are uploaded, and `file` holds the index. Restore it with
+            restore_buffers (the file alone is not the buffer).
     """
     return checkpoint_pb2.BufferSource(address=address, buffer=buffer, file=file,
-                                       expect_episodes_added=expect_episodes_added, capture_id=capture_id)
+                                       expect_episodes_added=expect_episodes_added, capture_id=capture_id,
+                                       blocks=blocks)
 
 
 def make_ref(ref: RefLike) -> checkpoint_pb2.CheckpointRef:
@@ -202,7 +210,8 @@ class CheckpointClient(ServiceClient):
             for f, _, ours in opened.values():
                 if ours:
                     f.close()
-        return Saved(response.checkpoint, tuple(response.deleted))
+        return Saved(response.checkpoint, tuple(response.deleted), response.uploaded_bytes,
+                     response.deduplicated_bytes)
 
     # -- finding -------------------------------------------------------------
 

@@ -3,33 +3,60 @@ retention and staging clean-up.
 
 A checkpoint exists once its manifest.json exists; everything else under a
 step directory is staging (an upload in progress, or left by a crash).
+
+Buffer blocks (<agent>/<run>/blocks/<sha256>) are shared by every checkpoint of
+the run that needs them, so no single checkpoint owns one. What keeps a
+referenced block from ever being deleted, whatever is killed when:
+
+- Save: blocks -> index and files -> manifest (under the run lock, after checking
+  every block it references is present) -> unpin. An upload pins the blocks it
+  found present and each one it writes (before its first byte), under the run
+  lock; an abort unpins and never deletes a block.
+- GC (apply_retention, delete): manifests first (each doomed one, then its step's
+  files), THEN the references are listed afresh from the committed manifests, and
+  only the doomed checkpoints' blocks that no committed manifest references and no
+  upload pins are deleted. All under the run lock, which every commit also takes,
+  so no commit can add a reference in between. Any unreadable manifest stops block
+  deletion. Killed midway: orphan blocks only, which the sweep removes.
+- Sweep (clean_staging): blocks older than staging_max_age_s, unreferenced (the
+  same strict listing) and unpinned; temp files of crashed block writes and S3
+  multipart uploads under blocks/ of the same age, unless their digest is pinned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from rewind.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, PermissionDenied
+from rewind.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, PermissionDenied, RewindError
 from rewind_checkpoint.layout import (
+    BLOCKS_DIR,
     MANIFEST,
     CheckpointKey,
     RunKey,
     check_id,
+    is_digest,
     parse_step_dir,
     split_path,
     step_dir,
 )
-from rewind_checkpoint.manifest import Manifest
+from rewind_checkpoint.manifest import BlockInfo, Manifest
+from rewind_checkpoint.metrics import stats_of
 from rewind_checkpoint.retention import RetentionPolicy, commit_order, rank_best, to_delete
 from rewind_checkpoint.store import ObjectInfo, ObjectMissing, PendingUpload, Store
 
 log = logging.getLogger(__name__)
+
+# Blocks GC deletes per store call (tests lower it to stop between batches).
+BLOCK_DELETE_BATCH = 1000
+# What the file store leaves of a block write that never finished (store.py's _FileWriter temp name).
+_BLOCK_TEMP = re.compile(r"\.([0-9a-f]{64})\.[0-9a-f]{8}\.part")
 
 
 class CatalogListener:
@@ -78,6 +105,9 @@ class Catalog:
         self._run_locks: dict[RunKey, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._active: set[CheckpointKey] = set()
+        # Block digests uploads in progress rely on (found present, or being written), per run.
+        # Changed only under the run's lock; GC and the sweep never delete a pinned block.
+        self._pins: dict[RunKey, Counter[str]] = defaultdict(Counter)
         # (file key, size, version) of files whose sha256 was checked; any rewrite
         # changes the version (S3 ETag; inode and mtime in ns on a file system).
         self._verified: set[tuple[str, int, str]] = set()
@@ -137,6 +167,55 @@ class Catalog:
     def active_uploads(self) -> set[CheckpointKey]:
         return set(self._active)
 
+    # -- blocks: what is stored, and what uploads rely on ----------------------
+
+    def stored_blocks(self, run: RunKey) -> dict[str, ObjectInfo]:
+        """The run's blocks (sha256 -> object), from one listing of blocks/.
+
+        Only well-formed digest names count: temp files of writes in progress and
+        anything else in the folder are not blocks.
+        """
+        prefix = run.blocks_prefix
+        found = {}
+        for obj in self.store.list(prefix):
+            name = obj.key[len(prefix):]
+            if is_digest(name):
+                found[name] = obj
+        return found
+
+    def pin(self, run: RunKey, digests: Iterable[str], *, lock_held: bool = False) -> None:
+        """Keep these blocks of `run` from GC and the sweep until unpinned (pins count: pin twice, unpin twice).
+
+        Args:
+            run: the run.
+            digests: block sha256s.
+            lock_held: the caller holds the run's lock already.
+        """
+        digests = list(digests)  # never a mapping's values as counts
+        if lock_held:
+            self._pins[run].update(digests)
+            return
+        with self.run_lock(run):
+            self._pins[run].update(digests)
+
+    def unpin(self, run: RunKey, digests: Iterable[str], *, lock_held: bool = False) -> None:
+        """Drop pins taken by `pin` (see there)."""
+        if not lock_held:
+            with self.run_lock(run):
+                return self.unpin(run, digests, lock_held=True)
+        pins = self._pins[run]
+        pins.subtract(list(digests))
+        for digest in [d for d, n in pins.items() if n <= 0]:
+            del pins[digest]
+        if not pins:
+            del self._pins[run]
+        return None
+
+    def pinned(self, run: RunKey) -> set[str]:
+        """The run's pinned block digests (a copy)."""
+        with self.run_lock(run):
+            return set(self._pins.get(run, ()))
+
     # -- reading -------------------------------------------------------------
 
     def run_keys(self, agent_id: str = "") -> list[RunKey]:
@@ -157,8 +236,13 @@ class Catalog:
             raise NotFound(f"agent_id: no runs of agent {agent_id!r} in {self.store.url}")
         return runs
 
-    def manifests(self, run: RunKey, objects: list[ObjectInfo] | None = None) -> list[Manifest]:
-        """A run's committed checkpoints, oldest commit first. Unreadable manifests are logged and skipped."""
+    def manifests(self, run: RunKey, objects: list[ObjectInfo] | None = None, strict: bool = False) -> list[Manifest]:
+        """A run's committed checkpoints, oldest commit first (only step-N/manifest.json: blocks/ and
+        history/ are not checkpoints).
+
+        Unreadable manifests are logged and skipped, unless `strict`: then the first
+        raises DataLoss (what block GC needs: a skipped manifest's blocks would look unused).
+        """
         objects = self.store.list(run.prefix) if objects is None else objects
         found = []
         for obj in objects:
@@ -170,6 +254,8 @@ class Catalog:
             except ObjectMissing:
                 continue  # deleted while listing
             except DataLoss as exc:
+                if strict:
+                    raise
                 log.warning("skipping %s", exc)
         return commit_order(found)
 
@@ -222,30 +308,49 @@ class Catalog:
         if entry is None:
             names = ", ".join(f.name for f in manifest.files)
             raise NotFound(f"file: {manifest.key} has no file {name!r} (files: {names})")
-        key = manifest.key.file_key(name)
+        yield from self._read_checked(manifest.key.file_key(name), entry.size, entry.sha256,
+                                      f"file {name} of {manifest.key}", chunk_bytes)
+
+    def read_block(self, manifest: Manifest, block: BlockInfo, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Stream one of the blocks `manifest` needs, checking its size and sha256 as it goes.
+
+        Raises:
+            DataLoss: the block is missing, or its bytes do not match its name and
+                the manifest's size (after the last chunk, or as soon as the size overflows);
+                the message names the block and the checkpoint.
+        """
+        what = f"block {block.sha256} (blocks/ of run {manifest.key.run}), which {manifest.key} needs,"
+        yield from self._read_checked(manifest.key.run.block_key(block.sha256), block.size, block.sha256, what,
+                                      chunk_bytes)
+
+    def _read_checked(self, key: str, size: int, sha256: str, what: str, chunk_bytes: int) -> Iterator[bytes]:
+        """Stream a stored object, checking it against the size and sha256 a manifest holds for it."""
         digest = hashlib.sha256()
-        size = 0
+        got = 0
         try:
             for chunk in self.store.read(key, chunk_bytes):
-                size += len(chunk)
-                if size > entry.size:
-                    raise DataLoss(f"file {name} of {manifest.key} is larger than its manifest says "
-                                   f"({entry.size} bytes); the stored object was modified")
+                got += len(chunk)
+                if got > size:
+                    raise DataLoss(f"{what} is larger than its manifest says ({size} bytes); "
+                                   "the stored object was modified")
                 digest.update(chunk)
                 yield chunk
         except ObjectMissing:
-            raise DataLoss(f"file {name} of {manifest.key} is missing from the store") from None
-        if size != entry.size:
-            raise DataLoss(f"file {name} of {manifest.key} is {size} bytes, not {entry.size}: it was truncated")
-        if digest.hexdigest() != entry.sha256:
-            raise DataLoss(f"file {name} of {manifest.key} failed its sha256 check (expected {entry.sha256[:12]}..., "
-                           f"got {digest.hexdigest()[:12]}...); the stored object is corrupt")
+            raise DataLoss(f"{what} is missing from the store") from None
+        if got != size:
+            raise DataLoss(f"{what} is {got} bytes, not {size}: it was truncated")
+        if digest.hexdigest() != sha256:
+            raise DataLoss(f"{what} failed its sha256 check (expected {sha256[:12]}..., got "
+                           f"{digest.hexdigest()[:12]}...); the stored object is corrupt")
 
     def verify(self, manifest: Manifest, full: bool = True) -> None:
-        """Check every file's size and (when `full`) its sha256.
+        """Check every file's and every referenced block's size and (when `full`) sha256.
+
+        A block shared by many checkpoints is hashed once per stored version (the
+        `_verified` cache), so verifying each of them costs one listing of blocks/.
 
         Raises:
-            DataLoss: naming the first file that does not match.
+            DataLoss: naming the first file or block that does not match.
         """
         stored = {o.key: o for o in self.store.list(manifest.key.prefix)}
         for entry in manifest.files:
@@ -258,6 +363,26 @@ class Catalog:
             if not full or stamp in self._verified:
                 continue
             for _ in self.read_file(manifest, entry.name):
+                pass
+            self._verified.add(stamp)
+        self._verify_blocks(manifest, full)
+
+    def _verify_blocks(self, manifest: Manifest, full: bool) -> None:
+        needed = manifest.blocks
+        if not needed:
+            return
+        stored = self.stored_blocks(manifest.key.run)
+        for sha256, size in needed.items():
+            obj = stored.get(sha256)
+            what = f"block {sha256} (blocks/ of run {manifest.key.run}), which {manifest.key} needs,"
+            if obj is None:
+                raise DataLoss(f"{what} is missing from the store")
+            if obj.size != size:
+                raise DataLoss(f"{what} is {obj.size} bytes, not {size}")
+            stamp = (obj.key, obj.size, obj.version)
+            if not full or stamp in self._verified:
+                continue
+            for _ in self.read_block(manifest, BlockInfo(sha256, size)):
                 pass
             self._verified.add(stamp)
 
@@ -347,21 +472,24 @@ class Catalog:
             self.notify("run_changed", run)
 
     def apply_retention(self, run: RunKey) -> list[Manifest]:
-        """Delete the committed checkpoints no rule keeps; returns them. Call with the run's lock held."""
+        """Delete the committed checkpoints no rule keeps, then the blocks only they needed; returns them.
+        Call with the run's lock held."""
         doomed = to_delete(self.manifests(run), self.retention(run))
         for manifest in doomed:
             self._delete_locked(manifest.key)
         if doomed:
             log.info("retention removed %s", ", ".join(step_dir(m.step) for m in doomed))
+            self._gc_blocks(run, {sha for m in doomed for sha in m.blocks})
         return doomed
 
     # -- deleting ------------------------------------------------------------
 
     def delete(self, key: CheckpointKey) -> None:
-        """Delete a committed checkpoint (NotFound if there is none)."""
+        """Delete a committed checkpoint (NotFound if there is none), then the blocks only it needed."""
         with self.run_lock(key.run):
-            self.manifest(key)
+            manifest = self.manifest(key)
             self._delete_locked(key)
+            self._gc_blocks(key.run, set(manifest.blocks))
 
     def _delete_locked(self, key: CheckpointKey) -> None:
         # Manifest first: the checkpoint disappears atomically; a crash after
@@ -369,6 +497,43 @@ class Catalog:
         self.store.delete([key.manifest_key])
         self.notify("deleted", key)
         self.store.delete([o.key for o in self.store.list(key.prefix)])
+
+    def _referenced_blocks(self, run: RunKey) -> set[str] | None:
+        """Every block a committed manifest of the run references, from a fresh listing; None when any
+        manifest is unreadable (then nobody can tell which blocks are unused). Call with the run's lock held."""
+        try:
+            manifests = self.manifests(run, strict=True)
+        except DataLoss as exc:
+            log.warning("block clean-up of run %s skipped: %s; fix or delete that manifest", run, exc.message)
+            return None
+        return {sha for m in manifests for sha in m.blocks}
+
+    def _gc_blocks(self, run: RunKey, candidates: set[str]) -> int:
+        """Delete the candidates no committed manifest references and no upload pins; returns how many.
+
+        Call with the run's lock held, after the doomed manifests are gone: the references are
+        listed now, and no commit can add one until the lock is released. A store failure here
+        is logged, not raised: the checkpoints are gone already, and what is left is orphan
+        blocks, which the sweep removes.
+        """
+        if not candidates:
+            return 0
+        deleted = 0
+        try:
+            referenced = self._referenced_blocks(run)
+            if referenced is None:
+                return 0
+            keys = [run.block_key(sha) for sha in sorted(candidates - referenced - set(self._pins.get(run, ())))]
+            for i in range(0, len(keys), BLOCK_DELETE_BATCH):
+                batch = keys[i:i + BLOCK_DELETE_BATCH]
+                self.store.delete(batch)
+                deleted += len(batch)
+                stats_of(self).blocks_deleted.inc(len(batch))
+        except RewindError as exc:
+            log.warning("block clean-up of run %s stopped after %d blocks: %s", run, deleted, exc.message)
+        if deleted:
+            log.info("removed %d blocks of run %s that no checkpoint needs any more", deleted, run)
+        return deleted
 
     def clean_staging(self, run: RunKey | None = None) -> int:
         """Remove what crashed or abandoned uploads left: uncommitted files older than
@@ -391,23 +556,48 @@ class Catalog:
         """clean_staging's objects of one run. The store lists no links, so nothing outside it is touched."""
         with self.run_lock(run):
             by_step: dict[str, list[ObjectInfo]] = defaultdict(list)
-            for obj in self.store.list(run.prefix):
+            objects = self.store.list(run.prefix)
+            for obj in objects:
                 rest = obj.key[len(run.prefix):].split("/")
                 if len(rest) >= 2 and parse_step_dir(rest[0]) is not None:
                     by_step[rest[0]].append(obj)
             removed = 0
             now = self.clock()
-            for name, objects in by_step.items():
+            for name, step_objects in by_step.items():
                 key = CheckpointKey(run, parse_step_dir(name))
                 # Never a committed checkpoint, and never an upload in progress (the lock keeps _active still).
-                if key in self._active or any(o.key == key.manifest_key for o in objects):
+                if key in self._active or any(o.key == key.manifest_key for o in step_objects):
                     continue
-                if min(now - o.modified for o in objects) < self.staging_max_age_s:
+                if min(now - o.modified for o in step_objects) < self.staging_max_age_s:
                     continue
-                self.store.delete([o.key for o in objects])
-                removed += len(objects)
-                log.info("removed %d stale staging objects of %s", len(objects), key)
-            return removed
+                self.store.delete([o.key for o in step_objects])
+                removed += len(step_objects)
+                log.info("removed %d stale staging objects of %s", len(step_objects), key)
+            return removed + self._sweep_blocks(run, [o for o in objects if o.key.startswith(run.blocks_prefix)],
+                                                now)
+
+    def _sweep_blocks(self, run: RunKey, objects: list[ObjectInfo], now: float) -> int:
+        """The sweep of blocks/: blocks no committed manifest references, and temp files of block
+        writes that never finished, older than staging_max_age_s and not pinned. Anything else there
+        (another name, a sub-folder) is not ours and stays. Call with the run's lock held."""
+        pins = self._pins.get(run, Counter())
+        blocks, temps = [], []
+        for obj in objects:
+            name = obj.key[len(run.blocks_prefix):]
+            if now - obj.modified < self.staging_max_age_s:
+                continue
+            temp = _BLOCK_TEMP.fullmatch(name)
+            if temp is not None and temp.group(1) not in pins:
+                temps.append(obj.key)
+            elif is_digest(name) and name not in pins:
+                blocks.append(name)
+        referenced = self._referenced_blocks(run) if blocks else set()
+        doomed = [] if referenced is None else [run.block_key(sha) for sha in blocks if sha not in referenced]
+        if doomed or temps:
+            self.store.delete(doomed + temps)
+            stats_of(self).blocks_swept.inc(len(doomed))
+            log.info("removed %d unused blocks and %d stale block temp files of run %s", len(doomed), len(temps), run)
+        return len(doomed) + len(temps)
 
     def _abort_stale_uploads(self, run: RunKey | None) -> int:
         """Abort multipart uploads of checkpoint files begun over staging_max_age_s ago; returns how many.
@@ -418,17 +608,18 @@ class Catalog:
         run_keys() would find.
         """
         cutoff = self.clock() - self.staging_max_age_s
-        by_run: dict[RunKey, list[tuple[CheckpointKey, PendingUpload]]] = defaultdict(list)
+        by_run: dict[RunKey, list[tuple[CheckpointKey | str, PendingUpload]]] = defaultdict(list)
         for upload in self.store.pending_uploads(run.prefix if run else ""):
-            key = _staging_key(upload.key)
-            if key is not None and upload.initiated <= cutoff:
-                by_run[key.run].append((key, upload))
+            owner = _staging_key(upload.key)
+            if owner is not None and upload.initiated <= cutoff:
+                by_run[owner[0]].append((owner[1], upload))
         aborted = 0
         for r, uploads in by_run.items():
             with self.run_lock(r):
-                for key, upload in uploads:
-                    # Age is since the upload began: a long save still in progress keeps its parts.
-                    if key in self._active:
+                for what, upload in uploads:
+                    # Age is since the upload began: a long save still in progress keeps its parts,
+                    # and so does the write of a block an upload pinned.
+                    if what in self._active or what in self._pins.get(r, ()):
                         continue
                     self.store.abort_upload(upload)
                     aborted += 1
@@ -436,13 +627,18 @@ class Catalog:
         return aborted
 
 
-def _staging_key(key: str) -> CheckpointKey | None:
-    """The checkpoint a file key belongs to (<agent>/<run>/step-N/<file>); None for anything else in the store."""
+def _staging_key(key: str) -> tuple[RunKey, CheckpointKey | str] | None:
+    """Whose a file key is: (its run, its checkpoint) for <agent>/<run>/step-N/<file>, (its run, the
+    digest) for <agent>/<run>/blocks/<sha256>; None for anything else in the store."""
     parts = key.split("/")
-    step = parse_step_dir(parts[2]) if len(parts) >= 4 else None
-    if step is None:
+    if len(parts) == 4 and parts[2] == BLOCKS_DIR and is_digest(parts[3]):
+        what: CheckpointKey | str | None = parts[3]
+    else:
+        what = parse_step_dir(parts[2]) if len(parts) >= 4 else None
+    if what is None:
         return None
     try:
-        return CheckpointKey(RunKey.checked(parts[0], parts[1]), step)
+        run = RunKey.checked(parts[0], parts[1])
     except InvalidArgument:
         return None  # not ours: something else shares the bucket
+    return run, (what if isinstance(what, str) else CheckpointKey(run, what))

@@ -5,6 +5,7 @@
     <root>/<agent_id>/<run_id>/history/metrics.csv    (the trainer's metrics history)
     <root>/<agent_id>/<run_id>/step-0000001000/manifest.json   (written last)
     <root>/<agent_id>/<run_id>/step-0000001000/<files...>
+    <root>/<agent_id>/<run_id>/blocks/<sha256>         (buffer blocks, shared by the run's checkpoints)
 
 Every id and file name is checked before it becomes part of a key, so no
 request can reach outside its run's prefix.
@@ -12,10 +13,11 @@ request can reach outside its run's prefix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rewind.checkpoint_paths import STEP_DIGITS, parse_step_dir, step_dir
-from rewind.errors import InvalidArgument
+from rewind.errors import InvalidArgument, RewindError
 from rewind.names import MAX_FILE_NAME_CHARS, check_name
 from rewind.run_history import RUN_FILES
 
@@ -25,6 +27,33 @@ MAX_STEP = 10**STEP_DIGITS - 1
 # A run's history, which its trainer uploads (PutRunFile) with each checkpoint and
 # every few seconds; the history pages and API read it. Only these names exist.
 HISTORY_DIR = "history"
+# Content-addressed buffer blocks, stored once per run and named by the sha256 of
+# their bytes; a "blocks" checkpoint's manifest lists the ones it needs.
+BLOCKS_DIR = "blocks"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(value: str) -> bool:
+    """Whether `value` is a sha256 as block names spell it: 64 lower-case hex digits."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
+def check_digest(value: str, field: str, error: type[RewindError] = InvalidArgument) -> str:
+    """Validate a block's sha256 before it becomes part of a key.
+
+    References come from manifests and buffer services, neither of which is
+    trusted to keep a key inside its run's blocks/ folder.
+
+    Args:
+        value: the digest.
+        field: where it came from, for the message.
+        error: what a malformed one raises: InvalidArgument for a request,
+            DataLoss for a stored manifest or a buffer service's stream.
+    """
+    if not is_digest(value):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise error(f"{field}: {shown!r} is not a sha256 (64 lower-case hex digits)")
+    return value
 
 
 def check_id(value: str, field: str) -> str:
@@ -68,6 +97,14 @@ class RunKey:
     @property
     def retention_key(self) -> str:
         return f"{self.prefix}{RETENTION}"
+
+    @property
+    def blocks_prefix(self) -> str:
+        return f"{self.prefix}{BLOCKS_DIR}/"
+
+    def block_key(self, sha256: str) -> str:
+        """The key of one of the run's blocks (the digest is checked: InvalidArgument otherwise)."""
+        return f"{self.blocks_prefix}{check_digest(sha256, 'block')}"
 
     def history_key(self, name: str) -> str:
         """The key of one of the run's history files (RUN_FILES)."""

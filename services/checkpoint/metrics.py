@@ -6,6 +6,8 @@
     rewind_checkpoint_save_duration_seconds            from the Save call's first message to its commit
     rewind_checkpoint_staging_sweeps_total             staging clean-ups run (at start and every clean_interval_s)
     rewind_checkpoint_staging_removed_total            stale objects and multipart uploads they removed
+    rewind_checkpoint_blocks_deleted_total             buffer blocks deleted when the last checkpoint needing them went
+    rewind_checkpoint_blocks_swept_total               unused buffer blocks the staging sweeps removed
 
 The counts belong to one Catalog (`stats_of`), so each service in a process
 (tests run several) reports its own.
@@ -39,6 +41,10 @@ class CheckpointStats:
         self.sweeps = Counter("rewind_checkpoint_staging_sweeps", "Staging clean-ups run", registry=None)
         self.removed = Counter("rewind_checkpoint_staging_removed", "Stale staging objects and multipart uploads "
                                "the clean-ups removed", registry=None)
+        self.blocks_deleted = Counter("rewind_checkpoint_blocks_deleted", "Buffer blocks deleted when retention "
+                                      "or a delete removed the last checkpoint needing them", registry=None)
+        self.blocks_swept = Counter("rewind_checkpoint_blocks_swept", "Unused buffer blocks (left by crashes and "
+                                    "aborted saves) the staging clean-ups removed", registry=None)
 
     def committed(self, nbytes: int, seconds: float) -> None:
         self.saves.inc()
@@ -54,7 +60,8 @@ class CheckpointStats:
         self.removed.inc(removed)
 
     def metrics(self) -> list:
-        return [self.saves, self.failures, self.bytes, self.duration, self.sweeps, self.removed]
+        return [self.saves, self.failures, self.bytes, self.duration, self.sweeps, self.removed,
+                self.blocks_deleted, self.blocks_swept]
 
 
 _STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -10,7 +10,7 @@ from rewind.errors import InvalidArgument, NotFound, RewindError
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure
 from rewind_checkpoint.layout import check_file_name, check_id
-from rewind_checkpoint.manifest import Manifest
+from rewind_checkpoint.manifest import BufferEntry, Manifest
 
 
 def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
@@ -62,10 +62,18 @@ def _recording(chunks: Iterator[bytes], failure: list[RewindError]) -> Iterator[
         raise
 
 
+def _blocks(catalog: Catalog, manifest: Manifest, entry: BufferEntry,
+            failure: list[RewindError]) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+    """A "blocks" snapshot's blocks, in the index's order, each read (and verified) as it is sent."""
+    for block in entry.blocks:
+        yield block.sha256, block.size, _recording(catalog.read_block(manifest, block), failure)
+
+
 def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
                     timeout_s: float, buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES,
                     ) -> list[checkpoint_pb2.RestoredBuffer]:
-    """Stream each snapshot file into its buffer service, in order.
+    """Stream each snapshot file into its buffer service, in order; a "blocks" snapshot goes as its
+    index, then each block it needs (read from the run's blocks/, checked against its name).
 
     Args:
         catalog: the store the checkpoint is in.
@@ -76,17 +84,24 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
 
     Raises:
         PermissionDenied: an address outside buffer_addresses (nothing is restored).
-        DataLoss: a snapshot failed its sha256 (that buffer is left as it was).
+        DataLoss: a snapshot, index or block failed its sha256 or is missing, naming it (that
+            buffer is left as it was).
         Unavailable: a buffer service or the store is down.
     """
     restored = []
     for field, target in _targets(manifest, targets, buffer_addresses):
         failure: list[RewindError] = []
         check_dial(target.address, buffer_addresses, field)  # no connection to an address not allowed
+        entry = next((b for b in manifest.buffers if b.file == target.file), None)
         with BufferClient(target.address, target.buffer, timeout=timeout_s) as client:
             try:
-                stats = client.restore(_recording(catalog.read_file(manifest, target.file), failure),
-                                       timeout=timeout_s)
+                # The snapshot file: the whole snapshot, or (blocks) the index its blocks follow.
+                chunks = _recording(catalog.read_file(manifest, target.file), failure)
+                if entry is not None and entry.format == "blocks":
+                    stats = client.restore_blocks(chunks, _blocks(catalog, manifest, entry, failure),
+                                                  timeout=timeout_s)
+                else:
+                    stats = client.restore(chunks, timeout=timeout_s)
             except RewindError as exc:
                 raise (failure[0] if failure else dial_failure(exc, target.address, field)) from None
         restored.append(checkpoint_pb2.RestoredBuffer(

@@ -38,7 +38,8 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         upload = Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses)
         manifest, deleted = upload.run(request_iterator)
         return checkpoint_pb2.SaveResponse(
-            checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted]
+            checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted],
+            uploaded_bytes=upload.uploaded_bytes, deduplicated_bytes=upload.deduplicated_bytes,
         )
 
     def Download(self, request, context):

@@ -5,6 +5,15 @@ ends without a Commit) aborts the upload and removes what it wrote, so
 nothing becomes visible. Buffer snapshots are pulled from the buffer service
 in background threads, started as soon as the header arrives, so they
 reflect the moment of the save.
+
+A buffer saved as blocks (BufferSource.blocks) is pulled with SnapshotBlocks:
+the service tells the buffer which blocks the run's store holds, writes the
+ones it lacks to <agent>/<run>/blocks/<sha256> (each checked against its name
+before it becomes visible), and the index to the step folder like any file.
+The blocks it relies on are pinned (catalog.pin) from before it lists or
+writes them until the manifest is committed or the upload aborted, so GC and
+the sweep leave them alone. An abort never deletes a block: another upload or
+a committed checkpoint may share it; unused ones are the sweep's.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,11 +31,19 @@ from google.protobuf import struct_pb2
 from rewind import versions as version_records
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
-from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
+from rewind.errors import Cancelled, DataLoss, FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
-from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id
-from rewind_checkpoint.manifest import FORMAT, BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
+from rewind_checkpoint.layout import CheckpointKey, RunKey, check_digest, check_file_name, check_id
+from rewind_checkpoint.manifest import (
+    FORMAT,
+    BlockInfo,
+    BufferEntry,
+    FileEntry,
+    Manifest,
+    now_rfc3339,
+    struct_to_dict,
+)
 from rewind_checkpoint.metrics import stats_of
 from rewind_checkpoint.retention import RetentionPolicy
 from rewind_checkpoint.store import ObjectWriter
@@ -92,6 +110,194 @@ class _BufferPull(threading.Thread):
             self.writer.abort()
 
 
+class _Pins:
+    """The block pins of one upload: taken and dropped under the run's lock, so a GC or a sweep
+    (same lock) sees either no pin and no reliance on the block, or the pin.
+
+    Args:
+        catalog: where the pins are kept.
+        run: the upload's run.
+    """
+
+    def __init__(self, catalog: Catalog, run: RunKey) -> None:
+        self.catalog = catalog
+        self.run = run
+        self.held: Counter[str] = Counter()
+        self.closed = False  # after release nothing may be pinned: a late pull must not leak pins
+
+    def present(self) -> dict[str, int]:
+        """List the run's stored blocks and pin them all, at once under the lock; (sha256 -> size)."""
+        with self.catalog.run_lock(self.run):
+            self._check_open()
+            stored = self.catalog.stored_blocks(self.run)
+            self.catalog.pin(self.run, list(stored), lock_held=True)
+            self.held.update(list(stored))
+        return {sha: obj.size for sha, obj in stored.items()}
+
+    def add(self, sha256: str) -> None:
+        """Pin a block this upload is about to write (before its first byte)."""
+        with self.catalog.run_lock(self.run):
+            self._check_open()
+            self.catalog.pin(self.run, [sha256], lock_held=True)
+            self.held[sha256] += 1
+
+    def release(self, *, lock_held: bool = False) -> None:
+        """Drop every pin (after the commit, or on abort); later pins are refused."""
+        if not lock_held:
+            with self.catalog.run_lock(self.run):
+                return self.release(lock_held=True)
+        self.closed = True
+        self.catalog.unpin(self.run, self.held.elements(), lock_held=True)
+        self.held.clear()
+        return None
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise Cancelled(f"the upload to run {self.run} was aborted")
+
+
+class _BlockPull(_BufferPull):
+    """Streams one buffer as blocks (SnapshotBlocks): new blocks into the run's blocks/, the index into
+    the checkpoint file; checks every block against its name and the index's list.
+
+    Args:
+        as _BufferPull, and
+        pins: the upload's block pins.
+    """
+
+    def __init__(self, source: checkpoint_pb2.BufferSource, field: str, file: str, writer: ObjectWriter,
+                 timeout_s: float, allowed: tuple[str, ...], pins: _Pins) -> None:
+        super().__init__(source, field, file, writer, timeout_s, allowed)
+        self.pins = pins
+        self.blocks: tuple[BlockInfo, ...] = ()  # the index's list, once it arrived
+        self.uploaded = 0       # bytes of the blocks written
+        self.deduplicated = 0   # bytes of the index's blocks the store already held
+        self._present: dict[str, int] = {}
+        self._sent: dict[str, int] = {}
+        self._block: tuple[BlockInfo, ObjectWriter, _Written] | None = None
+        self._index_size: int | None = None
+
+    def run(self) -> None:
+        try:
+            check_dial(self.source.address, self.allowed, self.field)  # no connection to an address not allowed
+            self._present = self.pins.present()
+            with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
+                responses = client.snapshot_blocks(
+                    list(self._present), capture_id=self.source.capture_id,
+                    expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
+                for response in responses:
+                    self.answered = True
+                    if self.cancelled.is_set():
+                        self._abort_block()
+                        self.writer.abort()
+                        return
+                    self._on_response(response)
+            self._finish()
+            self.writer.close()
+        except BaseException as exc:
+            self.error = exc
+            self._abort_block()
+            self.writer.abort()
+
+    def _on_response(self, response) -> None:
+        kind = response.WhichOneof("item")
+        if kind == "chunk":
+            self._on_chunk(response.chunk)
+        elif kind == "block":
+            self._close_block()
+            if self._index_size is not None:
+                raise DataLoss("the buffer service sent a block after the index")
+            self._open_block(response.block)
+        elif kind == "index":
+            self._close_block()
+            if self._index_size is not None:
+                raise DataLoss("the buffer service sent a second index")
+            self._on_index(response.index)
+        else:
+            raise DataLoss("the buffer service sent an empty SnapshotBlocksResponse")
+
+    def _open_block(self, ref) -> None:
+        sha256 = check_digest(ref.sha256, "block.sha256", DataLoss)
+        if ref.size < 0:
+            raise DataLoss(f"block {sha256}: size {ref.size} is negative")
+        if sha256 in self._sent or sha256 in self._present:
+            raise DataLoss(f"block {sha256} was sent although the store holds it or it was sent before")
+        self.pins.add(sha256)  # before the first byte: from now on GC and the sweep leave it alone
+        key = self.pins.run.block_key(sha256)
+        self._block = (BlockInfo(sha256, ref.size), self.pins.catalog.store.open_writer(key), _Written(sha256))
+        self._sent[sha256] = ref.size
+
+    def _on_chunk(self, data: bytes) -> None:
+        if self._block is not None:
+            block, writer, written = self._block
+            written.size += len(data)
+            if written.size > block.size:
+                raise DataLoss(f"block {block.sha256} is longer than the {block.size} bytes announced")
+            written.digest.update(data)
+            writer.write(data)
+        elif self._index_size is not None:
+            self.written.size += len(data)
+            if self.written.size > self._index_size:
+                raise DataLoss(f"the index is longer than the {self._index_size} bytes announced")
+            self.written.digest.update(data)
+            self.writer.write(data)
+        else:
+            raise DataLoss("the buffer service sent a chunk before any block or index")
+
+    def _close_block(self) -> None:
+        """Finish the open block; it becomes visible under its name only if its bytes match it."""
+        if self._block is None:
+            return
+        block, writer, written = self._block
+        if written.size != block.size or written.digest.hexdigest() != block.sha256:
+            raise DataLoss(f"block {block.sha256} arrived as {written.size} bytes with sha256 "
+                           f"{written.digest.hexdigest()[:12]}..., not the {block.size} bytes it names")
+        self._block = None
+        writer.close()
+        self.uploaded += block.size
+
+    def _abort_block(self) -> None:
+        if self._block is not None:
+            self._block[1].abort()
+            self._block = None
+
+    def _on_index(self, index) -> None:
+        blocks = []
+        for i, ref in enumerate(index.blocks):
+            sha256 = check_digest(ref.sha256, f"index.blocks[{i}].sha256", DataLoss)
+            if ref.size < 0:
+                raise DataLoss(f"index.blocks[{i}].size: {ref.size} is negative")
+            blocks.append(BlockInfo(sha256, ref.size))
+        if len({b.sha256 for b in blocks}) != len(blocks):
+            raise DataLoss("index.blocks: names a block twice")
+        if index.size < 0:
+            raise DataLoss(f"index.size: {index.size} is negative")
+        self.blocks = tuple(blocks)
+        self._index_size = index.size
+        self.episodes_added = index.episodes_added
+        self.versions = _buffer_versions(index.versions, self.source)
+
+    def _finish(self) -> None:
+        """The stream ended: it must have carried the whole index, and exactly the blocks the store lacked."""
+        self._close_block()
+        if self._index_size is None:
+            raise DataLoss("the stream ended without an index")
+        if self.written.size != self._index_size:
+            raise DataLoss(f"the index is {self.written.size} bytes, not the {self._index_size} announced")
+        needed = {b.sha256: b.size for b in self.blocks}
+        for sha256, size in self._sent.items():
+            if needed.get(sha256) != size:
+                raise DataLoss(f"block {sha256} ({size} bytes) was sent but the index does not name it so")
+        for block in self.blocks:
+            if block.sha256 in self._present:
+                if self._present[block.sha256] != block.size:
+                    raise DataLoss(f"index: block {block.sha256} is {block.size} bytes, but the store's is "
+                                   f"{self._present[block.sha256]}")
+                self.deduplicated += block.size
+            elif block.sha256 not in self._sent:
+                raise DataLoss(f"index: block {block.sha256} is neither in the store nor sent")
+
+
 class Upload:
     """Consumes a Save stream and commits it, or leaves nothing behind.
 
@@ -115,6 +321,9 @@ class Upload:
         self._writer: ObjectWriter | None = None
         self._current: _Written | None = None
         self._written_keys: list[str] = []
+        self._pins: _Pins | None = None
+        self.uploaded_bytes = 0       # what the commit wrote to the store: files, snapshots, new blocks
+        self.deduplicated_bytes = 0   # bytes of blocks it references that the store already held
 
     def run(self, requests: Iterable[checkpoint_pb2.SaveRequest]) -> tuple[Manifest, list[Manifest]]:
         """Process the whole stream; returns (committed manifest, checkpoints retention deleted)."""
@@ -198,9 +407,10 @@ class Upload:
             self.catalog.resolve("", "", 0, header.resumed_from)
         self.catalog.begin_upload(key)
         self.key, self.header = key, header
+        self._pins = _Pins(self.catalog, key.run)
         for i, (source, name) in enumerate(zip(header.buffers, buffer_files, strict=True)):
-            pull = _BufferPull(source, f"buffers[{i}].address", name, self._open(name), self.timeout_s,
-                               self.buffer_addresses)
+            args = (source, f"buffers[{i}].address", name, self._open(name), self.timeout_s, self.buffer_addresses)
+            pull = _BlockPull(*args, self._pins) if source.blocks else _BufferPull(*args)
             self.pulls.append(pull)
             pull.start()
 
@@ -256,12 +466,16 @@ class Upload:
             versions={**header.versions, "checkpoint_format": FORMAT},
         )
         with self.catalog.run_lock(self.key.run):
+            self._check_blocks_present(manifest)
             if header.HasField("retention"):
                 self.store.put(self.key.run.retention_key, RetentionPolicy.from_proto(header.retention).to_json())
                 self.catalog.notify("run_changed", self.key.run)
             self.store.put(self.key.manifest_key, manifest.to_json())  # the commit point
             self.catalog.notify("committed", manifest)
             self._written_keys.clear()
+            # The manifest references the blocks now; GC lists references afresh under this lock.
+            self._pins.release(lock_held=True)
+            self._count_bytes(manifest)
             log.info("committed %s (%d files, %.1f MiB)", self.key, len(manifest.files), manifest.total_bytes / 2**20)
             try:
                 deleted = self.catalog.apply_retention(self.key.run)
@@ -270,6 +484,30 @@ class Upload:
                 log.warning("retention for %s failed after commit: %s", self.key.run, exc)
                 deleted = []
         return manifest, deleted
+
+    def _check_blocks_present(self, manifest: Manifest) -> None:
+        """Every block the manifest references is in the store, at its size (one listing; run lock held).
+
+        Pins keep GC and the sweep away, but not someone deleting behind the service's back: a
+        missing block fails the save, and the next save uploads it again.
+        """
+        needed = manifest.blocks
+        if not needed:
+            return
+        stored = self.catalog.stored_blocks(self.key.run)
+        for entry in manifest.buffers:
+            for block in entry.blocks:
+                obj = stored.get(block.sha256)
+                if obj is None or obj.size != block.size:
+                    found = "missing" if obj is None else f"{obj.size} bytes, not {block.size}"
+                    raise FailedPrecondition(f"buffers: block {block.sha256} of buffer {entry.buffer!r} is {found} "
+                                             f"in {self.store.location(self.key.run.blocks_prefix)} at the commit; "
+                                             "nothing was saved, save again")
+
+    def _count_bytes(self, manifest: Manifest) -> None:
+        block_pulls = [p for p in self.pulls if isinstance(p, _BlockPull)]
+        self.uploaded_bytes = manifest.total_bytes + sum(p.uploaded for p in block_pulls)
+        self.deduplicated_bytes = sum(p.deduplicated for p in block_pulls)
 
     def _check_files(self, commit: checkpoint_pb2.Commit) -> None:
         """Every announced file arrived whole (empty ones are written now) with the sha256 the commit names."""
@@ -311,8 +549,12 @@ class Upload:
             if pull.error is not None:
                 raise pull.error
             self.written[pull.file] = pull.written
-            buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added,
-                                       pull.versions))
+            if isinstance(pull, _BlockPull):
+                buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added,
+                                           pull.versions, format="blocks", blocks=pull.blocks))
+            else:
+                buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added,
+                                           pull.versions))
         return buffers
 
     def _abort(self) -> None:
@@ -328,6 +570,9 @@ class Upload:
         except RewindError as exc:
             log.warning("could not remove the aborted upload of %s (%s); staging clean-up will", self.key, exc)
         finally:
+            # Blocks are never deleted here (they may be shared); unpinned, unused ones are the sweep's.
+            if self._pins is not None:
+                self._pins.release()
             # Only now may another upload take the step: our deletes must not hit its files.
             self._release()
 

@@ -1,7 +1,8 @@
 """Checkpoints without stalling learning.
 
 At a boundary the trainer pays only for two buffer captures (the buffer
-service copies each buffer under its lock) and a deep copy of its own state.
+service records the capture point under its lock and copies no rows) and a
+deep copy of its own state.
 Serialising, uploading and the buffer snapshots then happen on a background
 thread, through the checkpoint service, while training goes on. A failed save
 is logged and reported in the status; the next interval tries again.
@@ -10,7 +11,9 @@ A checkpoint holds:
 - trainer.pt: agent (model, both optimisers, Q-scale, its generator, the plan),
   loop state with the partial episode, every RNG, the env state;
 - policy.safetensors: the tensors acting needs, for evaluation and deployment;
-- buffer.snapshot and test_buffer.snapshot, pulled by the checkpoint service;
+- buffer.snapshot and test_buffer.snapshot, pulled by the checkpoint service:
+  block indexes, whose content-addressed blocks the run's blocks/ folder
+  holds once for every checkpoint (only blocks the store lacks are uploaded);
 - in the manifest: the settings and agent config, metrics, the overrides.
 """
 
@@ -171,7 +174,9 @@ class Checkpointer:
         try:
             files = {TRAINER_FILE: encode_trainer_state(job.state),
                      POLICY_FILE: encode_policy(job.state["agent"]["model"], job.config.get("agent_config", {}))}
-            buffers = [buffer_source(client.address, name, capture_id=job.captures[name])
+            # As blocks: the store keeps each block once per run, so a save uploads the episodes added since
+            # the last one, not the buffers.
+            buffers = [buffer_source(client.address, name, capture_id=job.captures[name], blocks=True)
                        for name, client in self.buffers.items()]
             saved = self.client.save(self.agent_id, self.run_id, job.step, files, episode=job.episode,
                                      metrics=job.metrics, config=job.config, extra=job.extra,
@@ -189,15 +194,20 @@ class Checkpointer:
                                        self.status.failures, time.time())
         for deleted in saved.deleted:
             log.info("retention removed %s", deleted)
-        log.info("checkpoint %s committed (trainer blocked %.1f ms)", path, job.blocking_ms)
+        log.info("checkpoint %s committed (trainer blocked %.1f ms; uploaded %.1f MiB, %.1f MiB of buffer blocks "
+                 "already stored)", path, job.blocking_ms, saved.uploaded_bytes / 2**20,
+                 saved.deduplicated_bytes / 2**20)
         self.after_commit()  # before the result: the run's final status must come after this one
         job.done.set_result(path)
 
     def _release_captures(self, job: SaveJob) -> None:
-        """Stream away captures the failed save did not take, so they do not fill the buffer service."""
+        """Take away captures the failed save did not take, so they do not fill the buffer service.
+
+        The first message of a capture's stream takes it; dropping the stream then releases it.
+        """
         for name, capture_id in job.captures.items():
             try:
                 for _ in self.buffers[name].snapshot_stream(capture_id=capture_id, timeout=600):
-                    pass
+                    break
             except RewindError:
                 pass  # already taken by the checkpoint service, or expired: either way it is gone

@@ -132,6 +132,10 @@ def test_a_checkpoint_holds_the_files_the_metrics_and_a_policy_for_deployment(fi
     found = file_trio.ckpt.lookup(which=result.checkpoint)
     names = {f.name for f in found.checkpoint.files}
     assert names == {"trainer.pt", "policy.safetensors", "buffer.snapshot", "test_buffer.snapshot"}
+    # The buffers are saved as content-addressed blocks (the .snapshot files are their indexes).
+    assert [(b.buffer, b.format) for b in found.checkpoint.buffers] == [("buffer", "blocks"),
+                                                                         ("test_buffer", "blocks")]
+    assert all(b.blocks for b in found.checkpoint.buffers)
     assert found.checkpoint.step == 420 and found.checkpoint.episode == 2
     assert found.checkpoint.metrics["eval_return"] == pytest.approx(result.eval_return)
     assert found.checkpoint.config["settings"]["task"] == "Pendulum-v1"
