@@ -226,7 +226,10 @@ def main() -> None:
     os.environ.update(env)
     bucket = f"rewind-bench-{os.getpid()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    ckpt_service = LocalService(["--log-level", "WARNING", "ckpt", "serve", "--store", f"s3://{bucket}/bench"],
+    # A long store timeout: moto assembles a multipart upload of a GB-sized whole snapshot slowly, and a
+    # retried CompleteMultipartUpload fails there (500) once the first has gone through.
+    ckpt_service = LocalService(["--log-level", "WARNING", "ckpt", "serve", "--store", f"s3://{bucket}/bench",
+                                 "--store-timeout-s", "600"],
                                 stdout=open(work / "ckpt.log", "wb"))
     result: dict = {"cpus": os.cpu_count(), "store": "s3 (moto on 127.0.0.1)"}
     try:
