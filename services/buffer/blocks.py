@@ -284,6 +284,8 @@ class BlockLoader:
 
     def _write(self, column: Column, first: int, data: memoryview, count: int) -> None:
         """Rows [first, first + count) of `column` of the block, into every slot range that holds them."""
+        if not len(data):
+            return  # a field with no elements per step: nothing to write
         target = self._storage[column.key]
         rows = torch.frombuffer(data, dtype=torch.uint8).view(column.dtype).reshape(count, *column.shape)
         for start, end, offset in self.places:
