@@ -289,8 +289,10 @@ def show(args: argparse.Namespace) -> int:
     for f in c.files:
         print(f"  file {f.name:<32} {_size(f.size):>10}  sha256 {f.sha256[:16]}...")
     for b in c.buffers:
+        blocks = (f"; its rows in {len(b.blocks)} blocks, {_size(sum(k.size for k in b.blocks))}, in the run's "
+                  "blocks/ folder" if b.format == "blocks" else "")
         print(f"  buffer {b.buffer!r} -> {b.file} ({b.episodes_added:,} episodes added, from {b.address}; "
-              f"written with {describe(b.versions)})")
+              f"written with {describe(b.versions)}{blocks})")
     if c.config:
         print(f"  config {json.dumps(_struct(c.config), sort_keys=True)}")
     if c.extra:

@@ -428,6 +428,13 @@ def test_after_a_real_training_run_and_a_resume(ckpt, ckpt_host, http, tmp_path)
     assert len(metrics["rows"]) == len(stored) - 1 and metrics["action_repeat"] == 2
     assert all(r["env_step"] == 2 * r["step"] for r in metrics["rows"])
     assert {r["kind"] for r in metrics["rows"]} == {"train", "eval"}
+    # Its buffers were saved as blocks: the checkpoint page's data says how many, and their bytes.
+    detail = ok(http, f"/api/training-runs/{agent}/{run_id}/checkpoints/{committed[-1].step}")
+    blocks = {b.buffer: b.blocks for b in committed[-1].buffers}
+    assert [(b["buffer"], b["format"], b["blocks"], b["block_bytes"]) for b in detail["buffers"]] == [
+        (name, "blocks", len(blocks[name]), sum(k.size for k in blocks[name])) for name in ("buffer", "test_buffer")]
+    with urllib.request.urlopen(f"{http}/runs/{agent}/{run_id}/checkpoints/{committed[-1].step}", timeout=30) as page:
+        assert f"in {len(blocks['buffer'])} blocks" in page.read().decode()
     fine = ok(http, f"/api/training-runs/{agent}/fine-tune")
     assert fine["resumed_from"] == first.checkpoint
     assert [(x["run_id"], x["step"], x["path"], x["exists"]) for x in fine["lineage"]] == [

@@ -243,7 +243,9 @@ class History:
             "agent_id": m.agent_id, "run_id": m.run_id,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
             "buffers": [{"buffer": b.buffer, "file": b.file, "address": b.address,
-                         "episodes_added": b.episodes_added, "versions": b.versions} for b in m.buffers],
+                         "episodes_added": b.episodes_added, "versions": b.versions, "format": b.format,
+                         "blocks": len(b.blocks), "block_bytes": sum(k.size for k in b.blocks)}
+                        for b in m.buffers],
             "versions": m.versions,
             "config": m.config, "extra": m.extra,
             "lineage": self._chain(m.resumed_from, {run}),
