@@ -297,6 +297,10 @@ def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferSt
             loader.feed(request.chunk)
     if loader is not None:
         loader.finish()
+    if received == 0 and index.blocks:
+        raise DataLoss(f"blocks: this is a block index (snapshot format_version 2) and none of its "
+                       f"{len(index.blocks)} blocks followed it; restore it with the checkpoint service's "
+                       "RestoreBuffers (CheckpointClient.restore_buffers), which sends them from the run's blocks/")
     if received != len(index.blocks):
         missing = index.blocks[received][0]
         raise DataLoss(f"blocks: {received} of the index's {len(index.blocks)} blocks arrived; block "

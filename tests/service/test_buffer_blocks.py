@@ -324,3 +324,13 @@ def test_a_block_restore_holds_the_storage_and_a_chunk_not_the_snapshot():
             growth[mode] = _memory(target.proc.pid)["VmHWM"] - before
     assert growth["blocks"] <= 1.2 * stored + 64 * 2**20, (growth, stored)
     assert growth["whole"] > growth["blocks"] + 0.5 * stored, (growth, stored)  # the snapshot it no longer holds
+
+
+def test_an_index_restored_as_if_it_were_a_whole_snapshot_says_how_to_restore_it(service):
+    service.add(5)
+    index, refs, _ = service.save()
+    with pytest.raises(grpc.RpcError) as err:
+        service.restore("copy", index, refs, blocks=[])
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "block index" in err.value.details() and "RestoreBuffers" in err.value.details()
+    assert "copy" not in [b.name for b in service.stub.ListBuffers(buffer_pb2.ListBuffersRequest()).buffers]
