@@ -47,9 +47,15 @@ class ServerSettings(Settings):
                                   "streams could take every thread and starve health checks")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidArgument("tls_cert_file, tls_key_file: give both or neither")
+        if self.port > 0 and self.http_port == self.port and self.http_port != self._default("http_port"):
+            raise InvalidArgument(f"http_port: {self.http_port} is the gRPC port (port) too; give another, or -1 "
+                                  "to turn HTTP off")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise InvalidArgument("tls_client_ca_file: client certificates need TLS; give tls_cert_file and "
                                   "tls_key_file too")
+
+    def _default(self, name: str) -> object:
+        return next(f.default for f in dataclasses.fields(self) if f.name == name)
 
     @property
     def max_message_bytes(self) -> int:
@@ -57,11 +63,12 @@ class ServerSettings(Settings):
 
     @property
     def http_port_to_bind(self) -> int:
-        """The HTTP port to listen on: http_port, except a free one (0) when port is 0 and http_port is
-        left at its class default, so that services on free ports (tests, LocalService) never collide
-        on a fixed HTTP port.
+        """The HTTP port to listen on: http_port, except a free one (0) when http_port is left at its
+        class default and port is 0 or that same default, so that services on free ports (tests,
+        LocalService) never collide on a fixed HTTP port, and a gRPC port given as the HTTP default
+        does not take the HTTP port's place.
         """
-        default = next(f.default for f in dataclasses.fields(self) if f.name == "http_port")
-        if self.port == 0 and self.http_port == default and default > 0:
+        default = self._default("http_port")
+        if self.http_port == default and default > 0 and self.port in (0, default):
             return 0
         return self.http_port

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fastapi import APIRouter
 
-from rewind.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from rewind.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from rewind_buffer.server import build
 from rewind_buffer.settings import BufferServiceSettings
 from rewind_checkpoint.settings import CheckpointSettings
@@ -248,6 +248,11 @@ def test_http_port_is_free_when_port_is_and_it_was_left_at_its_default():
     assert BufferServiceSettings(port=0).http_port_to_bind == 0
     assert BufferServiceSettings().http_port_to_bind == 50071
     assert BufferServiceSettings(port=50061).http_port_to_bind == 50071
+    # A gRPC port that happens to be the HTTP default (a free port a test drew, say) moves HTTP off it.
+    assert BufferServiceSettings(port=50071).http_port_to_bind == 0
+    assert TrainSettings(port=50073).http_port_to_bind == 0
+    with pytest.raises(InvalidArgument, match="http_port: 18080 is the gRPC port"):
+        BufferServiceSettings(port=18080, http_port=18080)
     assert BufferServiceSettings(port=0, http_port=18080).http_port_to_bind == 18080
     assert BufferServiceSettings(port=0, http_port=-1).http_port_to_bind == -1
     assert CheckpointSettings(port=0).http_port_to_bind == 0
