@@ -35,6 +35,7 @@ import torch
 from rewind.errors import DataLoss
 from rewind_buffer import row_ranges
 from rewind_buffer.schema import FIELDS, EpisodeSchema
+from rewind_buffer.snapshot import tensor_bytes
 from rewind_buffer.writer import TRAJ_KEY
 
 COLUMNS = (*FIELDS, TRAJ_KEY)
@@ -202,7 +203,7 @@ def block_pieces(capture, columns: list[Column], block: Block) -> Iterator[memor
         step = max(1, READ_CHUNK_BYTES // max(1, column.row_bytes))
         for a in range(block.start, block.start + block.rows, step):
             rows = capture.read_range(column.key, a, min(a + step, block.start + block.rows))
-            yield memoryview(rows.contiguous().reshape(-1).view(torch.uint8).numpy())
+            yield tensor_bytes(rows)
 
 
 def hash_block(capture, columns: list[Column], block: Block) -> str:

@@ -19,7 +19,7 @@ from rewind.buffer_messages import decode_episode, encode_batch
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.versions import SNAPSHOT_FORMATS, current
 from rewind_buffer import block_stream, snapshot, snapshot_check
-from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of
+from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of, row_bytes
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
 from rewind_buffer.registry import BufferRegistry
@@ -253,8 +253,8 @@ def _receive_snapshot(requests: Iterator[buffer_pb2.RestoreRequest], reader: sna
         if name is None:
             name = check_buffer_name(request.buffer)
             reader.check_header = functools.partial(admit, name)
-        elif request.buffer and request.buffer != name:
-            raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+        else:
+            _check_same_buffer(request, name)
         if request.HasField("block"):
             return name, request
         reader.feed(request.chunk)
@@ -286,8 +286,7 @@ def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferSt
         places.setdefault(number, []).append((start, end, offset))
     loader, received = None, 0
     for request in _with_first(first, requests):
-        if request.buffer and request.buffer != name:
-            raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
+        _check_same_buffer(request, name)
         if request.HasField("block"):
             if loader is not None:
                 loader.finish()
@@ -306,9 +305,15 @@ def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferSt
         raise DataLoss(f"blocks: {received} of the index's {len(index.blocks)} blocks arrived; block "
                        f"{missing[:12]}... is missing")
     snapshot_check.check_tensors(dataclasses.replace(state, tensors={TRAJ_KEY: storage[TRAJ_KEY][:index.rows].cpu()}))
-    block_map = BlockMap.from_index(sum(c.row_bytes for c in columns), index.blocks, index.extents)
+    block_map = BlockMap.from_index(row_bytes(state.schema), index.blocks, index.extents)
     buffer.restore_finish(state, index.rows, block_map)
     return buffer
+
+
+def _check_same_buffer(request: buffer_pb2.RestoreRequest, name: str) -> None:
+    """Later messages of a Restore stream may leave `buffer` empty, but not name another buffer."""
+    if request.buffer and request.buffer != name:
+        raise InvalidArgument(f"buffer: message names {request.buffer!r} but the stream started with {name!r}")
 
 
 def _with_first(first: buffer_pb2.RestoreRequest | None, requests: Iterator[buffer_pb2.RestoreRequest]

@@ -81,7 +81,8 @@ def restore_caps(max_transitions: int, max_storage_bytes: int) -> tuple[int, int
     return header_cap, _PREFIX.size + header_cap + max_storage_bytes + TENSOR_MARGIN_BYTES + DIGEST_BYTES
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A CPU tensor's bytes, without a copy when it is contiguous."""
     return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
@@ -133,7 +134,7 @@ def encode(header: dict, tensors: dict[str, torch.Tensor | ChunkedTensor],
             yield prefix
             for t in tensors.values():
                 for part in ((t,) if isinstance(t, torch.Tensor) else t.chunks()):
-                    view = _tensor_bytes(part)
+                    view = tensor_bytes(part)
                     digest.update(view)
                     yield view
             yield digest.digest()
