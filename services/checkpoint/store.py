@@ -11,6 +11,7 @@ Neither knows about checkpoints; `catalog.py` builds those on top.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import logging
@@ -34,11 +35,13 @@ from rewind.errors import (
     ResourceExhausted,
     StoreUnavailable,
 )
+from rewind.presigned import Grant
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "./rewind-data"
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest multipart part (except the last)
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3's largest single PUT: bigger objects come through this service
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,26 @@ class Store(ABC):
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Multipart uploads under prefix that were begun and never finished or aborted (none but on S3)."""
         return []
+
+    def presign_put(self, key: str, size: int, sha256: str, expires_s: float) -> Grant | None:
+        """A URL through which another process may PUT exactly this object, or None (then it comes
+        through this process: a file:// store has no such URLs, and S3 none past one PUT's 5 GiB).
+
+        Args:
+            key: the object's key.
+            size: its byte count, a signed header.
+            sha256: its hex digest, a signed header the store checks the body against.
+            expires_s: seconds the URL stays valid.
+        """
+        return None
+
+    def checksum_of(self, key: str) -> tuple[int, str | None]:
+        """An object's size and the sha256 (hex) the store checked it against, if it keeps one.
+
+        Raises:
+            ObjectMissing: no such key.
+        """
+        raise NotImplementedError(f"store {self.url} keeps no checksums")
 
     def abort_upload(self, upload: PendingUpload) -> None:
         """Abandon a multipart upload and drop its parts; one already gone is fine."""
@@ -708,6 +731,26 @@ class S3Store(Store):
                 first = response["Errors"][0]
                 raise StoreUnavailable(f"store {self.url}: could not delete {first.get('Key')}: {first.get('Code')}")
 
+    def presign_put(self, key: str, size: int, sha256: str, expires_s: float) -> Grant | None:
+        if size > MAX_SINGLE_PUT_BYTES:
+            return None
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        expires = max(1, int(expires_s))
+        # Content-Length and x-amz-checksum-sha256 become signed headers (X-Amz-SignedHeaders): the
+        # URL writes this key only, with these bytes only (S3 recomputes the checksum and refuses a mismatch).
+        url = self.call("presign an upload to", key, self.client.generate_presigned_url, ClientMethod="put_object",
+                        Params={"Bucket": self.bucket, "Key": self.key_of(key), "ContentLength": size,
+                                "ChecksumSHA256": checksum},
+                        ExpiresIn=expires)
+        return Grant(url, {"x-amz-checksum-sha256": checksum}, float(expires))
+
+    def checksum_of(self, key: str) -> tuple[int, str | None]:
+        head = self.call("read the checksum of", key, self.client.head_object, Bucket=self.bucket,
+                         Key=self.key_of(key), ChecksumMode="ENABLED")
+        checksum = head.get("ChecksumSHA256")
+        # A multipart object's checksum is of its parts' checksums ("...-N"): not the object's sha256.
+        digest = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        return head["ContentLength"], digest
 
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         found = []

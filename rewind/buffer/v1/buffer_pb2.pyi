@@ -319,6 +319,55 @@ class SnapshotBlocksResponse(_message.Message):
     index: BlockIndexStart
     def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., chunk: _Optional[bytes] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ...) -> None: ...
 
+class BlockGrant(_message.Message):
+    __slots__ = ("sha256", "url", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    url: str
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, sha256: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BlockGrants(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[BlockGrant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[BlockGrant, _Mapping]]] = ...) -> None: ...
+
+class UploadBlocksRequest(_message.Message):
+    __slots__ = ("start", "grants")
+    START_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    start: SnapshotBlocksRequest
+    grants: BlockGrants
+    def __init__(self, start: _Optional[_Union[SnapshotBlocksRequest, _Mapping]] = ..., grants: _Optional[_Union[BlockGrants, _Mapping]] = ...) -> None: ...
+
+class BlocksNeeded(_message.Message):
+    __slots__ = ("blocks",)
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
+    def __init__(self, blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ...) -> None: ...
+
+class UploadBlocksResponse(_message.Message):
+    __slots__ = ("needed", "uploaded", "index", "chunk")
+    NEEDED_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    needed: BlocksNeeded
+    uploaded: BlockRef
+    index: BlockIndexStart
+    chunk: bytes
+    def __init__(self, needed: _Optional[_Union[BlocksNeeded, _Mapping]] = ..., uploaded: _Optional[_Union[BlockRef, _Mapping]] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class RestoreRequest(_message.Message):
     __slots__ = ("buffer", "chunk", "block")
     BUFFER_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,11 @@ class BufferServiceStub:
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.FromString,
                 _registered_method=True)
+        self.UploadBlocks = channel.stream_stream(
+                '/rewind.buffer.v1.BufferService/UploadBlocks',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksResponse.FromString,
+                _registered_method=True)
         self.Restore = channel.stream_unary(
                 '/rewind.buffer.v1.BufferService/Restore',
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.SerializeToString,
@@ -207,6 +212,17 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadBlocks(self, request_iterator, context):
+        """As SnapshotBlocks, but the blocks the store lacks go from this service
+        straight to the store: the first response names them, the caller answers
+        with one presigned PUT per block, and this service uploads each (to a
+        host its store_endpoints setting allows) and reports it; the index
+        follows as in SnapshotBlocks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Restore(self, request_iterator, context):
         """Restore replaces (or creates) a buffer from a stream of snapshot chunks:
         a whole snapshot, or a block index followed by its blocks, streamed one
@@ -278,6 +294,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.SnapshotBlocks,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.SerializeToString,
+            ),
+            'UploadBlocks': grpc.stream_stream_rpc_method_handler(
+                    servicer.UploadBlocks,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksResponse.SerializeToString,
             ),
             'Restore': grpc.stream_unary_rpc_method_handler(
                     servicer.Restore,
@@ -614,6 +635,33 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/SnapshotBlocks',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SnapshotBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBlocks(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rewind.buffer.v1.BufferService/UploadBlocks',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.UploadBlocksResponse.FromString,
             options,
             channel_credentials,
             insecure,
