@@ -37,7 +37,7 @@ def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
                        part_bytes=settings.part_mb * 1024 * 1024)
     catalog = Catalog(store, staging_max_age_s=settings.staging_max_age_s)
     servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s,
-                                  buffer_addresses=settings.buffer_addresses)
+                                  buffer_addresses=settings.buffer_addresses, direct_uploads=settings.direct_uploads)
     binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
                              read_methods=READ_METHODS)
     host = ServiceHost.from_settings([binding], settings)

@@ -23,11 +23,13 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         catalog: the checkpoints.
         buffer_timeout_s: deadline for pulling or pushing one buffer snapshot.
         buffer_addresses: the buffer services Save and RestoreBuffers may dial (see dials.py).
+        direct_uploads: hand out presigned URLs, where the store has them, so that big bytes skip this service.
     """
 
     def __init__(self, catalog: Catalog, buffer_timeout_s: float = 600.0,
-                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES) -> None:
+                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES, direct_uploads: bool = True) -> None:
         self.catalog = catalog
+        self.direct_uploads = direct_uploads
         self.buffer_timeout_s = buffer_timeout_s
         self.buffer_addresses = tuple(buffer_addresses)
 
@@ -35,7 +37,8 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         return manifest.to_proto(self.catalog.path(manifest.key))
 
     def Save(self, request_iterator, context):
-        upload = Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses)
+        upload = Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses,
+                        direct_uploads=self.direct_uploads)
         manifest, deleted = upload.run(request_iterator)
         return checkpoint_pb2.SaveResponse(
             checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted],

@@ -32,3 +32,7 @@ class CheckpointSettings(ServerSettings):
     buffer_addresses: tuple[str, ...] = setting(
         DEFAULT_BUFFER_ADDRESSES, "buffer services Save and RestoreBuffers may dial: host:port entries or "
         "patterns (buffer:50051, *.svc.cluster.local:50051, 127.0.0.1:*); never unix: sockets or schemes")
+    # One trip for big bytes (rewind.presigned): the producer PUTs them to the store itself.
+    direct_uploads: bool = setting(True, "on S3, let buffer services and clients upload blocks and large files "
+                                   "straight to the store through presigned URLs (false: every byte comes "
+                                   "through this service); file:// stores always take them through this service")

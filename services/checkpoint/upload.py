@@ -305,11 +305,13 @@ class Upload:
         catalog: where the checkpoint goes.
         timeout_s: deadline for pulling each buffer snapshot.
         buffer_addresses: the buffer services it may pull from (see dials.py).
+        direct_uploads: let producers PUT blocks and large files to the store themselves, where it presigns.
     """
 
     def __init__(self, catalog: Catalog, timeout_s: float = 600.0,
-                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES) -> None:
+                 buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES, direct_uploads: bool = True) -> None:
         self.catalog = catalog
+        self.direct_uploads = direct_uploads
         self.store = catalog.store
         self.timeout_s = timeout_s
         self.buffer_addresses = buffer_addresses
