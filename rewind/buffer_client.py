@@ -15,7 +15,7 @@ import io
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO
 
 import grpc
@@ -335,6 +335,46 @@ class BufferClient(ServiceClient):
             buffer=self.buffer, capture_id=capture_id, expect_episodes_added=expect_episodes_added,
             chunk_bytes=chunk_bytes, stored_blocks=list(stored_blocks))
         return self._stream(self._stub.SnapshotBlocks, request, timeout)
+
+    def upload_blocks(
+        self, stored_blocks: Iterable[str],
+        grant: Callable[[Sequence[buffer_pb2.BlockRef]], Iterable[buffer_pb2.BlockGrant]],
+        *, capture_id: str = "", expect_episodes_added: int = 0, chunk_bytes: int = 0,
+        timeout: float | None = TRANSFER_TIMEOUT_S,
+    ) -> Iterator[buffer_pb2.UploadBlocksResponse]:
+        """As snapshot_blocks, but the service PUTs the blocks the store lacks straight to the store.
+
+        The first response (`needed`) names those blocks; `grant` is called with
+        them and returns one presigned PUT per block (BlockGrant), which this
+        client sends back. Then come an `uploaded` per block, as each PUT
+        succeeds, and the index as in snapshot_blocks.
+
+        Args:
+            stored_blocks: sha256 names of the blocks the caller's store already holds.
+            grant: makes the presigned PUTs (the caller holds the store's credentials).
+            capture_id, expect_episodes_added, chunk_bytes, timeout: as in snapshot_blocks.
+        """
+        start = buffer_pb2.SnapshotBlocksRequest(
+            buffer=self.buffer, capture_id=capture_id, expect_episodes_added=expect_episodes_added,
+            chunk_bytes=chunk_bytes, stored_blocks=list(stored_blocks))
+        answers: queue.Queue[buffer_pb2.BlockGrants | None] = queue.Queue()
+
+        def requests() -> Iterator[buffer_pb2.UploadBlocksRequest]:
+            yield buffer_pb2.UploadBlocksRequest(start=start)
+            grants = answers.get()
+            if grants is not None:
+                yield buffer_pb2.UploadBlocksRequest(grants=grants)
+
+        def responses() -> Iterator[buffer_pb2.UploadBlocksResponse]:
+            try:
+                for response in self._stream(self._stub.UploadBlocks, requests(), timeout):
+                    if response.WhichOneof("item") == "needed":
+                        answers.put(buffer_pb2.BlockGrants(grants=list(grant(response.needed.blocks))))
+                    yield response
+            finally:
+                answers.put(None)  # a call that ended before the grants must not leave requests() waiting
+
+        return responses()
 
     def restore_blocks(self, index: Iterable[bytes], blocks: Iterable[tuple[str, int, Iterable[bytes]]],
                        timeout: float | None = TRANSFER_TIMEOUT_S):

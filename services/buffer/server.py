@@ -33,7 +33,8 @@ def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]
         registry.create(name)
     servicer = BufferServicer(registry, CaptureStore(settings.max_captures, settings.capture_ttl_s,
                                                      max_copy_bytes=settings.max_capture_copy_mb * 2**20),
-                              block_bytes=settings.snapshot_block_mb * 2**20)
+                              block_bytes=settings.snapshot_block_mb * 2**20,
+                              store_endpoints=settings.store_endpoints, store_timeout_s=settings.store_timeout_s)
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
                              read_methods=READ_METHODS)
     host = ServiceHost.from_settings([binding], settings)

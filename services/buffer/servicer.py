@@ -16,9 +16,11 @@ import grpc
 
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.buffer_messages import decode_episode, encode_batch
+from rewind.endpoints import LOOPBACK
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.versions import SNAPSHOT_FORMATS, current
 from rewind_buffer import block_stream, snapshot, snapshot_check
+from rewind_buffer.block_upload import GrantedUploads
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of, row_bytes
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
@@ -48,11 +50,22 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
 
 
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
-    """Implements rewind.buffer.v1.BufferService over a BufferRegistry."""
+    """Implements rewind.buffer.v1.BufferService over a BufferRegistry.
+
+    Args:
+        registry: the buffers.
+        captures: captures waiting to be streamed.
+        block_bytes: the most bytes of a new block (snapshot_block_mb).
+        store_endpoints: the stores UploadBlocks may PUT blocks to (host:port patterns).
+        store_timeout_s: socket timeout of each such PUT.
+    """
 
     def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, store_endpoints: tuple[str, ...] = LOOPBACK,
+                 store_timeout_s: float = 60.0) -> None:
         self.registry = registry
+        self.store_endpoints = tuple(store_endpoints)  # where UploadBlocks may PUT (rewind.endpoints)
+        self.store_timeout_s = store_timeout_s
         # `is None`, not `or`: an empty store is falsy (len 0), and `or` dropped the configured one.
         self.captures = captures if captures is not None else CaptureStore()
         self.block_bytes = block_bytes  # the most bytes of a new block (snapshot_block_mb)
@@ -156,11 +169,9 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     def SnapshotBlocks(self, request, context):
         buffer = self.registry.get(request.buffer)
         chunk_bytes = _chunk_bytes(request.chunk_bytes)
-        for i, name in enumerate(request.stored_blocks):
-            if not DIGEST.fullmatch(name):
-                raise InvalidArgument(f"stored_blocks[{i}]: {name!r:.80} is not a sha256 (64 lower-case hex digits)")
+        _check_stored_blocks(request.stored_blocks, "stored_blocks")
         state = self._state(buffer, request)
-        versions = {**current(), "snapshot_format": str(snapshot.INDEX_FORMAT_VERSION)}
+        versions = _index_versions()
         for event in block_stream.stream_blocks(state, set(request.stored_blocks), chunk_bytes):
             if not context.is_active():
                 return
@@ -168,11 +179,35 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 yield buffer_pb2.SnapshotBlocksResponse(block=buffer_pb2.BlockRef(sha256=event.sha256,
                                                                                   size=event.size))
             elif isinstance(event, block_stream.IndexStart):
-                yield buffer_pb2.SnapshotBlocksResponse(index=buffer_pb2.BlockIndexStart(
-                    size=event.size, blocks=[buffer_pb2.BlockRef(sha256=sha, size=size) for sha, size in event.blocks],
-                    episodes_added=event.episodes_added, versions=versions))
+                yield buffer_pb2.SnapshotBlocksResponse(index=_index_start(event, versions))
             else:
                 yield buffer_pb2.SnapshotBlocksResponse(chunk=event)
+
+    def UploadBlocks(self, request_iterator, context):
+        requests = iter(request_iterator)
+        first = next(requests, None)
+        if first is None or first.WhichOneof("item") != "start":
+            raise InvalidArgument("start: the first UploadBlocksRequest must carry the SnapshotBlocksRequest")
+        request = first.start
+        buffer = self.registry.get(request.buffer)
+        chunk_bytes = _chunk_bytes(request.chunk_bytes)
+        _check_stored_blocks(request.stored_blocks, "start.stored_blocks")
+        state = self._state(buffer, request)
+        sink = GrantedUploads(requests, self.store_endpoints, self.store_timeout_s)
+        versions = _index_versions()
+        for event in block_stream.stream_blocks(state, set(request.stored_blocks), chunk_bytes, sink):
+            if not context.is_active():
+                return
+            if isinstance(event, block_stream.BlocksNeeded):
+                refs = [buffer_pb2.BlockRef(sha256=b.sha256, size=b.size) for b in event.blocks]
+                yield buffer_pb2.UploadBlocksResponse(needed=buffer_pb2.BlocksNeeded(blocks=refs))
+            elif isinstance(event, block_stream.BlockUploaded):
+                yield buffer_pb2.UploadBlocksResponse(uploaded=buffer_pb2.BlockRef(sha256=event.sha256,
+                                                                                   size=event.size))
+            elif isinstance(event, block_stream.IndexStart):
+                yield buffer_pb2.UploadBlocksResponse(index=_index_start(event, versions))
+            else:
+                yield buffer_pb2.UploadBlocksResponse(chunk=event)
 
     def _state(self, buffer: EpisodeBuffer, request) -> BufferState:
         """The state a Snapshot or SnapshotBlocks request streams: its capture, or the buffer as of now."""
@@ -419,3 +454,19 @@ def _stream_batches(
             yield item
     finally:
         stop.set()
+
+
+def _check_stored_blocks(names, field: str) -> None:
+    for i, name in enumerate(names):
+        if not DIGEST.fullmatch(name):
+            raise InvalidArgument(f"{field}[{i}]: {name!r:.80} is not a sha256 (64 lower-case hex digits)")
+
+
+def _index_versions() -> dict[str, str]:
+    return {**current(), "snapshot_format": str(snapshot.INDEX_FORMAT_VERSION)}
+
+
+def _index_start(event: block_stream.IndexStart, versions: dict[str, str]) -> buffer_pb2.BlockIndexStart:
+    return buffer_pb2.BlockIndexStart(
+        size=event.size, blocks=[buffer_pb2.BlockRef(sha256=sha, size=size) for sha, size in event.blocks],
+        episodes_added=event.episodes_added, versions=versions)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from rewind import addresses
+from rewind.endpoints import LOOPBACK
 from rewind.errors import InvalidArgument
 from rewind.names import check_name
 from rewind_runtime.server_settings import ServerSettings
@@ -86,6 +87,12 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
     snapshot_block_mb: int = setting(64, "MiB of rows at most in one content-addressed block of an incremental "
                                          "checkpoint (SnapshotBlocks); smaller blocks dedup finer but make more "
                                          "objects", minimum=1, maximum=1024)
+    # UploadBlocks PUTs blocks to URLs a caller hands in: only to these (rewind.endpoints).
+    store_endpoints: tuple[str, ...] = setting(
+        LOOPBACK, "stores UploadBlocks may upload checkpoint blocks to (presigned URLs from the checkpoint "
+        "service): host:port entries or patterns, e.g. minio:9000, s3.us-east-1.amazonaws.com:443, "
+        "*.amazonaws.com:443; the default allows loopback only")
+    store_timeout_s: float = setting(60.0, "socket timeout of each block upload to the store, seconds", above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

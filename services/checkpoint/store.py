@@ -97,6 +97,7 @@ class Store(ABC):
     """Keys to bytes, with listing. `url` names the store in every error."""
 
     url: str
+    presigns = False  # whether presign_put can hand out URLs (then big bytes may skip this process)
 
     def relative(self, path: str) -> str | None:
         """The key of a filesystem path (or file:// URL) inside this store; None when it is not one.
@@ -597,6 +598,8 @@ class S3Store(Store):
         part_bytes: multipart part size (at least 5 MiB).
         max_concurrency: parts uploaded in parallel per object.
     """
+
+    presigns = True
 
     def __init__(self, bucket: str, prefix: str = "", *, timeout_s: float = 5.0, retries: int = 3,
                  part_bytes: int = 8 * 1024 * 1024, max_concurrency: int = 8) -> None:

@@ -68,24 +68,49 @@ def assert_same_batches(client: BufferClient, expected: list) -> None:
 
 
 class Gate:
-    """Holds the buffer service's SnapshotBlocks streams once `after_bytes` bytes of blocks have gone out,
-    until released: a save caught mid-block (or, with 0, before its first block)."""
+    """Holds the buffer service's block streams once `after_bytes` bytes of blocks have gone out (in the
+    stream, or on S3 in a PUT straight to the store), until released: a save caught mid-block (or, with 0,
+    before its first block)."""
 
     def __init__(self, monkeypatch, after_bytes: int) -> None:
         self.reached, self.release = threading.Event(), threading.Event()
+        self.after_bytes, self.sent = after_bytes, 0
+        self.die = False  # on release, the process holding the bytes dies: its connection closes mid-block
         real = block_stream.stream_blocks
 
-        def gated(state, stored, chunk_bytes):
-            sent = 0
-            for event in real(state, stored, chunk_bytes):
+        def gated(state, stored, chunk_bytes, sink=None):
+            for event in real(state, stored, chunk_bytes, None if sink is None else _GatedSink(sink, self)):
                 if isinstance(event, (bytes, memoryview)):
-                    sent += len(event)
-                if sent >= after_bytes and not self.reached.is_set():
-                    self.reached.set()
-                    self.release.wait(60)
+                    self.hold(len(event))
                 yield event
 
         monkeypatch.setattr(block_stream, "stream_blocks", gated)
+
+    def hold(self, nbytes: int) -> None:
+        self.sent += nbytes
+        if self.sent >= self.after_bytes and not self.reached.is_set():
+            self.reached.set()
+            self.release.wait(60)
+            if self.die:
+                raise ConnectionAbortedError("the uploader died mid-block")
+
+
+class _GatedSink:
+    """A BlockSink whose PUTs stop at the gate, with the connection to the store open."""
+
+    def __init__(self, sink, gate: Gate) -> None:
+        self.sink, self.gate = sink, gate
+
+    def expect(self, needed) -> None:
+        self.sink.expect(needed)
+
+    def put(self, block, pieces) -> None:
+        def held():
+            for piece in pieces:
+                self.gate.hold(len(piece))
+                yield piece
+
+        self.sink.put(block, held())
 
 
 def test_block_checkpoint_restores_and_samples_exactly(ckpt, ckpt_host, big):
@@ -232,7 +257,9 @@ def test_an_uploader_killed_mid_block_leaves_no_visible_block(store_url, big, tm
         saver.start()
         assert gate.reached.wait(60)
         if isinstance(store, S3Store):
-            wait_for(lambda: store.pending_uploads(RUN.blocks_prefix), "the block's multipart upload")
+            # On S3 the buffer service PUTs the block itself (UploadBlocks), held mid-body here: it dies
+            # too, as a preempted node takes both services down, and its connection closes mid-block.
+            gate.die = True
         else:
             wait_for(lambda: any(o.size > 0 for o in store.list(RUN.blocks_prefix)), "the block's temp file")
         service.proc.send_signal(signal.SIGKILL)
@@ -283,6 +310,7 @@ GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 def test_a_buffer_stream_that_breaks_the_contract_fails_the_save_and_leaves_no_block(
         ckpt, ckpt_host, monkeypatch, blocks, index_blocks, message):
     catalog, store = store_of(ckpt_host)
+    ckpt_host.bindings[0].servicer.direct_uploads = False  # the blocks come through the service: check its checks
     monkeypatch.setattr(BufferClient, "snapshot_blocks",
                         lambda self, stored, **kw: _responses(blocks, index_blocks))
     with pytest.raises(DataLoss, match=rf"buffers: 'buffer' at 127\.0\.0\.1:1: .*{message}"):
@@ -295,6 +323,7 @@ def test_a_buffer_stream_that_breaks_the_contract_fails_the_save_and_leaves_no_b
 
 def test_a_well_formed_stream_from_a_fake_buffer_commits(ckpt, ckpt_host, monkeypatch):
     catalog, store = store_of(ckpt_host)
+    ckpt_host.bindings[0].servicer.direct_uploads = False
     monkeypatch.setattr(BufferClient, "snapshot_blocks",
                         lambda self, stored, **kw: _responses([] if GOOD_SHA in stored else [(GOOD_SHA, GOOD)],
                                                               [(GOOD_SHA, len(GOOD))]))
