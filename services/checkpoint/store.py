@@ -620,6 +620,8 @@ class S3Store(Store):
             read_timeout=timeout_s,
             retries={"max_attempts": retries, "mode": "standard"},
             s3={"addressing_style": style},
+            # SigV4 for presigned URLs too (botocore may presign with SigV2, which signs no headers).
+            signature_version="s3v4",
             max_pool_connections=max(10, max_concurrency * 4),
             # Only checksum when the operation requires it: some S3-compatible
             # stores reject the newer default trailing checksums.
