@@ -115,6 +115,11 @@ class Container:
         self.log.close()
 
 
+def store_endpoint(endpoint_url: str) -> str:
+    """An S3 endpoint URL's host:port, as a store_endpoints entry."""
+    return endpoint_url.split("://", 1)[1]
+
+
 @pytest.fixture(params=SOURCES)
 def stack(request, s3, tmp_path):
     """The buffer and checkpoint services as `source` defines them, against the test S3 server."""
@@ -129,7 +134,10 @@ def stack(request, s3, tmp_path):
     write_credentials(secrets)
     started = []
     try:
-        buffer = Container(tmp_path, "buffer", *specs["buffer"], secrets)
+        # The buffer service uploads checkpoint blocks to the S3 server, as the definition lets it upload to
+        # the real store (and the trainer trainer.pt).
+        buffer = Container(tmp_path, "buffer", *specs["buffer"], secrets,
+                           REWIND_STORE_ENDPOINTS=store_endpoint(s3.endpoint))
         started.append(buffer)
         # The checkpoint service may dial its buffer, now on loopback, as the definition lets it dial the real one.
         ckpt = Container(tmp_path, "checkpoint", *specs["checkpoint"], secrets, AWS_ENDPOINT_URL=s3.endpoint,
@@ -219,7 +227,8 @@ def test_the_trainer_starts_from_its_definition_and_a_sigterm_checkpoints_with_t
     args, env = specs["trainer"]
     trainer = Container(tmp_path, "trainer", args, env, secrets, REWIND_BUFFER_ADDRESS=buffer.address,
                         REWIND_CHECKPOINT_ADDRESS=ckpt.address, REWIND_OUT_DIR=str(tmp_path / "runs"),
-                        REWIND_TORCH_THREADS="1")  # two cores: keep the test from starving the services
+                        REWIND_TORCH_THREADS="1",  # two cores: keep the test from starving the services
+                        REWIND_STORE_ENDPOINTS=store_endpoint(ckpt.env["AWS_ENDPOINT_URL"]))
     try:
         trainer.wait_until_serving()
         assert trainer.healthcheck().returncode == 0

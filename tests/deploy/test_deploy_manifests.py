@@ -44,7 +44,6 @@ PRIVATE = tuple(ipaddress.ip_address(a) for a in (
     "10.0.0.1", "10.96.0.1", "172.16.0.10", "172.31.255.1", "192.168.1.1", "100.64.0.1", "100.127.255.1",
     "169.254.169.254", "127.0.0.1", "fd00:ec2::254", "fd20:ce::254", "fe80::1", "::1", "::ffff:10.0.0.1",
     "::ffff:169.254.169.254"))
-EXTERNAL = PUBLIC[0]  # stands for an address outside the cluster
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -256,6 +255,37 @@ def test_the_checkpoint_service_may_dial_the_trainers_buffer_and_no_other_addres
         assert not is_allowed(other, allowed), other
 
 
+def presigned_host(env: dict[str, str], monkeypatch) -> str:
+    """The host:port of a presigned URL the checkpoint service with this environment would hand out."""
+    from rewind.presigned import endpoint_of
+    from rewind_checkpoint.store import open_store
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "REWIND_S3_ADDRESSING_STYLE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_ENDPOINT_URL", "AWS_REGION"):
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "example")  # presigning is offline: any key signs
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    grant = open_store(env["REWIND_STORE"]).presign_put("agent/run/blocks/x", 1, "0" * 64, 60)
+    return endpoint_of(grant.url, "url")[3]
+
+
+def test_the_buffer_service_and_the_trainer_may_upload_to_the_store_and_nowhere_else(overlay, monkeypatch):
+    from rewind.endpoints import may_dial
+
+    _, docs = overlay
+    [ckpt] = pod_spec(find(docs, "Deployment", "rewind-checkpoint"))["containers"]
+    store = presigned_host(container_env(docs, ckpt), monkeypatch)
+    for kind, name in (("Deployment", "rewind-buffer"), ("Job", "rewind-trainer")):
+        [c] = pod_spec(find(docs, kind, name))["containers"]
+        endpoints = container_env(docs, c)["REWIND_STORE_ENDPOINTS"].split(",")
+        assert may_dial(store, endpoints), (name, store, endpoints)
+        for other in ("rewind-checkpoint:50052", "rewind-buffer:50051", "127.0.0.1:9000", "10.0.0.1:443",
+                      "kubernetes.default.svc:443", "169.254.169.254:80", "example.com:443"):
+            assert not may_dial(other, endpoints), (name, other)
+
+
 def _documented_commands(path) -> list[list[str]]:
     """Each command line of the bash blocks in a Markdown file, continuations joined, split as bash would."""
     blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
@@ -420,8 +450,6 @@ def test_network_policies_deny_by_default_and_allow_exactly_what_the_trio_needs(
     assert not allowed(docs, buffer, ckpt, 50052)
     assert not allowed(docs, buffer, trainer, 50053)
     assert not allowed(docs, trainer, buffer, 50052)
-    assert not allowed(docs, trainer, EXTERNAL, 443)
-    assert not allowed(docs, buffer, EXTERNAL, 443)
     # The plaintext health ports are for the kubelet's probes (from the node) alone.
     for src in (trainer, buffer, ckpt):
         for dst, health in ((buffer, 50061), (ckpt, 50062), (trainer, 50063)):
@@ -429,17 +457,18 @@ def test_network_policies_deny_by_default_and_allow_exactly_what_the_trio_needs(
     if name == "cpu":
         minio = _labels(docs, "StatefulSet", "rewind-minio")
         bucket_job = _labels(docs, "Job", "rewind-create-bucket")
-        assert allowed(docs, ckpt, minio, 9000)
-        assert allowed(docs, bucket_job, minio, 9000)
-        assert not allowed(docs, trainer, minio, 9000)
-        assert not allowed(docs, ckpt, minio, 9001) and not allowed(docs, bucket_job, minio, 9001)  # the console
-        for pod in (ckpt, bucket_job, minio):  # the in-cluster store: nothing leaves the cluster
+        # The checkpoint service and the bucket job, and the buffer service and the trainer (uploads to
+        # presigned URLs), reach MinIO's API; nobody reaches its console.
+        for pod in (ckpt, bucket_job, buffer, trainer):
+            assert allowed(docs, pod, minio, 9000) and not allowed(docs, pod, minio, 9001)
+        for pod in (ckpt, bucket_job, minio, buffer, trainer):  # the in-cluster store: nothing leaves the cluster
             for address in (*PUBLIC, *PRIVATE):
                 assert not allowed(docs, pod, address, 443) and not allowed(docs, pod, address, 80)
     else:
-        for address in PUBLIC:
-            assert allowed(docs, ckpt, address, 443), address
-            assert not allowed(docs, ckpt, address, 80) and not allowed(docs, trainer, address, 443)
+        for pod in (ckpt, buffer, trainer):  # the store's clients: HTTPS to public addresses only
+            for address in PUBLIC:
+                assert allowed(docs, pod, address, 443), address
+                assert not allowed(docs, pod, address, 80)
 
 
 def test_prometheus_in_the_monitoring_namespace_reaches_the_http_ports_and_nothing_else_does(overlay):
@@ -469,12 +498,13 @@ def test_an_ingress_controller_reaches_the_history_pages_and_nothing_else(overla
             assert not _direction_allows(docs, pod, ingress, port, "Ingress"), (name, port)
 
 
-def test_the_gpu_overlay_lets_the_checkpoint_service_reach_public_https_but_not_the_cluster_or_metadata():
+def test_the_gpu_overlay_lets_the_store_clients_reach_public_https_but_not_the_cluster_or_metadata():
     docs = render("gpu")
-    ckpt = _labels(docs, "Deployment", "rewind-checkpoint")
-    for address in PRIVATE:
-        assert not allowed(docs, ckpt, address, 443), f"{address} must be excluded from the store's ipBlocks"
-    [policy] = [p for p in docs if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] == "rewind-checkpoint-s3"]
+    for pod in (_labels(docs, "Deployment", "rewind-checkpoint"), _labels(docs, "Deployment", "rewind-buffer"),
+                _labels(docs, "Job", "rewind-trainer")):
+        for address in PRIVATE:
+            assert not allowed(docs, pod, address, 443), f"{address} must be excluded from the store's ipBlocks"
+    [policy] = [p for p in docs if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] == "rewind-store-s3"]
     for rule in policy["spec"]["egress"]:
         assert [p["port"] for p in rule["ports"]] == [443]
         for peer in rule["to"]:
