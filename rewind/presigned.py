@@ -1,4 +1,4 @@
-"""Uploads to presigned store URLs: big bytes go from the process that has them straight to the store.
+"""Presigned store URLs: big bytes go between the store and the process that has (or wants) them, once.
 
 The checkpoint service keeps the store's credentials. For a large object it
 signs one PUT of one key, with the object's size and sha256 among the signed
@@ -15,12 +15,12 @@ from __future__ import annotations
 import http.client
 import re
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from rewind.endpoints import may_dial
-from rewind.errors import FailedPrecondition, Internal, InvalidArgument, PermissionDenied, Unavailable
+from rewind.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied, Unavailable
 
 # Headers put() sets itself, or that would change what reaches the store: a grant may not carry them.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
@@ -86,6 +86,59 @@ def check_grant(grant: Grant, allowed: Iterable[str], field_name: str, setting: 
     return address
 
 
+def _connect(grant: Grant, field_name: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    """An unopened connection to the grant's host, and the request target (path and query)."""
+    scheme, host, port, _ = endpoint_of(grant.url, field_name)
+    parsed = urlsplit(grant.url)
+    target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    if scheme == "https":
+        # The system's CAs (SSL_CERT_FILE names another bundle, e.g. a MinIO's own CA).
+        return http.client.HTTPSConnection(host, port, timeout=timeout_s,
+                                           context=ssl.create_default_context()), target
+    return http.client.HTTPConnection(host, port, timeout=timeout_s), target
+
+
+def _refusal(status: int, body: bytes, field_name: str, address: str, action: str) -> Exception:
+    code = _ERROR_CODE.search(body)
+    why = f"HTTP {status}" + (f" {code.group(1).decode(errors='replace')}" if code else "")
+    if status >= 500:
+        return Unavailable(f"{field_name}: the store at {address} failed the {action} ({why}); try again")
+    if status == 404 and action == "download":
+        return NotFound(f"{field_name}: the store at {address} has no such object ({why})")
+    return FailedPrecondition(f"{field_name}: the store at {address} refused the {action} ({why}); an expired URL, "
+                              "or a body that does not match its signed size and sha256")
+
+
+def get(grant: Grant, *, allowed: Iterable[str], field_name: str, setting: str, timeout_s: float,
+        chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """Stream an object's bytes from a presigned GET URL (checked with check_grant first).
+
+    Raises (while iterating):
+        PermissionDenied, InvalidArgument: as check_grant.
+        NotFound: the store has no such object.
+        FailedPrecondition: the store refused the GET (an expired URL).
+        Unavailable: the store did not answer, or failed (5xx), or the body ended early.
+    """
+    address = check_grant(grant, allowed, field_name, setting)
+    conn, target = _connect(grant, field_name, timeout_s)
+    try:
+        try:
+            conn.putrequest("GET", target, skip_accept_encoding=True)
+            for name, value in grant.headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            if response.status >= 300:
+                raise _refusal(response.status, response.read(4096), field_name, address, "download")
+            while chunk := response.read(chunk_bytes):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unavailable(f"{field_name}: the store at {address} did not send the object "
+                              f"({type(exc).__name__}: {exc}); try again") from None
+    finally:
+        conn.close()
+
+
 def put(grant: Grant, size: int, pieces: Iterable[bytes | memoryview], *, allowed: Iterable[str],
         field_name: str, setting: str, timeout_s: float) -> None:
     """Send `size` bytes to a presigned URL in one PUT, streaming `pieces`.
@@ -105,14 +158,7 @@ def put(grant: Grant, size: int, pieces: Iterable[bytes | memoryview], *, allowe
         Unavailable: the store did not answer, or failed (5xx).
     """
     address = check_grant(grant, allowed, field_name, setting)
-    scheme, host, port, _ = endpoint_of(grant.url, field_name)
-    parsed = urlsplit(grant.url)
-    target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-    if scheme == "https":
-        # The system's CAs (SSL_CERT_FILE names another bundle, e.g. a MinIO's own CA).
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    conn, target = _connect(grant, field_name, timeout_s)
     try:
         conn.putrequest("PUT", target, skip_accept_encoding=True)
         conn.putheader("Content-Length", str(size))
@@ -134,11 +180,5 @@ def put(grant: Grant, size: int, pieces: Iterable[bytes | memoryview], *, allowe
                           f"({type(exc).__name__}: {exc}); save again") from None
     finally:
         conn.close()
-    if status < 300:
-        return
-    code = _ERROR_CODE.search(body)
-    why = f"HTTP {status}" + (f" {code.group(1).decode(errors='replace')}" if code else "")
-    if status >= 500:
-        raise Unavailable(f"{field_name}: the store at {address} failed the upload ({why}); save again")
-    raise FailedPrecondition(f"{field_name}: the store at {address} refused the upload ({why}); an expired URL "
-                             "or a body that does not match its signed size and sha256")
+    if status >= 300:
+        raise _refusal(status, body, field_name, address, "upload")

@@ -166,6 +166,10 @@ class Store(ABC):
         """
         return None
 
+    def presign_get(self, key: str, expires_s: float) -> Grant | None:
+        """A URL through which another process may GET this object, or None (a file:// store has none)."""
+        return None
+
     def checksum_of(self, key: str) -> tuple[int, str | None]:
         """An object's size and the sha256 (hex) the store checked it against, if it keeps one.
 
@@ -748,6 +752,11 @@ class S3Store(Store):
                                 "ChecksumSHA256": checksum},
                         ExpiresIn=expires)
         return Grant(url, {"x-amz-checksum-sha256": checksum}, float(expires))
+
+    def presign_get(self, key: str, expires_s: float) -> Grant | None:
+        url = self.call("presign a download of", key, self.client.generate_presigned_url, ClientMethod="get_object",
+                        Params={"Bucket": self.bucket, "Key": self.key_of(key)}, ExpiresIn=max(1, int(expires_s)))
+        return Grant(url, {}, float(max(1, int(expires_s))))
 
     def checksum_of(self, key: str) -> tuple[int, str | None]:
         head = self.call("read the checksum of", key, self.client.head_object, Bucket=self.bucket,
