@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rewind import addresses
+from rewind.endpoints import LOOPBACK
 from rewind.errors import InvalidArgument, NotFound
 from rewind.versions import describe
 from rewind_checkpoint.settings import CheckpointSettings
@@ -76,6 +77,10 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     save_p.add_argument("--buffer", action="append", default=[], metavar="HOST:PORT/NAME",
                       help="pull this buffer's snapshot from the buffer service (repeatable)")
     save_p.add_argument("--resumed-from", default="", help="path of the checkpoint this run resumed from")
+    save_p.add_argument("--store-endpoints", type=_endpoints, default=LOOPBACK, metavar="HOST:PORT,...",
+                        help="stores this command may upload large files to, at the URLs the service presigns (S3): "
+                             "host:port entries or patterns, comma-separated (minio:9000, *.amazonaws.com:443; "
+                             f"default {','.join(LOOPBACK)})")
     client_args(save_p)
     save_p.set_defaults(func=save)
 
@@ -155,6 +160,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # -- helpers -----------------------------------------------------------------
+
+
+def _endpoints(text: str) -> tuple[str, ...]:
+    """--store-endpoints: a comma-separated list (as every list setting)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _split_run(text: str, field: str = "run") -> tuple[str, str]:
@@ -369,9 +379,11 @@ def save(args: argparse.Namespace) -> int:
     with _client(args) as client, \
             tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload") as bar:
         saved = client.save(agent_id, run_id, args.step, files, episode=args.episode, metrics=metrics,
-                            buffers=buffers, resumed_from=args.resumed_from, progress=bar.update)
+                            buffers=buffers, resumed_from=args.resumed_from, progress=bar.update,
+                            store_endpoints=args.store_endpoints)
     c = saved.checkpoint
-    print(f"committed {c.path} ({len(c.files)} files, {_size(c.total_bytes)})")
+    direct = f", {_size(saved.direct_bytes)} straight to the store" if saved.direct_bytes else ""
+    print(f"committed {c.path} ({len(c.files)} files, {_size(c.total_bytes)}{direct})")
     for path in saved.deleted:
         print(f"retention deleted {path}")
     return 0

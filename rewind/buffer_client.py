@@ -376,7 +376,8 @@ class BufferClient(ServiceClient):
 
         return responses()
 
-    def restore_blocks(self, index: Iterable[bytes], blocks: Iterable[tuple[str, int, Iterable[bytes]]],
+    def restore_blocks(self, index: Iterable[bytes],
+                       blocks: Iterable[tuple[str, int, Iterable[bytes] | buffer_pb2.BlockGrant]],
                        timeout: float | None = TRANSFER_TIMEOUT_S):
         """Replace (or create) this buffer from a block index and its blocks; returns its new stats.
 
@@ -386,7 +387,8 @@ class BufferClient(ServiceClient):
 
         Args:
             index: the index's consecutive chunks.
-            blocks: (sha256, size, chunks) of every block the index references, in its order.
+            blocks: (sha256, size, chunks) of every block the index references, in its order; instead
+                of chunks, a BlockGrant (a presigned GET) makes the service download the block itself.
         """
 
         def requests() -> Iterator[buffer_pb2.RestoreRequest]:
@@ -394,7 +396,11 @@ class BufferClient(ServiceClient):
             for chunk in index:
                 yield buffer_pb2.RestoreRequest(chunk=chunk)
             for sha256, size, chunks in blocks:
-                yield buffer_pb2.RestoreRequest(block=buffer_pb2.BlockRef(sha256=sha256, size=size))
+                ref = buffer_pb2.BlockRef(sha256=sha256, size=size)
+                if isinstance(chunks, buffer_pb2.BlockGrant):
+                    yield buffer_pb2.RestoreRequest(block=ref, fetch=chunks)
+                    continue
+                yield buffer_pb2.RestoreRequest(block=ref)
                 for chunk in chunks:
                     yield buffer_pb2.RestoreRequest(chunk=chunk)
 

@@ -7,6 +7,10 @@
                       buffers=[("127.0.0.1:50051", "buffer"), ("127.0.0.1:50051", "test_buffer")])
     found = ckpt.lookup("tdmpc2", "run-1", "latest")      # or "best", a step, or a path
     ckpt.download(found.checkpoint.path, "restore/")
+
+Files of DIRECT_MIN_BYTES or more go through SaveDirect: hashed here once, then, where the
+service's store hands out presigned URLs (S3), PUT straight to the store (never through the
+service, whose credentials never leave it), to endpoints `store_endpoints` allows only.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from rewind import addresses
+import grpc
+
+from rewind import addresses, presigned
 from rewind import versions as version_records
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
-from rewind.errors import DataLoss, InvalidArgument
+from rewind.endpoints import LOOPBACK
+from rewind.errors import DataLoss, Internal, InvalidArgument, PermissionDenied
 from rewind.security import ClientSecurity
 from rewind.service_client import ServiceClient
 
@@ -32,6 +40,10 @@ DEFAULT_ADDRESS = addresses.CHECKPOINT_ADDRESS
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 3600.0
 CHUNK_BYTES = 4 * 1024 * 1024
+# Files this big or bigger are offered for a direct upload (SaveDirect): PUT straight to the store where it
+# presigns, so their bytes make one trip; smaller ones are not worth a second connection.
+DIRECT_MIN_BYTES = 1024 * 1024
+STORE_ENDPOINTS_SETTING = "store_endpoints"
 
 FileSource = bytes | str | os.PathLike | IO[bytes]
 RefLike = str | checkpoint_pb2.CheckpointRef | checkpoint_pb2.Checkpoint
@@ -47,6 +59,9 @@ class Saved:
     # buffer blocks the checkpoint references that the store already held.
     uploaded_bytes: int = 0
     deduplicated_bytes: int = 0
+    # Bytes of files this client PUT straight to the store (part of uploaded_bytes): they never
+    # passed through the checkpoint service.
+    direct_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,23 @@ def make_ref(ref: RefLike) -> checkpoint_pb2.CheckpointRef:
     raise InvalidArgument(f"ref: expected a checkpoint path, Checkpoint or CheckpointRef, got {ref!r}")
 
 
+def _pieces(f: IO[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """A file's bytes from where it is to its end, CHUNK_BYTES at a time, each reported to `progress`."""
+    while chunk := f.read(CHUNK_BYTES):
+        yield chunk
+        if progress is not None:
+            progress(len(chunk))
+
+
+def _sha256(f: IO[bytes]) -> str:
+    """The sha256 of a file's bytes from where it is to its end; it is left where it was."""
+    start, digest = f.tell(), hashlib.sha256()
+    for chunk in _pieces(f, None):
+        digest.update(chunk)
+    f.seek(start)
+    return digest.hexdigest()
+
+
 def _open_source(source: FileSource) -> tuple[IO[bytes], int, bool]:
     """(readable file, size, whether we opened it)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -117,6 +149,8 @@ class CheckpointClient(ServiceClient):
         max_message_bytes: message limit; keep it equal to the service's.
         on_close: called by close() (see ServiceClient).
         security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
+        store_endpoints: the stores (host:port entries or patterns: minio:9000, *.amazonaws.com:443)
+            save() may PUT large files to, at the URLs the service presigns (default: loopback only).
 
     Failures raise rewind.errors classes: InvalidArgument, NotFound,
     AlreadyExists, DataLoss, Unavailable (naming the service or the store).
@@ -126,9 +160,11 @@ class CheckpointClient(ServiceClient):
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT_S,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 on_close: Callable[[], None] | None = None, security: ClientSecurity | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, security: ClientSecurity | None = None,
+                 store_endpoints: Sequence[str] = LOOPBACK) -> None:
         super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close,
                          security=security)
+        self.store_endpoints = tuple(store_endpoints)
         self._stub = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
 
     # -- saving --------------------------------------------------------------
@@ -150,6 +186,7 @@ class CheckpointClient(ServiceClient):
         progress: Callable[[int], None] | None = None,
         timeout: float = TRANSFER_TIMEOUT_S,
         versions: Mapping[str, str] | None = None,
+        store_endpoints: Sequence[str] | None = None,
     ) -> Saved:
         """Upload files (and buffer snapshots) as one checkpoint, then commit it.
 
@@ -171,47 +208,131 @@ class CheckpointClient(ServiceClient):
             versions: the versions the manifest records as the saver's
                 (python, torch, tensordict, torchrl, rewind); default: this
                 process's (rewind.versions.current()). A resume checks them.
+            store_endpoints: the stores this call may PUT files to (default: the client's).
+
+        Files of DIRECT_MIN_BYTES or more are hashed first (a path is then read twice), and PUT
+        straight to the store where the service grants it (an S3 store); the rest is streamed.
 
         Raises:
             InvalidArgument: a bad id, file name or value (nothing is saved).
             AlreadyExists: the step is already committed.
+            PermissionDenied: the service granted a direct upload to a store not in store_endpoints
+                (nothing is saved).
             Unavailable: the service or its store is down (nothing is saved).
         """
-        opened = {name: _open_source(src) for name, src in files.items()}
-        header = checkpoint_pb2.SaveHeader(
-            agent_id=agent_id, run_id=run_id, step=step, episode=episode, resumed_from=resumed_from,
-            files=[checkpoint_pb2.FileAnnouncement(name=n, size=size) for n, (_, size, _) in opened.items()],
-            buffers=[b if isinstance(b, checkpoint_pb2.BufferSource) else buffer_source(*b) for b in buffers],
-        )
-        header.metrics.update(metrics or {})
-        header.config.update(dict(config or {}))
-        header.extra.update(dict(extra or {}))
-        header.versions.update(version_records.current() if versions is None else dict(versions))
-        if retention is not None:
-            header.retention.CopyFrom(retention if isinstance(retention, checkpoint_pb2.RetentionPolicy)
-                                      else checkpoint_pb2.RetentionPolicy(**retention))
-
-        def requests() -> Iterator[checkpoint_pb2.SaveRequest]:
-            yield checkpoint_pb2.SaveRequest(header=header)
-            digests = []
-            for name, (f, _, _) in opened.items():
-                digest = hashlib.sha256()
-                while chunk := f.read(CHUNK_BYTES):
-                    digest.update(chunk)
-                    yield checkpoint_pb2.SaveRequest(chunk=checkpoint_pb2.FileChunk(file=name, data=chunk))
-                    if progress is not None:
-                        progress(len(chunk))
-                digests.append(checkpoint_pb2.FileInfo(name=name, sha256=digest.hexdigest()))
-            yield checkpoint_pb2.SaveRequest(commit=checkpoint_pb2.Commit(files=digests))
-
+        endpoints = self.store_endpoints if store_endpoints is None else tuple(store_endpoints)
+        opened: dict[str, tuple[IO[bytes], int, bool]] = {}
         try:
-            response = self._call(self._stub.Save, requests(), timeout)
+            for name, src in files.items():
+                opened[name] = _open_source(src)
+            digests = {name: _sha256(f) for name, (f, size, _) in opened.items() if size >= DIRECT_MIN_BYTES}
+            header = checkpoint_pb2.SaveHeader(
+                agent_id=agent_id, run_id=run_id, step=step, episode=episode, resumed_from=resumed_from,
+                files=[checkpoint_pb2.FileAnnouncement(name=n, size=size, sha256=digests.get(n, ""))
+                       for n, (_, size, _) in opened.items()],
+                buffers=[b if isinstance(b, checkpoint_pb2.BufferSource) else buffer_source(*b) for b in buffers],
+            )
+            header.metrics.update(metrics or {})
+            header.config.update(dict(config or {}))
+            header.extra.update(dict(extra or {}))
+            header.versions.update(version_records.current() if versions is None else dict(versions))
+            if retention is not None:
+                header.retention.CopyFrom(retention if isinstance(retention, checkpoint_pb2.RetentionPolicy)
+                                          else checkpoint_pb2.RetentionPolicy(**retention))
+            direct = None
+            if digests:
+                direct = self._save_direct(header, opened, digests, progress, timeout, endpoints)
+            if direct is None:  # nothing big, or a service without SaveDirect
+                requests = self._file_requests(header, opened, digests, set(), progress)
+                direct = self._call(self._stub.Save, requests, timeout), 0
         finally:
             for f, _, ours in opened.values():
                 if ours:
                     f.close()
+        response, direct_bytes = direct
         return Saved(response.checkpoint, tuple(response.deleted), response.uploaded_bytes,
-                     response.deduplicated_bytes)
+                     response.deduplicated_bytes, direct_bytes)
+
+    @staticmethod
+    def _file_requests(header: checkpoint_pb2.SaveHeader | None, opened: Mapping[str, tuple[IO[bytes], int, bool]],
+                       digests: Mapping[str, str], skip: set[str], progress: Callable[[int], None] | None,
+                       message: type = checkpoint_pb2.SaveRequest) -> Iterator:
+        """The header (unless None), each file not in `skip` as chunks, then the Commit naming every file's
+        sha256 (from `digests`, or hashed as it streams), as `message`s (SaveRequest or SaveDirectRequest)."""
+        if header is not None:
+            yield message(header=header)
+        infos = []
+        for name, (f, _, _) in opened.items():
+            digest = None if name in digests else hashlib.sha256()
+            if name not in skip:
+                for chunk in _pieces(f, progress):
+                    if digest is not None:
+                        digest.update(chunk)
+                    yield message(chunk=checkpoint_pb2.FileChunk(file=name, data=chunk))
+            infos.append(checkpoint_pb2.FileInfo(name=name, sha256=digests[name] if digest is None
+                                                 else digest.hexdigest()))
+        yield message(commit=checkpoint_pb2.Commit(files=infos))
+
+    def _save_direct(self, header: checkpoint_pb2.SaveHeader, opened: Mapping[str, tuple[IO[bytes], int, bool]],
+                     digests: Mapping[str, str], progress: Callable[[int], None] | None, timeout: float,
+                     endpoints: tuple[str, ...]) -> tuple[checkpoint_pb2.SaveResponse, int] | None:
+        """SaveDirect: the header, the granted files PUT to the store, the rest as chunks, the commit.
+
+        Returns (the response, bytes PUT), or None when the service has no SaveDirect (then nothing was read).
+        """
+        sent: queue.Queue[set[str] | None] = queue.Queue()  # the names PUT, once they are; None: end the stream
+
+        def requests() -> Iterator[checkpoint_pb2.SaveDirectRequest]:
+            yield checkpoint_pb2.SaveDirectRequest(header=header)
+            skip = sent.get()  # gRPC's sending thread waits here while this one PUTs
+            if skip is not None:
+                yield from self._file_requests(None, opened, digests, skip, progress,
+                                               message=checkpoint_pb2.SaveDirectRequest)
+
+        call = self._stub.SaveDirect(requests(), timeout=timeout)
+        told = False
+        try:
+            grants = _event(call, "grants").grants.grants
+            direct = self._put_files(grants, opened, digests, progress, endpoints)
+            sent.put({g.name for g in grants})
+            told = True
+            response = _event(call, "done").done
+            for _ in call:  # to the call's status
+                raise Internal("the checkpoint service sent more than one done event")
+            return response, direct
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not told:
+                return None
+            raise self._error(exc) from None
+        finally:
+            if not told:
+                sent.put(None)
+            call.cancel()  # a no-op once the call ended; otherwise the service aborts the upload
+
+    def _put_files(self, grants: Sequence[checkpoint_pb2.FileGrant], opened: Mapping[str, tuple[IO[bytes], int, bool]],
+                   digests: Mapping[str, str], progress: Callable[[int], None] | None,
+                   endpoints: tuple[str, ...]) -> int:
+        """PUT each granted file to its URL, after checking every URL against `endpoints`; returns the bytes PUT."""
+        checked = []
+        for g in grants:
+            if g.name not in digests:
+                raise Internal(f"the checkpoint service granted a direct upload of {g.name!r}, which this save "
+                               "did not offer")
+            grant = presigned.Grant(g.url, dict(g.headers))
+            try:
+                presigned.check_grant(grant, endpoints, f"grant of {g.name}", STORE_ENDPOINTS_SETTING)
+            except PermissionDenied:
+                address = presigned.endpoint_of(g.url, f"grant of {g.name}")[3]
+                raise PermissionDenied(
+                    f"store_endpoints: the checkpoint service hands out uploads to {address}, which this client's "
+                    f"store_endpoints ({', '.join(endpoints) or 'none'}) does not allow; add it (e.g. minio:9000, "
+                    "*.amazonaws.com:443), or turn the service's direct_uploads off; nothing was saved") from None
+            checked.append((g.name, grant))
+        for name, grant in checked:
+            f, size, _ = opened[name]
+            presigned.put(grant, size, _pieces(f, progress), allowed=endpoints, field_name=f"grant of {name}",
+                          setting=STORE_ENDPOINTS_SETTING, timeout_s=self.timeout)
+        return sum(opened[name][1] for name, _ in checked)
 
     # -- finding -------------------------------------------------------------
 
@@ -402,6 +523,15 @@ class CheckpointClient(ServiceClient):
         request = checkpoint_pb2.GetRunFileRequest(agent_id=agent_id, run_id=run_id, name=name)
         response = self._call(self._stub.GetRunFile, request, timeout)
         return RunFile(response.content, response.modified)
+
+
+def _event(call, kind: str):
+    """The next event of a SaveDirect stream, which must be `kind`."""
+    event = next(call, None)
+    if event is None or event.WhichOneof("item") != kind:
+        found = "the end of the stream" if event is None else repr(event.WhichOneof("item"))
+        raise Internal(f"SaveDirect: the checkpoint service sent {found}, not its {kind} event")
+    return event
 
 
 __all__ = ["CheckpointClient", "Found", "RunFile", "Saved", "buffer_source", "make_ref"]

@@ -1,4 +1,6 @@
-"""The buffer service's side of UploadBlocks: take the caller's grants, PUT each block to the store.
+"""Blocks between the buffer service and the store, through presigned URLs the checkpoint service grants.
+
+UploadBlocks: take the caller's grants, PUT each block to the store.
 
 The caller (the checkpoint service) keeps the store's credentials and answers
 BlocksNeeded with one presigned PUT per block. Every grant is checked before
@@ -7,6 +9,10 @@ in this service's store_endpoints setting (rewind.endpoints, the matcher
 every outbound dial uses). A refused grant fails the stream before any
 connection is made, so a caller can make this service dial only the stores
 its operator allowed.
+
+Restore: a block message may carry a presigned GET (`fetch`); the buffer
+service downloads the block itself, from an allowed host, and the loader
+checks its size and sha256 as for streamed bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from collections.abc import Iterable, Iterator
 
 from rewind import presigned
 from rewind.buffer.v1 import buffer_pb2
-from rewind.errors import InvalidArgument
+from rewind.errors import DataLoss, InvalidArgument, NotFound
 from rewind_buffer.block_stream import BlockStart
+from rewind_buffer.blocks import BlockLoader
 
 SETTING = "store_endpoints"
 
@@ -62,3 +69,29 @@ class GrantedUploads:
         grant, field = self._grants[block.sha256]
         presigned.put(grant, block.size, pieces, allowed=self.allowed, field_name=field, setting=SETTING,
                       timeout_s=self.timeout_s)
+
+
+class BlockFetcher:
+    """Downloads a Restore's blocks from the presigned GETs it carries.
+
+    Args:
+        allowed: the store_endpoints setting.
+        timeout_s: socket timeout of each GET (store_timeout_s).
+    """
+
+    def __init__(self, allowed: tuple[str, ...], timeout_s: float) -> None:
+        self.allowed = allowed
+        self.timeout_s = timeout_s
+
+    def fetch(self, granted: buffer_pb2.BlockGrant, loader: BlockLoader, field: str) -> None:
+        """Feed one block's bytes from the store into its loader, and finish it (checking size and sha256)."""
+        grant = presigned.Grant(granted.url, dict(granted.headers))
+        try:
+            for chunk in presigned.get(grant, allowed=self.allowed, field_name=field, setting=SETTING,
+                                       timeout_s=self.timeout_s):
+                loader.feed(chunk)
+            loader.finish()
+        except NotFound:
+            raise DataLoss(f"{field}: block {loader.sha256} is missing from the store") from None
+        except DataLoss as exc:
+            raise DataLoss(f"{field}: block {loader.sha256} from the store: {exc.message}") from None

@@ -20,7 +20,7 @@ from rewind.endpoints import LOOPBACK
 from rewind.errors import DataLoss, Internal, InvalidArgument, ResourceExhausted, RewindError
 from rewind.versions import SNAPSHOT_FORMATS, current
 from rewind_buffer import block_stream, snapshot, snapshot_check
-from rewind_buffer.block_upload import GrantedUploads
+from rewind_buffer.block_upload import BlockFetcher, GrantedUploads
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of, row_bytes
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
@@ -237,7 +237,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 index = reader.checked
                 state = dataclasses.replace(index.state, tensors=tensors)
                 reader.close()  # the index is read; from here on the blocks go straight into the storage
-                restored = _restore_blocks(name, index, state, first_block, requests, self.registry)
+                restored = _restore_blocks(name, index, state, first_block, requests, self.registry,
+                                           BlockFetcher(self.store_endpoints, self.store_timeout_s))
             else:
                 if first_block is not None:
                     raise InvalidArgument("block: a whole snapshot (format_version 1) is not followed by blocks")
@@ -300,7 +301,7 @@ def _receive_snapshot(requests: Iterator[buffer_pb2.RestoreRequest], reader: sna
 
 def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferState,
                     first: buffer_pb2.RestoreRequest | None, requests: Iterator[buffer_pb2.RestoreRequest],
-                    registry: BufferRegistry) -> EpisodeBuffer:
+                    registry: BufferRegistry, fetcher: BlockFetcher) -> EpisodeBuffer:
     """A buffer rebuilt from a block index and its blocks, each written into the storage as it arrives.
 
     The service holds the storage, one chunk and the index: never the whole snapshot.
@@ -327,6 +328,13 @@ def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferSt
                 loader.finish()
             loader = _open_block(request.block, index, received, columns, storage, places)
             received += 1
+            if request.HasField("fetch"):
+                fetcher.fetch(request.fetch, loader, f"blocks[{received - 1}].fetch")  # and finished
+                loader = None
+        elif request.HasField("fetch"):
+            raise InvalidArgument("fetch: comes with the block it fetches, in the same message")
+        elif loader is None:
+            raise DataLoss("chunk: bytes arrived for a block that was fetched from the store")
         else:
             loader.feed(request.chunk)
     if loader is not None:

@@ -1,9 +1,17 @@
-"""RestoreBuffers: push a checkpoint's buffer snapshots straight into buffer services."""
+"""RestoreBuffers: push a checkpoint's buffer snapshots straight into buffer services.
+
+On a store that presigns (S3, with direct_uploads on), a "blocks" snapshot's
+blocks do not pass through this service: each block message carries a
+presigned GET, and the buffer service downloads the block itself (from a host
+its store_endpoints allows) and checks it against its name, as it checks
+streamed bytes. The index still comes through here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from rewind.buffer.v1 import buffer_pb2
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import InvalidArgument, NotFound, RewindError
@@ -69,9 +77,18 @@ def _blocks(catalog: Catalog, manifest: Manifest, entry: BufferEntry,
         yield block.sha256, block.size, _recording(catalog.read_block(manifest, block), failure)
 
 
+def _block_grants(catalog: Catalog, manifest: Manifest, entry: BufferEntry,
+                  timeout_s: float) -> Iterator[tuple[str, int, buffer_pb2.BlockGrant]]:
+    """The same blocks as presigned GETs: the buffer service downloads each itself and checks its sha256."""
+    run = manifest.key.run
+    for block in entry.blocks:
+        grant = catalog.store.presign_get(run.block_key(block.sha256), timeout_s)
+        yield block.sha256, block.size, buffer_pb2.BlockGrant(url=grant.url, headers=dict(grant.headers))
+
+
 def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
                     timeout_s: float, buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES,
-                    ) -> list[checkpoint_pb2.RestoredBuffer]:
+                    direct: bool = False) -> list[checkpoint_pb2.RestoredBuffer]:
     """Stream each snapshot file into its buffer service, in order; a "blocks" snapshot goes as its
     index, then each block it needs (read from the run's blocks/, checked against its name).
 
@@ -81,6 +98,7 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
         targets: where each snapshot goes (none: every recorded buffer, where it came from).
         timeout_s: deadline of each restore call.
         buffer_addresses: the buffer services it may dial (see dials.py).
+        direct: where the store presigns (S3), let each buffer service download its blocks itself.
 
     Raises:
         PermissionDenied: an address outside buffer_addresses (nothing is restored).
@@ -98,8 +116,9 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
                 # The snapshot file: the whole snapshot, or (blocks) the index its blocks follow.
                 chunks = _recording(catalog.read_file(manifest, target.file), failure)
                 if entry is not None and entry.format == "blocks":
-                    stats = client.restore_blocks(chunks, _blocks(catalog, manifest, entry, failure),
-                                                  timeout=timeout_s)
+                    blocks = (_block_grants(catalog, manifest, entry, timeout_s) if direct and catalog.store.presigns
+                              else _blocks(catalog, manifest, entry, failure))
+                    stats = client.restore_blocks(chunks, blocks, timeout=timeout_s)
                 else:
                     stats = client.restore(chunks, timeout=timeout_s)
             except RewindError as exc:

@@ -36,14 +36,29 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
     def _proto(self, manifest: Manifest) -> checkpoint_pb2.Checkpoint:
         return manifest.to_proto(self.catalog.path(manifest.key))
 
-    def Save(self, request_iterator, context):
-        upload = Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses,
-                        direct_uploads=self.direct_uploads)
-        manifest, deleted = upload.run(request_iterator)
+    def _upload(self) -> Upload:
+        return Upload(self.catalog, timeout_s=self.buffer_timeout_s, buffer_addresses=self.buffer_addresses,
+                      direct_uploads=self.direct_uploads)
+
+    def _saved(self, upload: Upload, manifest: Manifest, deleted: list[Manifest]) -> checkpoint_pb2.SaveResponse:
         return checkpoint_pb2.SaveResponse(
             checkpoint=self._proto(manifest), deleted=[self.catalog.path(m.key) for m in deleted],
             uploaded_bytes=upload.uploaded_bytes, deduplicated_bytes=upload.deduplicated_bytes,
         )
+
+    def Save(self, request_iterator, context):
+        upload = self._upload()
+        return self._saved(upload, *upload.run(request_iterator))
+
+    def SaveDirect(self, request_iterator, context):
+        upload = self._upload()
+        grants = upload.start(request_iterator)  # the header; a failure has aborted the upload
+        try:
+            yield checkpoint_pb2.SaveDirectResponse(grants=checkpoint_pb2.FileGrants(grants=grants))
+        except BaseException:  # the call ended here (the client went away): nothing else will clean up
+            upload.abandon()
+            raise
+        yield checkpoint_pb2.SaveDirectResponse(done=self._saved(upload, *upload.run(request_iterator)))
 
     def Download(self, request, context):
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
@@ -110,7 +125,7 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         ref = request.ref
         manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
         restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s,
-                                   self.buffer_addresses)
+                                   self.buffer_addresses, direct=self.direct_uploads)
         return checkpoint_pb2.RestoreBuffersResponse(buffers=restored)
 
     def DeleteCheckpoint(self, request, context):

@@ -14,6 +14,17 @@ The blocks it relies on are pinned (catalog.pin) from before it lists or
 writes them until the manifest is committed or the upload aborted, so GC and
 the sweep leave them alone. An abort never deletes a block: another upload or
 a committed checkpoint may share it; unused ones are the sweep's.
+
+SaveDirect (start(), then run()): an announced file with a sha256 and bytes
+may skip this service. On a store that presigns, with direct_uploads on, the
+header is answered with one presigned PUT per such file, to its final key in
+the step folder; the key is recorded among the upload's keys before its URL
+exists, so an abort deletes it. At the commit each granted object must be in
+the store at its announced size, with the announced sha256 where the store
+reports one (S3 checks the signed x-amz-checksum-sha256 header against the
+body; moto does not). A PUT that lands after an abort leaves an object in a
+step folder with no manifest: the staging sweep (catalog.clean_staging)
+deletes it once it is older than staging_max_age_s, as any abandoned staging.
 """
 
 from __future__ import annotations
@@ -23,12 +34,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
 
 from rewind import versions as version_records
+from rewind.buffer.v1 import buffer_pb2
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import Cancelled, DataLoss, FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
@@ -46,7 +59,7 @@ from rewind_checkpoint.manifest import (
 )
 from rewind_checkpoint.metrics import stats_of
 from rewind_checkpoint.retention import RetentionPolicy
-from rewind_checkpoint.store import ObjectWriter
+from rewind_checkpoint.store import ObjectMissing, ObjectWriter
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +195,7 @@ class _BlockPull(_BufferPull):
             check_dial(self.source.address, self.allowed, self.field)  # no connection to an address not allowed
             self._present = self.pins.present()
             with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
-                responses = client.snapshot_blocks(
-                    list(self._present), capture_id=self.source.capture_id,
-                    expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
-                for response in responses:
+                for response in self._stream(client):
                     self.answered = True
                     if self.cancelled.is_set():
                         self._abort_block()
@@ -198,6 +208,10 @@ class _BlockPull(_BufferPull):
             self.error = exc
             self._abort_block()
             self.writer.abort()
+
+    def _stream(self, client: BufferClient):
+        return client.snapshot_blocks(list(self._present), capture_id=self.source.capture_id,
+                                      expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
 
     def _on_response(self, response) -> None:
         kind = response.WhichOneof("item")
@@ -298,6 +312,80 @@ class _BlockPull(_BufferPull):
                 raise DataLoss(f"index: block {block.sha256} is neither in the store nor sent")
 
 
+class _DirectBlockPull(_BlockPull):
+    """A _BlockPull whose new blocks go from the buffer service straight to the store (UploadBlocks).
+
+    The service pins each block the buffer names and grants it one presigned PUT
+    of that key, size and sha256; it never sees the bytes. Before the commit it
+    checks each reported block in the store: its size, and its sha256 where the
+    store keeps one (S3 checks the signed x-amz-checksum-sha256 header against
+    the body itself).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._reported: set[str] = set()
+
+    def _stream(self, client: BufferClient):
+        return client.upload_blocks(list(self._present), self._grant, capture_id=self.source.capture_id,
+                                    expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
+
+    def _on_response(self, response) -> None:
+        kind = response.WhichOneof("item")
+        if kind == "uploaded":
+            self._on_uploaded(response.uploaded)
+        elif kind == "chunk":
+            self._on_chunk(response.chunk)
+        elif kind == "index":
+            if self._index_size is not None:
+                raise DataLoss("the buffer service sent a second index")
+            self._on_index(response.index)
+        elif kind != "needed":  # the client's grant callback took it
+            raise DataLoss("the buffer service sent an empty UploadBlocksResponse")
+
+    def _grant(self, needed) -> list:
+        """One presigned PUT per block the buffer names; each pinned before its URL exists."""
+        if self._sent:
+            raise DataLoss("the buffer service named the needed blocks twice")
+        grants = []
+        for i, ref in enumerate(needed):
+            sha256 = check_digest(ref.sha256, f"needed.blocks[{i}].sha256", DataLoss)
+            if ref.size < 0:
+                raise DataLoss(f"needed.blocks[{i}].size: {ref.size} is negative")
+            if sha256 in self._sent or sha256 in self._present:
+                raise DataLoss(f"needed.blocks[{i}]: block {sha256} is named twice, or the store holds it")
+            self.pins.add(sha256)  # before the URL: from now on GC and the sweep leave the key alone
+            self._sent[sha256] = ref.size
+            grant = self.pins.catalog.store.presign_put(self.pins.run.block_key(sha256), ref.size, sha256,
+                                                        self.timeout_s)
+            if grant is None:
+                raise FailedPrecondition(f"the store cannot presign block {sha256} ({ref.size} bytes)")
+            grants.append(buffer_pb2.BlockGrant(sha256=sha256, url=grant.url, headers=dict(grant.headers)))
+        return grants
+
+    def _on_uploaded(self, ref) -> None:
+        """The buffer says a block is in the store: check it is, at its size and (where kept) its sha256."""
+        sha256 = check_digest(ref.sha256, "uploaded.sha256", DataLoss)
+        if sha256 not in self._sent or sha256 in self._reported:
+            raise DataLoss(f"uploaded: block {sha256} was not granted, or was reported twice")
+        try:
+            size, digest = self.pins.catalog.store.checksum_of(self.pins.run.block_key(sha256))
+        except ObjectMissing:
+            raise DataLoss(f"uploaded: block {sha256} is not in the store; nothing was saved, save again") from None
+        if size != self._sent[sha256] or (digest is not None and digest != sha256):
+            raise DataLoss(f"block {sha256} is in the store as {size} bytes with sha256 "
+                           f"{(digest or 'unknown')[:12]}..., not the {self._sent[sha256]} bytes it names")
+        self._reported.add(sha256)
+        self.uploaded += size
+
+    def _finish(self) -> None:
+        unreported = sorted(set(self._sent) - self._reported)
+        if unreported:
+            raise DataLoss(f"block {unreported[0]} was granted but never reported uploaded "
+                           f"({len(unreported)} blocks)")
+        super()._finish()
+
+
 class Upload:
     """Consumes a Save stream and commits it, or leaves nothing behind.
 
@@ -324,46 +412,82 @@ class Upload:
         self._current: _Written | None = None
         self._written_keys: list[str] = []
         self._pins: _Pins | None = None
+        self.sha256s: dict[str, str] = {}               # announced file -> the sha256 its announcement gave
+        self.granted: dict[str, tuple[int, str]] = {}   # file PUT straight to the store -> (size, sha256)
         self.uploaded_bytes = 0       # what the commit wrote to the store: files, snapshots, new blocks
         self.deduplicated_bytes = 0   # bytes of blocks it references that the store already held
+        self._started, self._stats = time.perf_counter(), stats_of(catalog)
+
+    def start(self, requests: Iterator[checkpoint_pb2.SaveRequest]) -> list[checkpoint_pb2.FileGrant]:
+        """SaveDirect's first message, the header: checked, buffer pulls started, direct uploads granted.
+
+        Then run() takes the rest of the stream. If the caller goes away in between, call abandon().
+
+        Returns:
+            A presigned PUT for each announced file with a sha256 and bytes, where direct uploads are on
+            and the store presigns that file; none otherwise (those files come as chunks).
+        """
+        with self._failing():
+            first = next(requests, None)
+            if first is None:
+                raise InvalidArgument("header: the stream carried no messages")
+            if first.WhichOneof("item") != "header":
+                raise InvalidArgument("header: the first message must be a SaveHeader")
+            self._on_header(first.header)
+            return self._grant_files()
 
     def run(self, requests: Iterable[checkpoint_pb2.SaveRequest]) -> tuple[Manifest, list[Manifest]]:
-        """Process the whole stream; returns (committed manifest, checkpoints retention deleted)."""
-        started, stats = time.perf_counter(), stats_of(self.catalog)
+        """Process the whole stream (after start(), the rest of it); returns (committed manifest,
+        checkpoints retention deleted)."""
+        with self._failing():
+            result = self._commit(self._consume(requests))
+        self._release()
+        self._stats.committed(result[0].total_bytes, time.perf_counter() - self._started)
+        return result
+
+    def abandon(self) -> None:
+        """The caller went away between start() and run(): remove what the upload wrote or granted."""
+        self._stats.failed(Cancelled("the client went away"))
+        self._abort()
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Any failure in the block aborts the upload, which removes what it wrote and granted."""
         try:
-            commit = None
-            for request in requests:
-                if commit is not None:
-                    raise InvalidArgument("commit: must be the last message of the stream")
-                kind = request.WhichOneof("item")
-                if kind == "header":
-                    self._on_header(request.header)
-                elif self.header is None:
-                    raise InvalidArgument("header: the first message must be a SaveHeader")
-                elif kind == "chunk":
-                    self._on_chunk(request.chunk)
-                elif kind == "commit":
-                    commit = request.commit
-                else:
-                    raise InvalidArgument("item: empty SaveRequest")
-            if self.header is None:
-                raise InvalidArgument("header: the stream carried no messages")
-            if commit is None:
-                raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
-            result = self._commit(commit)
+            yield
         except StoreUnavailable as exc:
-            stats.failed(exc)
+            self._stats.failed(exc)
             # The store is down: answer now, clean up when it returns (or the
             # staging sweep will), rather than holding the caller past its deadline.
             threading.Thread(target=self._abort, name="rewind-abort", daemon=True).start()
             raise
         except BaseException as exc:
-            stats.failed(exc)
+            self._stats.failed(exc)
             self._abort()
             raise
-        self._release()
-        stats.committed(result[0].total_bytes, time.perf_counter() - started)
-        return result
+
+    def _consume(self, requests: Iterable[checkpoint_pb2.SaveRequest]) -> checkpoint_pb2.Commit:
+        """Take the stream's messages up to its end; returns its Commit."""
+        commit = None
+        for request in requests:
+            if commit is not None:
+                raise InvalidArgument("commit: must be the last message of the stream")
+            kind = request.WhichOneof("item")
+            if kind == "header":
+                self._on_header(request.header)
+            elif self.header is None:
+                raise InvalidArgument("header: the first message must be a SaveHeader")
+            elif kind == "chunk":
+                self._on_chunk(request.chunk)
+            elif kind == "commit":
+                commit = request.commit
+            else:
+                raise InvalidArgument("item: empty SaveRequest")
+        if self.header is None:
+            raise InvalidArgument("header: the stream carried no messages")
+        if commit is None:
+            raise InvalidArgument("commit: the stream ended without a Commit; nothing was saved")
+        return commit
 
     def _release(self) -> None:
         if self.key is not None:
@@ -379,13 +503,7 @@ class Upload:
             raise InvalidArgument(f"episode: must be zero or more, got {header.episode}")
         if len(header.files) + len(header.buffers) > MAX_FILES:
             raise InvalidArgument(f"files: {len(header.files) + len(header.buffers)} files; the limit is {MAX_FILES}")
-        for i, f in enumerate(header.files):
-            check_file_name(f.name, f"files[{i}].name")
-            if f.size < 0:
-                raise InvalidArgument(f"files[{i}].size: must be zero or more, got {f.size}")
-            if f.name in self.announced:
-                raise InvalidArgument(f"files[{i}].name: {f.name!r} is announced twice")
-            self.announced[f.name] = f.size
+        self._on_announcements(header.files)
         buffer_files = []
         for i, source in enumerate(header.buffers):
             if not source.address:
@@ -412,9 +530,45 @@ class Upload:
         self._pins = _Pins(self.catalog, key.run)
         for i, (source, name) in enumerate(zip(header.buffers, buffer_files, strict=True)):
             args = (source, f"buffers[{i}].address", name, self._open(name), self.timeout_s, self.buffer_addresses)
-            pull = _BlockPull(*args, self._pins) if source.blocks else _BufferPull(*args)
+            kind = _pull_kind(source, self.direct_uploads and self.store.presigns)
+            pull = kind(*args) if kind is _BufferPull else kind(*args, self._pins)
             self.pulls.append(pull)
             pull.start()
+
+    def _on_announcements(self, files: Iterable[checkpoint_pb2.FileAnnouncement]) -> None:
+        """The header's files: names, sizes and (optional) sha256s."""
+        for i, f in enumerate(files):
+            check_file_name(f.name, f"files[{i}].name")
+            if f.size < 0:
+                raise InvalidArgument(f"files[{i}].size: must be zero or more, got {f.size}")
+            if f.name in self.announced:
+                raise InvalidArgument(f"files[{i}].name: {f.name!r} is announced twice")
+            self.announced[f.name] = f.size
+            if f.sha256:
+                self.sha256s[f.name] = check_digest(f.sha256, f"files[{i}].sha256")
+
+    def _grant_files(self) -> list[checkpoint_pb2.FileGrant]:
+        """Presigned PUTs of the announced files with a sha256 and bytes, where allowed and possible.
+
+        Each key joins the upload's keys before its URL exists: an abort deletes whatever was PUT.
+        The URL expires after timeout_s; one used after an abort leaves staging for the sweep.
+        """
+        grants = []
+        if not self.direct_uploads:
+            return grants
+        for name, sha256 in self.sha256s.items():
+            size = self.announced[name]
+            if size == 0:
+                continue
+            key = self.key.file_key(name)
+            self._written_keys.append(key)
+            grant = self.store.presign_put(key, size, sha256, self.timeout_s)
+            if grant is None:  # a file:// store, or too big for one PUT: it comes as chunks
+                self._written_keys.remove(key)
+                continue
+            self.granted[name] = (size, sha256)
+            grants.append(checkpoint_pb2.FileGrant(name=name, url=grant.url, headers=dict(grant.headers)))
+        return grants
 
     def _open(self, name: str) -> ObjectWriter:
         key = self.key.file_key(name)
@@ -426,6 +580,9 @@ class Upload:
         if self._current is None or self._current.name != name:
             if name not in self.announced:
                 raise InvalidArgument(f"chunk.file: {name!r} was not announced in the header")
+            if name in self.granted:
+                raise InvalidArgument(f"chunk.file: {name!r} was granted a direct upload; PUT it to its URL "
+                                      "instead of sending chunks")
             if name in self.written:
                 raise InvalidArgument(f"chunk.file: {name!r} was already sent; send each file's chunks together")
             self._finish_file()
@@ -459,7 +616,8 @@ class Upload:
             step=self.key.step,
             episode=header.episode,
             created=now_rfc3339(),
-            files=tuple(FileEntry(w.name, w.size, w.digest.hexdigest()) for w in self.written.values()),
+            files=(*(FileEntry(w.name, w.size, w.digest.hexdigest()) for w in self.written.values()),
+                   *(FileEntry(name, size, sha256) for name, (size, sha256) in self.granted.items())),
             metrics=dict(header.metrics),
             config=struct_to_dict(header.config),
             extra=struct_to_dict(header.extra),
@@ -512,8 +670,11 @@ class Upload:
         self.deduplicated_bytes = sum(p.deduplicated for p in block_pulls)
 
     def _check_files(self, commit: checkpoint_pb2.Commit) -> None:
-        """Every announced file arrived whole (empty ones are written now) with the sha256 the commit names."""
+        """Every announced file arrived whole (empty ones are written now) with the sha256 the commit (and
+        its announcement, if it gave one) names; every granted file is in the store as announced."""
         for name, size in self.announced.items():
+            if name in self.granted:
+                continue
             if name not in self.written:
                 if size:
                     raise InvalidArgument(f"commit: file {name!r} was announced but never sent")
@@ -523,18 +684,46 @@ class Upload:
             elif self.written[name].size != size:
                 raise InvalidArgument(f"commit: file {name!r} is {self.written[name].size} bytes, "
                                       f"not the {size} announced")
+        self._check_digests(commit)
+        self._check_granted()
+
+    def _check_digests(self, commit: checkpoint_pb2.Commit) -> None:
+        """The commit names every file's sha256: that of the bytes sent, and that of its announcement."""
         digests = {}
         for i, f in enumerate(commit.files):
             if f.name not in self.announced:
                 raise InvalidArgument(f"commit.files[{i}].name: {f.name!r} was not announced")
             digests[f.name] = f.sha256.lower()
-        for name, written in self.written.items():
-            expected = digests.get(name)
-            if expected is None:
+        for name in (*self.written, *self.granted):
+            if name not in digests:
                 raise InvalidArgument(f"commit.files: no sha256 for {name!r}; the commit must list every file")
-            if written.digest.hexdigest() != expected:
-                raise InvalidArgument(f"commit.files: {name!r} arrived with sha256 {written.digest.hexdigest()[:12]}"
+        for name, written in self.written.items():
+            got, expected = written.digest.hexdigest(), digests[name]
+            if got != expected:
+                raise InvalidArgument(f"commit.files: {name!r} arrived with sha256 {got[:12]}"
                                       f"..., not the {expected[:12]}... announced; it was damaged in transit")
+            if got != self.sha256s.get(name, got):
+                raise InvalidArgument(f"files: {name!r} arrived with sha256 {got[:12]}..., not the "
+                                      f"{self.sha256s[name][:12]}... its announcement gave; nothing was saved")
+        for name, (_, sha256) in self.granted.items():
+            if digests[name] != sha256:
+                raise InvalidArgument(f"commit.files: {name!r} has sha256 {digests[name][:12]}..., not the "
+                                      f"{sha256[:12]}... its announcement gave and its upload was granted for")
+
+    def _check_granted(self) -> None:
+        """Each granted file is in the store at its announced size (and sha256, where the store reports one)."""
+        for name, (size, sha256) in self.granted.items():
+            try:
+                stored_size, stored_sha256 = self.store.checksum_of(self.key.file_key(name))
+            except ObjectMissing:
+                raise FailedPrecondition(f"commit: file {name!r} was granted a direct upload but is not in the "
+                                         "store (granted but not uploaded); nothing was saved") from None
+            if stored_size != size:
+                raise InvalidArgument(f"commit: file {name!r} is {stored_size} bytes in the store, not the "
+                                      f"{size} announced; nothing was saved")
+            if stored_sha256 is not None and stored_sha256 != sha256:
+                raise DataLoss(f"commit: file {name!r} is in the store with sha256 {stored_sha256[:12]}..., not the "
+                               f"{sha256[:12]}... announced; nothing was saved")
 
     def _collect_pulls(self) -> list[BufferEntry]:
         """Wait for every buffer snapshot; any failure is the upload's."""
@@ -577,6 +766,13 @@ class Upload:
                 self._pins.release()
             # Only now may another upload take the step: our deletes must not hit its files.
             self._release()
+
+
+def _pull_kind(source: checkpoint_pb2.BufferSource, direct: bool) -> type[_BufferPull]:
+    """How a buffer is pulled: whole, as blocks through this service, or as blocks straight to the store."""
+    if not source.blocks:
+        return _BufferPull
+    return _DirectBlockPull if direct else _BlockPull
 
 
 def _pull_error(pull: _BufferPull) -> RewindError:

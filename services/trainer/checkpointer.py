@@ -4,7 +4,10 @@ At a boundary the trainer pays only for two buffer captures (the buffer
 service records the capture point under its lock and copies no rows) and a
 deep copy of its own state.
 Serialising, uploading and the buffer snapshots then happen on a background
-thread, through the checkpoint service, while training goes on. A failed save
+thread while training goes on: through the checkpoint service, except that on
+an S3 store trainer.pt (and any file of CheckpointClient.DIRECT_MIN_BYTES or
+more) goes straight to the store at a URL the service presigns, to an endpoint
+the store_endpoints setting allows. A failed save
 is logged and reported in the status; the next interval tries again.
 
 A checkpoint holds:
@@ -194,9 +197,9 @@ class Checkpointer:
                                        self.status.failures, time.time())
         for deleted in saved.deleted:
             log.info("retention removed %s", deleted)
-        log.info("checkpoint %s committed (trainer blocked %.1f ms; uploaded %.1f MiB, %.1f MiB of buffer blocks "
-                 "already stored)", path, job.blocking_ms, saved.uploaded_bytes / 2**20,
-                 saved.deduplicated_bytes / 2**20)
+        log.info("checkpoint %s committed (trainer blocked %.1f ms; uploaded %.1f MiB, %.1f MiB of it straight to "
+                 "the store; %.1f MiB of buffer blocks already stored)", path, job.blocking_ms,
+                 saved.uploaded_bytes / 2**20, saved.direct_bytes / 2**20, saved.deduplicated_bytes / 2**20)
         self.after_commit()  # before the result: the run's final status must come after this one
         job.done.set_result(path)
 

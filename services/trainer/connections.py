@@ -53,7 +53,8 @@ def connect(settings: TrainSettings) -> Iterator[Services]:
         Unavailable: a service did not answer within wait_for_services_s, naming its address.
     """
     buffer = BufferClient(settings.buffer_address, BUFFERS[0])
-    services = Services(buffer, buffer.using(BUFFERS[1]), CheckpointClient(settings.checkpoint_address))
+    ckpt = CheckpointClient(settings.checkpoint_address, store_endpoints=settings.store_endpoints)
+    services = Services(buffer, buffer.using(BUFFERS[1]), ckpt)
     try:
         _reach(services.buffer, "buffer service", "buffer-address", settings.wait_for_services_s)
         _reach(services.ckpt, "checkpoint service", "checkpoint-address", settings.wait_for_services_s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from rewind import addresses
+from rewind.endpoints import LOOPBACK
 from rewind.errors import InvalidArgument
 from rewind_runtime.server_settings import ServerSettings
 from rewind_runtime.settings import setting
@@ -29,7 +30,7 @@ SAFE_ON_RESUME = frozenset({
 PLACEMENT = frozenset({
     "buffer_address", "checkpoint_address", "out_dir", "prefetch", "torch_threads", "resume_from_checkpoint",
     "agent_id", "run_id", "wait_for_services_s", "local_services", "store", "checkpoint_dir", "progress",
-    "heartbeat_interval_s", "tensorboard",
+    "heartbeat_interval_s", "tensorboard", "store_endpoints",
     *(f.name for f in fields(ServerSettings)),
 })
 # AgentConfig fields that have settings of their own (or come from the task).
@@ -67,6 +68,10 @@ class TrainSettings(ServerSettings):
     store: str = setting("", "the store of local services, which naming it starts (default "
                              "file://./rewind-data, or --out-dir when given)")
     checkpoint_dir: str = setting("", "a folder (or s3:// URL) as the store of local services: --store file://DIR")
+    store_endpoints: tuple[str, ...] = setting(
+        LOOPBACK, "stores this trainer may upload trainer.pt and other large checkpoint files to, at the URLs the "
+        "checkpoint service presigns (S3): host:port entries or patterns (minio:9000, *.amazonaws.com:443, "
+        "127.0.0.1:*); a store not listed makes each save fail with PERMISSION_DENIED")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)

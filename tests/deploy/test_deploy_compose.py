@@ -115,9 +115,9 @@ def test_a_one_shot_job_makes_the_secrets_and_every_rewind_service_serves_tls_wi
     assert sorted(allowed) == sorted(compose_env(services[t])["REWIND_BUFFER_ADDRESS"]
                                      for t in ("trainer", "trainer-gpu"))
     assert {a.rsplit(":", 1)[0] for a in allowed} <= hosts
-    # The buffer services upload checkpoint blocks to MinIO, where the checkpoint service's presigned URLs point.
+    # The buffer services (blocks) and the trainers (trainer.pt) upload to MinIO, where presigned URLs point.
     store = compose_env(services["checkpoint"])["AWS_ENDPOINT_URL"].split("://", 1)[1]
-    for name in ("buffer", "buffer-gpu"):
+    for name in ("buffer", "buffer-gpu", "trainer", "trainer-gpu"):
         assert compose_env(services[name])["REWIND_STORE_ENDPOINTS"].split(",") == [store], name
     # The other services (MinIO, the bucket job) never see the secrets.
     for name in ("minio", "create-bucket"):

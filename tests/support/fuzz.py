@@ -962,6 +962,17 @@ class BufferWorld(World):
             request.stored_blocks.append("0" * 64)
         return [request]
 
+    def template_UploadBlocks(self, rng):
+        # The template names every block the buffer has as stored, so none is needed and the empty grants
+        # (sent with the start; the service reads them after its BlocksNeeded) answer it. Mutations that
+        # make a block needed find no grant (a mutated grant names no needed block): nothing is PUT.
+        stream = self.call.stream("SnapshotBlocks", buffer_pb2.SnapshotBlocksRequest(buffer="buffer"))
+        stored = [b.sha256 for r in stream if r.HasField("index") for b in r.index.blocks]
+        start = buffer_pb2.SnapshotBlocksRequest(buffer="buffer", chunk_bytes=4096, stored_blocks=stored)
+        if rng.random() < 0.5:
+            start.capture_id = self.call("Capture", buffer_pb2.CaptureRequest(buffer="buffer")).capture_id
+        return [buffer_pb2.UploadBlocksRequest(start=start), buffer_pb2.UploadBlocksRequest(grants={})]
+
     def template_Capture(self, rng):
         stats = self.call("GetStats", buffer_pb2.GetStatsRequest(buffer="buffer")).stats
         return [buffer_pb2.CaptureRequest(buffer="buffer", expect_episodes_added=stats.episodes_added)]
@@ -1108,17 +1119,18 @@ class CheckpointWorld(World):
         self.host.stop(grace_s=0.5)
 
     def deadline(self, rpc: Rpc) -> float:
-        return 10.0 if rpc.name in ("Save", "RestoreBuffers") else DEFAULT_DEADLINE_S
+        return 10.0 if rpc.name in ("Save", "SaveDirect", "RestoreBuffers") else DEFAULT_DEADLINE_S
 
     def addresses(self) -> dict[str, str]:
         return {self.SERVICE.name: self.address, BUFFER_SERVICE.name: self.buffers.address}
 
     def domain_mutations(self, rpc: Rpc) -> list[DomainMutation]:
-        return [_rename_file_mutation, _many_files_mutation, _struct_mutation] if rpc.name == "Save" else []
+        saves = ("Save", "SaveDirect")
+        return [_rename_file_mutation, _many_files_mutation, _struct_mutation] if rpc.name in saves else []
 
     def follow_up(self, rpc: Rpc, request: list[bytes], probe: Probe) -> None:
         messages = parse(rpc, request)
-        if rpc.name == "Save":
+        if rpc.name in ("Save", "SaveDirect"):
             headers = [m.header for m in messages if m.HasField("header")]
             if headers:
                 self._use_checkpoint(headers[0], probe)
@@ -1222,6 +1234,11 @@ class CheckpointWorld(World):
                              buffers=[source], metrics={"eval_return": 1.5, "loss": 0.25},
                              retention=checkpoint_pb2.RetentionPolicy(keep_last=2, metric="eval_return", mode="max"),
                              resumed_from=f"{AGENT}/{RUN}/step-0000000100")
+
+    def template_SaveDirect(self, rng):
+        # Save's stream as SaveDirectRequests (the same fields). Announcements without a sha256 are granted
+        # nothing, so the chunks are welcome on S3 too (tests/service/test_direct_files.py covers grants).
+        return [checkpoint_pb2.SaveDirectRequest.FromString(m.SerializeToString()) for m in self.template_Save(rng)]
 
     def template_Download(self, rng):
         return [checkpoint_pb2.DownloadRequest(ref=self._ref(rng), file=rng.choice(("", "weights.pt")),

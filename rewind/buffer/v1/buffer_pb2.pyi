@@ -369,14 +369,16 @@ class UploadBlocksResponse(_message.Message):
     def __init__(self, needed: _Optional[_Union[BlocksNeeded, _Mapping]] = ..., uploaded: _Optional[_Union[BlockRef, _Mapping]] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("buffer", "chunk", "block")
+    __slots__ = ("buffer", "chunk", "block", "fetch")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
+    FETCH_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk: bytes
     block: BlockRef
-    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ...) -> None: ...
+    fetch: BlockGrant
+    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., fetch: _Optional[_Union[BlockGrant, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("stats",)

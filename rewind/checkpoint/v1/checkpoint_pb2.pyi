@@ -139,12 +139,14 @@ class BufferSource(_message.Message):
     def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ..., capture_id: _Optional[str] = ..., blocks: _Optional[bool] = ...) -> None: ...
 
 class FileAnnouncement(_message.Message):
-    __slots__ = ("name", "size")
+    __slots__ = ("name", "size", "sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SaveHeader(_message.Message):
     __slots__ = ("agent_id", "run_id", "step", "episode", "files", "buffers", "metrics", "config", "extra", "resumed_from", "retention", "versions")
@@ -211,6 +213,47 @@ class SaveRequest(_message.Message):
     chunk: FileChunk
     commit: Commit
     def __init__(self, header: _Optional[_Union[SaveHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+
+class FileGrant(_message.Message):
+    __slots__ = ("name", "url", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FileGrants(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[FileGrant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[FileGrant, _Mapping]]] = ...) -> None: ...
+
+class SaveDirectRequest(_message.Message):
+    __slots__ = ("header", "chunk", "commit")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    header: SaveHeader
+    chunk: FileChunk
+    commit: Commit
+    def __init__(self, header: _Optional[_Union[SaveHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+
+class SaveDirectResponse(_message.Message):
+    __slots__ = ("grants", "done")
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    grants: FileGrants
+    done: SaveResponse
+    def __init__(self, grants: _Optional[_Union[FileGrants, _Mapping]] = ..., done: _Optional[_Union[SaveResponse, _Mapping]] = ...) -> None: ...
 
 class SaveResponse(_message.Message):
     __slots__ = ("checkpoint", "deleted", "uploaded_bytes", "deduplicated_bytes")

@@ -44,6 +44,11 @@ class CheckpointServiceStub:
                 request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveRequest.SerializeToString,
                 response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveResponse.FromString,
                 _registered_method=True)
+        self.SaveDirect = channel.stream_stream(
+                '/rewind.checkpoint.v1.CheckpointService/SaveDirect',
+                request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectRequest.SerializeToString,
+                response_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectResponse.FromString,
+                _registered_method=True)
         self.Download = channel.unary_stream(
                 '/rewind.checkpoint.v1.CheckpointService/Download',
                 request_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.DownloadRequest.SerializeToString,
@@ -107,6 +112,18 @@ class CheckpointServiceServicer:
     def Save(self, request_iterator, context):
         """Save uploads a checkpoint: a SaveHeader, the announced files as chunks,
         then a Commit. Nothing is visible until the commit succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveDirect(self, request_iterator, context):
+        """SaveDirect is Save in which large files skip this service: right after the
+        SaveHeader it answers one `grants` event with a presigned PUT for each
+        announced file that has a sha256 and bytes (on an S3 store, with direct
+        uploads on; none otherwise). The client PUTs those files to their URLs,
+        streams the others as chunks, then commits; the `done` event carries the
+        SaveResponse. Nothing is visible until the commit succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +215,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveRequest.FromString,
                     response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveResponse.SerializeToString,
             ),
+            'SaveDirect': grpc.stream_stream_rpc_method_handler(
+                    servicer.SaveDirect,
+                    request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectRequest.FromString,
+                    response_serializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectResponse.SerializeToString,
+            ),
             'Download': grpc.unary_stream_rpc_method_handler(
                     servicer.Download,
                     request_deserializer=rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.DownloadRequest.FromString,
@@ -281,6 +303,33 @@ class CheckpointService:
             '/rewind.checkpoint.v1.CheckpointService/Save',
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveRequest.SerializeToString,
             rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveDirect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rewind.checkpoint.v1.CheckpointService/SaveDirect',
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectRequest.SerializeToString,
+            rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2.SaveDirectResponse.FromString,
             options,
             channel_credentials,
             insecure,
