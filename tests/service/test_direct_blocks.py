@@ -283,3 +283,61 @@ def test_a_well_behaved_fake_commits_and_the_next_save_deduplicates(monkeypatch,
     assert second.deduplicated_bytes == len(GOOD)
     assert stored_blocks(open_store(s3_url, create=False)) == {GOOD_SHA: GOOD}
 
+
+
+# -- restores: the buffer service downloads its blocks itself --------------------------------------------------
+
+
+def test_a_restore_fetches_the_blocks_from_the_store_not_through_the_service(monkeypatch, ckpt_host, buffer_host):
+    fill(buffer_host.address, 0, 20)
+    saved = save(ckpt_host.address, buffer_host.address, 20)
+    catalog = ckpt_host.bindings[0].servicer.catalog
+    read: list = []
+    monkeypatch.setattr(catalog, "read_block", lambda *a, **k: read.append(a) or iter(()))
+    fill(buffer_host.address, 20, 3)
+    with CheckpointClient(ckpt_host.address, timeout=30.0) as ckpt:
+        [restored] = ckpt.restore_buffers(saved.checkpoint)
+    assert read == [] and restored.episodes_added == 20
+
+
+def test_a_restore_from_a_store_the_buffer_service_may_not_dial_leaves_the_buffer_as_it_was(ckpt_host, buffer_host):
+    fill(buffer_host.address, 0, 10)
+    saved = save(ckpt_host.address, buffer_host.address, 10)
+    target = serve_buffer(store_endpoints=("storage.example:9000",))
+    try:
+        fill(target.address, 0, 2)
+        with CheckpointClient(ckpt_host.address, timeout=30.0) as ckpt:
+            with pytest.raises(PermissionDenied, match=r"blocks\[0\]\.fetch\.url: 127\.0\.0\.1:\d+ is not an allowed "
+                                                       r"store endpoint .*store_endpoints"):
+                ckpt.restore_buffers(saved.checkpoint, [(target.address, "buffer")])
+        with BufferClient(target.address, "buffer", timeout=30.0) as client:
+            assert client.stats().episodes_added == 2
+    finally:
+        target.stop(grace_s=0.5)
+
+
+@pytest.mark.parametrize(("after", "error", "message"), [
+    (buffer_pb2.RestoreRequest(chunk=b"extra"), grpc.StatusCode.DATA_LOSS,
+     "chunk: bytes arrived for a block that was fetched from the store"),
+    (buffer_pb2.RestoreRequest(fetch=buffer_pb2.BlockGrant(url="http://127.0.0.1:1/x")),
+     grpc.StatusCode.INVALID_ARGUMENT, "fetch: comes with the block it fetches"),
+])
+def test_a_fetch_must_come_with_its_block_and_no_bytes_may_follow_it(ckpt_host, buffer_host, after, error, message):
+    from rewind.buffer.v1 import buffer_pb2_grpc
+    from rewind_checkpoint.layout import CheckpointKey
+
+    fill(buffer_host.address, 0, 10)
+    saved = save(ckpt_host.address, buffer_host.address, 10)
+    store = ckpt_host.bindings[0].servicer.catalog.store
+    index = store.get(CheckpointKey(RUN, 10).file_key(saved.checkpoint.buffers[0].file))
+    first = saved.checkpoint.buffers[0].blocks[0]
+    fetch = buffer_pb2.BlockGrant(url=store.presign_get(RUN.block_key(first.sha256), 60).url)
+    requests = [buffer_pb2.RestoreRequest(buffer="buffer", chunk=index),
+                buffer_pb2.RestoreRequest(block=buffer_pb2.BlockRef(sha256=first.sha256, size=first.size),
+                                          fetch=fetch), after]
+    with grpc.insecure_channel(buffer_host.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            buffer_pb2_grpc.BufferServiceStub(channel).Restore(iter(requests), timeout=30)
+    assert (caught.value.code(), message in caught.value.details()) == (error, True), caught.value.details()
+    with BufferClient(buffer_host.address, "buffer", timeout=30.0) as client:
+        assert client.stats().episodes_added == 10
