@@ -150,7 +150,8 @@ class CheckpointClient(ServiceClient):
         on_close: called by close() (see ServiceClient).
         security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
         store_endpoints: the stores (host:port entries or patterns: minio:9000, *.amazonaws.com:443)
-            save() may PUT large files to, at the URLs the service presigns (default: loopback only).
+            save() may PUT large files to, and read() and download() GET them from, at the URLs the
+            service presigns (default: loopback only). Files for other stores go through the service.
 
     Failures raise rewind.errors classes: InvalidArgument, NotFound,
     AlreadyExists, DataLoss, Unavailable (naming the service or the store).
@@ -231,6 +232,7 @@ class CheckpointClient(ServiceClient):
                 files=[checkpoint_pb2.FileAnnouncement(name=n, size=size, sha256=digests.get(n, ""))
                        for n, (_, size, _) in opened.items()],
                 buffers=[b if isinstance(b, checkpoint_pb2.BufferSource) else buffer_source(*b) for b in buffers],
+                store_endpoints=endpoints,  # the service grants direct uploads to these stores only
             )
             header.metrics.update(metrics or {})
             header.config.update(dict(config or {}))
@@ -318,16 +320,7 @@ class CheckpointClient(ServiceClient):
             if g.name not in digests:
                 raise Internal(f"the checkpoint service granted a direct upload of {g.name!r}, which this save "
                                "did not offer")
-            grant = presigned.Grant(g.url, dict(g.headers))
-            try:
-                presigned.check_grant(grant, endpoints, f"grant of {g.name}", STORE_ENDPOINTS_SETTING)
-            except PermissionDenied:
-                address = presigned.endpoint_of(g.url, f"grant of {g.name}")[3]
-                raise PermissionDenied(
-                    f"store_endpoints: the checkpoint service hands out uploads to {address}, which this client's "
-                    f"store_endpoints ({', '.join(endpoints) or 'none'}) does not allow; add it (e.g. minio:9000, "
-                    "*.amazonaws.com:443), or turn the service's direct_uploads off; nothing was saved") from None
-            checked.append((g.name, grant))
+            checked.append((g.name, _checked_grant(g, endpoints, "upload")))
         for name, grant in checked:
             f, size, _ = opened[name]
             presigned.put(grant, size, _pieces(f, progress), allowed=endpoints, field_name=f"grant of {name}",
@@ -414,22 +407,21 @@ class CheckpointClient(ServiceClient):
             os.replace(tmp, dest / name)
 
         try:
-            for response in self._stream(self._stub.Download,
-                                         checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file), timeout):
-                if response.HasField("checkpoint"):
-                    checkpoint = response.checkpoint
+            for item in self._download(ref, file, timeout):
+                if isinstance(item, checkpoint_pb2.Checkpoint):
+                    checkpoint = item
                     sizes = {f.name: (f.size, f.sha256) for f in checkpoint.files}
                     continue
-                name = response.chunk.file
+                name, data = item
                 if current is None or current[0] != name:
                     if current is not None:
                         finish()
                     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
                     current = (name, os.fdopen(fd, "wb"), hashlib.sha256(), tmp)
-                current[1].write(response.chunk.data)
-                current[2].update(response.chunk.data)
+                current[1].write(data)
+                current[2].update(data)
                 if progress is not None:
-                    progress(checkpoint, len(response.chunk.data))
+                    progress(checkpoint, len(data))
             if current is not None:
                 finish()
                 current = None
@@ -448,18 +440,35 @@ class CheckpointClient(ServiceClient):
         chunks = []
         digest = hashlib.sha256()
         expected = None
-        for response in self._stream(self._stub.Download,
-                                     checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file), timeout):
-            if response.HasField("checkpoint"):
-                expected = next((f.sha256 for f in response.checkpoint.files if f.name == file), None)
+        for item in self._download(ref, file, timeout):
+            if isinstance(item, checkpoint_pb2.Checkpoint):
+                expected = next((f.sha256 for f in item.files if f.name == file), None)
             else:
-                data = response.chunk.data
+                data = item[1]
                 digest.update(data)
                 chunks.append(data)
         if digest.hexdigest() != expected:
             raise DataLoss(f"file {file}: the downloaded bytes fail their sha256 check; try again")
         # One copy at the end: growing a bytearray chunk by chunk copies it many times over.
         return b"".join(chunks)
+
+    def _download(self, ref: RefLike, file: str, timeout: float
+                  ) -> Iterator[checkpoint_pb2.Checkpoint | tuple[str, bytes]]:
+        """A Download's checkpoint, then (file name, bytes) pieces in order: a big file straight from the
+        store where the service grants it (to a store this client's store_endpoints allow), else as chunks."""
+        request = checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file, store_endpoints=self.store_endpoints)
+        for response in self._stream(self._stub.Download, request, timeout):
+            kind = response.WhichOneof("item")
+            if kind == "checkpoint":
+                yield response.checkpoint
+            elif kind == "chunk":
+                yield response.chunk.file, response.chunk.data
+            elif kind == "grant":
+                grant = _checked_grant(response.grant, self.store_endpoints, "download")
+                for data in presigned.get(grant, allowed=self.store_endpoints, field_name=f"grant of "
+                                          f"{response.grant.name}", setting=STORE_ENDPOINTS_SETTING,
+                                          timeout_s=self.timeout):
+                    yield response.grant.name, data
 
     def restore_buffers(self, ref: RefLike, targets: Sequence[checkpoint_pb2.BufferTarget | tuple[str, str]] = (),
                         timeout: float = TRANSFER_TIMEOUT_S) -> list[checkpoint_pb2.RestoredBuffer]:
@@ -523,6 +532,24 @@ class CheckpointClient(ServiceClient):
         request = checkpoint_pb2.GetRunFileRequest(agent_id=agent_id, run_id=run_id, name=name)
         response = self._call(self._stub.GetRunFile, request, timeout)
         return RunFile(response.content, response.modified)
+
+
+def _checked_grant(g: checkpoint_pb2.FileGrant, endpoints: tuple[str, ...], action: str) -> presigned.Grant:
+    """A FileGrant as a presigned.Grant, once its host is one `endpoints` allows.
+
+    The service grants only URLs whose host the request's store_endpoints allow; this checks again,
+    because a client must never dial where its caller did not allow it.
+    """
+    grant = presigned.Grant(g.url, dict(g.headers))
+    try:
+        presigned.check_grant(grant, endpoints, f"grant of {g.name}", STORE_ENDPOINTS_SETTING)
+    except PermissionDenied:
+        address = presigned.endpoint_of(g.url, f"grant of {g.name}")[3]
+        raise PermissionDenied(
+            f"store_endpoints: the checkpoint service handed out a{'n' if action == 'upload' else ''} {action} "
+            f"of {g.name} to {address}, which this client's store_endpoints ({', '.join(endpoints) or 'none'}) "
+            "does not allow; nothing was transferred") from None
+    return grant
 
 
 def _event(call, kind: str):

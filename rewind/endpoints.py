@@ -20,9 +20,14 @@ import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from rewind.errors import InvalidArgument
+
 # Local runs (serve_in_process, `rewind train --local-services`, the tests) put services and the
 # loopback S3 server on free loopback ports, so defaults allow any loopback port; deployments narrow them.
 LOOPBACK = ("127.0.0.1:*", "localhost:*")
+
+MAX_ENTRIES = 64  # entries a request may carry (SaveHeader.store_endpoints, DownloadRequest.store_endpoints)
+MAX_ENTRY_CHARS = 260
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _PLAIN = re.compile(rf"(?P<host>{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{{1,5}})")
@@ -58,3 +63,19 @@ def may_dial(address: str, allowed: Iterable[str]) -> bool:
     match "127.0.0.1:1,10.0.0.1:2" or anything else that is not one host:port.
     """
     return is_plain(address) and is_allowed(address, allowed)
+
+
+def check_entries(entries: Iterable[str], field: str) -> tuple[str, ...]:
+    """An allow-list a request carries, checked for size; returns it as a tuple.
+
+    Raises:
+        InvalidArgument: more than MAX_ENTRIES entries, or an empty or over-long one.
+    """
+    entries = tuple(entries)
+    if len(entries) > MAX_ENTRIES:
+        raise InvalidArgument(f"{field}: {len(entries)} entries; the limit is {MAX_ENTRIES}")
+    for i, entry in enumerate(entries):
+        if not entry or len(entry) > MAX_ENTRY_CHARS:
+            raise InvalidArgument(f"{field}[{i}]: must be a host:port entry or pattern of 1 to "
+                                  f"{MAX_ENTRY_CHARS} characters")
+    return entries

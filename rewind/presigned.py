@@ -63,6 +63,14 @@ def endpoint_of(url: str, field_name: str) -> tuple[str, str, int, str]:
     return parsed.scheme, host, port, address
 
 
+def reachable(grant: Grant, allowed: Iterable[str]) -> bool:
+    """Whether a process with allow-list `allowed` would follow this grant (what check_grant would pass)."""
+    try:
+        return may_dial(endpoint_of(grant.url, "url")[3], allowed)
+    except InvalidArgument:
+        return False
+
+
 def check_grant(grant: Grant, allowed: Iterable[str], field_name: str, setting: str) -> str:
     """Refuse a grant this process may not follow, before any connection; returns its 'host:port'.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from rewind import presigned
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
+from rewind.endpoints import check_entries
 from rewind.errors import InvalidArgument, NotFound
 from rewind_checkpoint.catalog import Catalog, LookupResult
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES
@@ -14,6 +16,8 @@ from rewind_checkpoint.run_files import get_run_file, put_run_file
 from rewind_checkpoint.upload import Upload
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+# Smaller files come as chunks even when a direct download is asked for: a second connection costs more.
+DIRECT_MIN_BYTES = 1024 * 1024
 
 
 class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
@@ -64,6 +68,7 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         chunk_bytes = request.chunk_bytes or DEFAULT_CHUNK_BYTES
         if not 1024 <= chunk_bytes <= 16 * 1024 * 1024:
             raise InvalidArgument(f"chunk_bytes: {request.chunk_bytes} is outside 1 KiB..16 MiB")
+        endpoints = check_entries(request.store_endpoints, "store_endpoints")
         ref = request.ref
         manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
         names = [f.name for f in manifest.files]
@@ -74,10 +79,26 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
             names = [request.file]
         yield checkpoint_pb2.DownloadResponse(checkpoint=self._proto(manifest))
         for name in names:
+            grant = self._download_grant(manifest, name, endpoints)
+            if grant is not None:  # the client GETs the bytes from the store and checks their sha256
+                yield checkpoint_pb2.DownloadResponse(grant=grant)
+                continue
             for data in self.catalog.read_file(manifest, name, chunk_bytes):
                 if not context.is_active():
                     return
                 yield checkpoint_pb2.DownloadResponse(chunk=checkpoint_pb2.FileChunk(file=name, data=data))
+
+    def _download_grant(self, manifest: Manifest, name: str, endpoints: tuple[str, ...]
+                        ) -> checkpoint_pb2.FileGrant | None:
+        """A presigned GET of a big file, where direct transfers are on, the store presigns and the client
+        may dial it; else None (its bytes come through here)."""
+        entry = manifest.file(name)
+        if not (endpoints and self.direct_uploads and self.catalog.store.presigns and entry.size >= DIRECT_MIN_BYTES):
+            return None
+        grant = self.catalog.store.presign_get(manifest.key.file_key(name), self.buffer_timeout_s)
+        if not presigned.reachable(grant, endpoints):
+            return None
+        return checkpoint_pb2.FileGrant(name=name, url=grant.url, headers=dict(grant.headers))
 
     def ListRuns(self, request, context):
         response = checkpoint_pb2.ListRunsResponse()

@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
 
+from rewind import presigned
 from rewind import versions as version_records
 from rewind.buffer.v1 import buffer_pb2
 from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
+from rewind.endpoints import check_entries
 from rewind.errors import Cancelled, DataLoss, FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
@@ -519,6 +521,7 @@ class Upload:
             _check_json_numbers(getattr(header, name), f"header.{name}")
         if header.HasField("retention"):
             RetentionPolicy.from_proto(header.retention)  # validate before anything is written
+        check_entries(header.store_endpoints, "header.store_endpoints")
         try:
             version_records.check(header.versions, "versions", version_records.PROCESS_KEYS)
         except ValueError as exc:
@@ -563,7 +566,8 @@ class Upload:
             key = self.key.file_key(name)
             self._written_keys.append(key)
             grant = self.store.presign_put(key, size, sha256, self.timeout_s)
-            if grant is None:  # a file:// store, or too big for one PUT: it comes as chunks
+            # A file:// store, a file too big for one PUT, or a store the client may not dial: chunks.
+            if grant is None or not presigned.reachable(grant, self.header.store_endpoints):
                 self._written_keys.remove(key)
                 continue
             self.granted[name] = (size, sha256)

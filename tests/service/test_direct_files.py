@@ -24,7 +24,7 @@ from rewind.channel import make_channel
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
 from rewind.checkpoint_client import DIRECT_MIN_BYTES
 from rewind.endpoints import LOOPBACK
-from rewind.errors import NotFound, PermissionDenied
+from rewind.errors import DataLoss, InvalidArgument, NotFound, PermissionDenied
 from rewind_checkpoint.layout import CheckpointKey, RunKey
 from rewind_checkpoint.upload import Upload
 from rewind_cli.main import main as cli_main
@@ -112,7 +112,7 @@ def stream(ckpt_host):
         streams.append(s)
         header = checkpoint_pb2.SaveHeader(agent_id="agent", run_id="run-1", step=1, files=[
             checkpoint_pb2.FileAnnouncement(name=n, size=len(d), sha256=sha(d) if announce_sha else "")
-            for n, d in files.items()])
+            for n, d in files.items()], store_endpoints=["127.0.0.1:*"])
         s.send(header=header)
         return s
 
@@ -190,7 +190,22 @@ def test_a_service_without_save_direct_gets_a_plain_save(ckpt_host, store_url, s
 
 
 @ON_S3
-def test_a_grant_to_a_store_not_allowed_is_refused_and_nothing_saved(ckpt_host, store_url, streamed):
+def test_a_client_that_may_not_dial_the_store_sends_its_big_files_through_the_service(ckpt_host, store_url,
+                                                                                       streamed):
+    with CheckpointClient(ckpt_host.address, timeout=20, store_endpoints=("minio:9000",)) as client:
+        saved = client.save("agent", "run-1", 1, {"trainer.pt": BIG})
+        assert (saved.direct_bytes, saved.uploaded_bytes) == (0, len(BIG))
+        assert client.read(saved.checkpoint, "trainer.pt") == BIG  # and reads them back through it too
+    assert streamed == {"trainer.pt": len(BIG)}
+    assert store_of(ckpt_host).get(KEY.file_key("trainer.pt")) == BIG
+
+
+@ON_S3
+def test_a_grant_to_a_store_the_client_did_not_allow_is_refused_and_nothing_saved(ckpt_host, store_url, streamed,
+                                                                                  monkeypatch):
+    from rewind_checkpoint import upload
+
+    monkeypatch.setattr(upload.presigned, "reachable", lambda grant, allowed: True)  # a service that ignores them
     with CheckpointClient(ckpt_host.address, timeout=20, store_endpoints=("minio:9000",)) as client:
         with pytest.raises(PermissionDenied, match=r"store_endpoints.*127\.0\.0\.1:\d+.*minio:9000") as err:
             client.save("agent", "run-1", 1, {"trainer.pt": BIG})
@@ -223,7 +238,8 @@ def test_an_upload_that_ends_without_a_commit_removes_the_put_object(ckpt, ckpt_
 def test_a_call_that_ends_right_after_its_grants_ends_the_upload(ckpt_host, store_url, monkeypatch):
     servicer = ckpt_host.bindings[0].servicer
     header = checkpoint_pb2.SaveHeader(agent_id="agent", run_id="run-1", step=1, files=[
-        checkpoint_pb2.FileAnnouncement(name="trainer.pt", size=len(BIG), sha256=sha(BIG))])
+        checkpoint_pb2.FileAnnouncement(name="trainer.pt", size=len(BIG), sha256=sha(BIG))],
+        store_endpoints=["127.0.0.1:*"])
     events = servicer.SaveDirect(iter([checkpoint_pb2.SaveDirectRequest(header=header)]), None)
     [granted] = next(events).grants.grants
     assert granted.name == "trainer.pt" and KEY in servicer.catalog.active_uploads
@@ -392,14 +408,64 @@ def test_rewind_ckpt_save_puts_big_files_where_store_endpoints_allow(ckpt_host, 
     path = tmp_path / "trainer.pt"
     path.write_bytes(BIG)
     args = ["ckpt", "save", "agent/run-1", str(path), "--step", "1", "--address", ckpt_host.address]
-    assert cli_main([*args, "--store-endpoints", "minio:9000, *.amazonaws.com:443"]) == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rewind: error: ")]
-    assert len(errors) == 1 and "store_endpoints" in errors[0] and "minio:9000,*.amazonaws.com:443" not in errors[0]
-    assert "(minio:9000, *.amazonaws.com:443)" in errors[0]
-    wait_for(lambda: KEY not in ckpt_host.bindings[0].servicer.catalog.active_uploads, "the aborted upload's end")
+    # A store the client may not dial: the file goes through the service.
+    assert cli_main([*args, "--store-endpoints", "minio:9000, *.amazonaws.com:443"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("committed ") and "straight to the store" not in out
+    assert streamed == {"trainer.pt": len(BIG)}
+    streamed.clear()
 
-    assert cli_main(args) == 0  # the default allows loopback, where moto listens
+    assert cli_main([*args, "--step", "2"]) == 0  # the default allows loopback, where moto listens
     out = capsys.readouterr().out
     assert out.startswith("committed ") and "3.0 MiB straight to the store" in out
     assert streamed == {}
     assert store_of(ckpt_host).get(KEY.file_key("trainer.pt")) == BIG
+
+
+# -- downloads ------------------------------------------------------------------------------------------------
+
+
+def test_a_big_file_comes_straight_from_s3_where_the_client_may_dial_it(ckpt, ckpt_host, store_url, monkeypatch,
+                                                                        tmp_path):
+    saved = ckpt.save("agent", "run-1", 1, {"trainer.pt": BIG, "small.json": SMALL_FILE})
+    catalog = ckpt_host.bindings[0].servicer.catalog
+    real, served = catalog.read_file, []
+    monkeypatch.setattr(catalog, "read_file", lambda manifest, name, *a: served.append(name) or real(manifest, name,
+                                                                                                     *a))
+    assert ckpt.read(saved.checkpoint, "trainer.pt") == BIG
+    ckpt.download(saved.checkpoint, tmp_path / "out")
+    assert (tmp_path / "out" / "trainer.pt").read_bytes() == BIG
+    assert (tmp_path / "out" / "small.json").read_bytes() == SMALL_FILE
+    if store_url.startswith("s3://"):
+        assert served == ["small.json"]  # trainer.pt's bytes never passed through the service
+    else:
+        assert served == ["trainer.pt", "trainer.pt", "small.json"]
+
+
+@ON_S3
+def test_a_corrupt_file_fetched_from_the_store_is_data_loss_and_nothing_is_kept(ckpt, ckpt_host, store_url,
+                                                                                tmp_path):
+    saved = ckpt.save("agent", "run-1", 1, {"trainer.pt": BIG})
+    store = store_of(ckpt_host)
+    store.put(KEY.file_key("trainer.pt"), BIG[:-1] + b"?")
+    with pytest.raises(DataLoss, match="trainer.pt: the downloaded bytes fail their sha256 check"):
+        ckpt.read(saved.checkpoint, "trainer.pt")
+    with pytest.raises(DataLoss, match="trainer.pt"):
+        ckpt.download(saved.checkpoint, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_download_with_too_many_store_endpoints_is_refused(ckpt_host):
+    request = checkpoint_pb2.DownloadRequest(ref=checkpoint_pb2.CheckpointRef(path="agent/run-1/latest"),
+                                             store_endpoints=["127.0.0.1:*"] * 65)
+    with grpc.insecure_channel(ckpt_host.address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            list(checkpoint_pb2_grpc.CheckpointServiceStub(channel).Download(request, timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "store_endpoints: 65 entries; the limit is 64" in err.value.details()
+
+
+def test_a_save_with_too_many_store_endpoints_is_refused_before_anything_is_written(ckpt, ckpt_host):
+    with pytest.raises(InvalidArgument, match=r"header\.store_endpoints: 65 entries; the limit is 64"):
+        ckpt.save("agent", "run-1", 1, {"trainer.pt": BIG}, store_endpoints=["127.0.0.1:*"] * 65)
+    assert stored_keys(store_of(ckpt_host)) == []

@@ -149,7 +149,7 @@ class FileAnnouncement(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SaveHeader(_message.Message):
-    __slots__ = ("agent_id", "run_id", "step", "episode", "files", "buffers", "metrics", "config", "extra", "resumed_from", "retention", "versions")
+    __slots__ = ("agent_id", "run_id", "step", "episode", "files", "buffers", "metrics", "config", "extra", "resumed_from", "retention", "versions", "store_endpoints")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class SaveHeader(_message.Message):
     RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     run_id: str
     step: int
@@ -188,7 +189,8 @@ class SaveHeader(_message.Message):
     resumed_from: str
     retention: RetentionPolicy
     versions: _containers.ScalarMap[str, str]
-    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileAnnouncement, _Mapping]]] = ..., buffers: _Optional[_Iterable[_Union[BufferSource, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    store_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., episode: _Optional[int] = ..., files: _Optional[_Iterable[_Union[FileAnnouncement, _Mapping]]] = ..., buffers: _Optional[_Iterable[_Union[BufferSource, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resumed_from: _Optional[str] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., versions: _Optional[_Mapping[str, str]] = ..., store_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("file", "data")
@@ -268,22 +270,26 @@ class SaveResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., deleted: _Optional[_Iterable[str]] = ..., uploaded_bytes: _Optional[int] = ..., deduplicated_bytes: _Optional[int] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
-    __slots__ = ("ref", "file", "chunk_bytes")
+    __slots__ = ("ref", "file", "chunk_bytes", "store_endpoints")
     REF_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     ref: CheckpointRef
     file: str
     chunk_bytes: int
-    def __init__(self, ref: _Optional[_Union[CheckpointRef, _Mapping]] = ..., file: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    store_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[_Union[CheckpointRef, _Mapping]] = ..., file: _Optional[str] = ..., chunk_bytes: _Optional[int] = ..., store_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DownloadResponse(_message.Message):
-    __slots__ = ("checkpoint", "chunk")
+    __slots__ = ("checkpoint", "chunk", "grant")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     checkpoint: Checkpoint
     chunk: FileChunk
-    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+    grant: FileGrant
+    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., grant: _Optional[_Union[FileGrant, _Mapping]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("agent_id",)

@@ -121,7 +121,7 @@ class CheckpointServiceServicer:
         """SaveDirect is Save in which large files skip this service: right after the
         SaveHeader it answers one `grants` event with a presigned PUT for each
         announced file that has a sha256 and bytes (on an S3 store, with direct
-        uploads on; none otherwise). The client PUTs those files to their URLs,
+        uploads on, to a host the header's store_endpoints allows; none otherwise). The client PUTs those files to their URLs,
         streams the others as chunks, then commits; the `done` event carries the
         SaveResponse. Nothing is visible until the commit succeeds.
         """
