@@ -4,15 +4,18 @@ service, against plain transfers of the same bytes to the same store.
 One run, interleaved rounds, medians (this machine is noisy):
 
   s3    the service (`rewind ckpt serve --store s3://...` in a subprocess,
-        CheckpointClient.save / .read) against plain boto3 upload_fileobj /
-        get_object of the same bytes to the same S3 server (moto's standalone
-        server on 127.0.0.1, started here unless --s3-endpoint is given)
+        CheckpointClient.save / .read, which PUT and GET the file straight to
+        and from the store through presigned URLs) against plain boto3
+        upload_fileobj / get_object of the same bytes to the same S3 server
+        (moto's standalone server on 127.0.0.1, started here unless
+        --s3-endpoint is given)
   file  the service over file:// against plain file writes (write + fsync)
         and reads of the same bytes on the same file system
 
 Both sides start from bytes in memory and end with bytes in memory, and both
-check nothing beyond what they always do: the service hashes every byte
-(sha256) on the client and on the server; plain transfers hash nothing.
+check nothing beyond what they always do: on S3 the client hashes every byte
+once each way (sha256), on file:// the client and the service both do; plain
+transfers hash nothing.
 
 Target: service >= 0.9 x the plain transfer, both ways.
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
                              stdout=open(work / "file.log", "wb")),
     }
     times: dict[str, list[float]] = {}
+    direct: dict[str, int] = {}
 
     def record(name: str, seconds: float) -> None:
         times.setdefault(name, []).append(seconds)
@@ -86,8 +90,9 @@ def run(args: argparse.Namespace) -> dict:
             keep = {"keep_last": 1}
             for store in ("s3", "file"):
                 client = clients[store]
-                seconds, _ = timed(client.save, "bench", "run", step, {"model.bin": data}, retention=keep)
+                seconds, saved = timed(client.save, "bench", "run", step, {"model.bin": data}, retention=keep)
                 record(f"{store}.service.save", seconds)
+                direct[store] = saved.direct_bytes  # on S3 the bytes skip the service (presigned PUT)
                 seconds, got = timed(client.read, f"bench/run/{step}", "model.bin")
                 record(f"{store}.service.restore", seconds)
                 assert got == data
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     ratios = {f"{store}.{way}": med[f"{store}.plain.{way}"] / med[f"{store}.service.{way}"]
               for store in ("s3", "file") for way in ("save", "restore")}
     return {"mib": args.mib, "rounds": args.rounds, "median_s": med, "mib_per_s": mib_s, "ratios": ratios,
-            "raw_s": times}
+            "raw_s": times, "direct_bytes": direct}
 
 
 def main() -> None:
