@@ -435,22 +435,28 @@ class CheckpointClient(ServiceClient):
                 (dest / name).write_bytes(b"")
         return checkpoint
 
-    def read(self, ref: RefLike, file: str, timeout: float = TRANSFER_TIMEOUT_S) -> bytes:
-        """One file's bytes, checked against its sha256."""
-        chunks = []
-        digest = hashlib.sha256()
-        expected = None
-        for item in self._download(ref, file, timeout):
-            if isinstance(item, checkpoint_pb2.Checkpoint):
-                expected = next((f.sha256 for f in item.files if f.name == file), None)
+    def read(self, ref: RefLike, file: str, timeout: float = TRANSFER_TIMEOUT_S) -> bytes | bytearray:
+        """One file's bytes, checked against its sha256 (a bytearray when it came straight from the store)."""
+        request = checkpoint_pb2.DownloadRequest(ref=make_ref(ref), file=file, store_endpoints=self.store_endpoints)
+        chunks, digest, expected, size, whole = [], hashlib.sha256(), None, 0, None
+        for response in self._stream(self._stub.Download, request, timeout):
+            kind = response.WhichOneof("item")
+            if kind == "checkpoint":
+                entry = next((f for f in response.checkpoint.files if f.name == file), None)
+                expected, size = (entry.sha256, entry.size) if entry is not None else (None, 0)
+            elif kind == "grant":  # read in place and hashed alongside: no copy of the whole file
+                grant = _checked_grant(response.grant, self.store_endpoints, "download")
+                whole = presigned.read_all(grant, size, allowed=self.store_endpoints,
+                                           field_name=f"grant of {file}", setting=STORE_ENDPOINTS_SETTING,
+                                           timeout_s=self.timeout)
             else:
-                data = item[1]
-                digest.update(data)
-                chunks.append(data)
-        if digest.hexdigest() != expected:
+                digest.update(response.chunk.data)
+                chunks.append(response.chunk.data)
+        data, got = whole if whole is not None else (None, digest.hexdigest())
+        if got != expected:
             raise DataLoss(f"file {file}: the downloaded bytes fail their sha256 check; try again")
         # One copy at the end: growing a bytearray chunk by chunk copies it many times over.
-        return b"".join(chunks)
+        return data if data is not None else b"".join(chunks)
 
     def _download(self, ref: RefLike, file: str, timeout: float
                   ) -> Iterator[checkpoint_pb2.Checkpoint | tuple[str, bytes]]:
