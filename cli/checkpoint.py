@@ -77,10 +77,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     save_p.add_argument("--buffer", action="append", default=[], metavar="HOST:PORT/NAME",
                       help="pull this buffer's snapshot from the buffer service (repeatable)")
     save_p.add_argument("--resumed-from", default="", help="path of the checkpoint this run resumed from")
-    save_p.add_argument("--store-endpoints", type=_endpoints, default=LOOPBACK, metavar="HOST:PORT,...",
-                        help="stores this command may upload large files to, at the URLs the service presigns (S3): "
-                             "host:port entries or patterns, comma-separated (minio:9000, *.amazonaws.com:443; "
-                             f"default {','.join(LOOPBACK)})")
+    _store_endpoints_arg(save_p, "upload large files to")
     client_args(save_p)
     save_p.set_defaults(func=save)
 
@@ -109,6 +106,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     download_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
     download_p.add_argument("--out", required=True, help="directory to write into")
     download_p.add_argument("--file", default="", help="one file only")
+    _store_endpoints_arg(download_p, "download large files from")
     client_args(download_p, read_only=True)
     download_p.set_defaults(func=download)
 
@@ -172,6 +170,13 @@ def _split_run(text: str, field: str = "run") -> tuple[str, str]:
     if len(parts) != 2 or not all(parts):
         raise InvalidArgument(f"{field}: expected AGENT/RUN, got {text!r}")
     return parts[0], parts[1]
+
+
+def _store_endpoints_arg(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--store-endpoints", type=_endpoints, default=LOOPBACK, metavar="HOST:PORT,...",
+                        help=f"stores this command may {verb} directly, at the URLs the service presigns (S3; "
+                             "other files go through the service): host:port entries or patterns, comma-separated "
+                             f"(minio:9000, *.amazonaws.com:443; default {','.join(LOOPBACK)})")
 
 
 def _client(args: argparse.Namespace) -> CheckpointClient:
@@ -337,6 +342,7 @@ def download(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     with _client(args) as client:
+        client.store_endpoints = args.store_endpoints
         found = _find(client, args.ref)
         total = found.checkpoint.total_bytes
         if args.file:

@@ -469,3 +469,20 @@ def test_a_save_with_too_many_store_endpoints_is_refused_before_anything_is_writ
     with pytest.raises(InvalidArgument, match=r"header\.store_endpoints: 65 entries; the limit is 64"):
         ckpt.save("agent", "run-1", 1, {"trainer.pt": BIG}, store_endpoints=["127.0.0.1:*"] * 65)
     assert stored_keys(store_of(ckpt_host)) == []
+
+
+@ON_S3
+def test_rewind_ckpt_download_fetches_big_files_from_the_store_where_store_endpoints_allow(
+        ckpt, ckpt_host, store_url, tmp_path, capsys, monkeypatch):
+    saved = ckpt.save("agent", "run-1", 1, {"trainer.pt": BIG})
+    catalog = ckpt_host.bindings[0].servicer.catalog
+    real, served = catalog.read_file, []
+    monkeypatch.setattr(catalog, "read_file", lambda manifest, name, *a: served.append(name) or real(manifest, name,
+                                                                                                     *a))
+    args = ["ckpt", "download", saved.checkpoint.path, "--address", ckpt_host.address]
+    assert cli_main([*args, "--out", str(tmp_path / "a"), "--store-endpoints", "minio:9000"]) == 0
+    assert served == ["trainer.pt"]  # a store this command may not dial: through the service
+    assert cli_main([*args, "--out", str(tmp_path / "b")]) == 0  # the default allows loopback, where moto listens
+    assert served == ["trainer.pt"]
+    assert (tmp_path / "a" / "trainer.pt").read_bytes() == (tmp_path / "b" / "trainer.pt").read_bytes() == BIG
+    assert "(sha256 verified)" in capsys.readouterr().out
