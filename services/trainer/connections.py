@@ -71,8 +71,10 @@ def local_services(settings: TrainSettings) -> Iterator[tuple[TrainSettings, str
     service's history pages ("" when it serves none).
     """
     log.info("starting a buffer service and a checkpoint service (store %s)", settings.store_url)
-    # Side by side: each spends its first seconds importing, on its own core.
-    buffer = LocalService(["buffer", "serve"], wait=False)  # the trainer makes its buffers with its own shapes
+    # Side by side: each spends its first seconds importing, on its own core. The trainer makes its buffers
+    # with its own shapes. The buffer service uploads its blocks where the trainer uploads trainer.pt (the
+    # same store), so it gets the same allow-list.
+    buffer = LocalService(["buffer", "serve", "--store-endpoints", ",".join(settings.store_endpoints)], wait=False)
     ckpt = LocalService(["ckpt", "serve", "--store", settings.store_url], wait=False)
     try:
         buffer.wait_until_serving()

@@ -71,7 +71,8 @@ class TrainSettings(ServerSettings):
     store_endpoints: tuple[str, ...] = setting(
         LOOPBACK, "stores this trainer may upload trainer.pt and other large checkpoint files to, at the URLs the "
         "checkpoint service presigns (S3): host:port entries or patterns (minio:9000, *.amazonaws.com:443, "
-        "127.0.0.1:*); a store not listed makes each save fail with PERMISSION_DENIED")
+        "127.0.0.1:*); files for a store not listed go through the checkpoint service. With --local-services, "
+        "also where the buffer service it starts may upload blocks")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
                         minimum=-1, maximum=65535)

@@ -541,6 +541,23 @@ def test_rewind_train_function_runs_the_trio_locally(tmp_path, monkeypatch):
     assert manifest["step"] == 30
 
 
+def test_local_services_give_the_buffer_service_the_trainers_store_endpoints(monkeypatch):
+    from rewind_trainer import connections
+
+    started = []
+
+    class Recorded:
+        def __init__(self, args, wait=True):
+            started.append(args)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(connections, "LocalService", Recorded)
+    settings = TrainSettings(local_services=True, store_endpoints=("minio:9000", "*.example.com:443"))
+    with pytest.raises(RuntimeError, match="stop here"), connections.local_services(settings):
+        pass
+    assert started == [["buffer", "serve", "--store-endpoints", "minio:9000,*.example.com:443"]]
+
+
 def test_resuming_another_runs_checkpoint_under_a_new_run_id_starts_a_new_run_that_records_it(file_trio, tmp_path):
     first = train(file_trio.settings(tmp_path / "runs", steps=210))
     second = train(file_trio.settings(tmp_path / "runs", steps=260, run_id="fine-tune", learning_rate=1e-4,
