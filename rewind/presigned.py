@@ -18,6 +18,7 @@ import re
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -127,6 +128,29 @@ def _refusal(status: int, body: bytes, field_name: str, address: str, action: st
                               "or a body that does not match its signed size and sha256")
 
 
+@contextmanager
+def _response(grant: Grant, allowed: Iterable[str], field_name: str, setting: str,
+              timeout_s: float) -> Iterator[http.client.HTTPResponse]:
+    """The open response of a GET of a presigned URL (checked with check_grant first), the store's
+    refusals raised; a transport failure, here or while the body is read, becomes Unavailable."""
+    address = check_grant(grant, allowed, field_name, setting)
+    conn, target = _connect(grant, field_name, timeout_s)
+    try:
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        for name, value in grant.headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        if response.status >= 300:
+            raise _refusal(response.status, response.read(4096), field_name, address, "download")
+        yield response
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unavailable(f"{field_name}: the store at {address} did not send the object "
+                          f"({type(exc).__name__}: {exc}); try again") from None
+    finally:
+        conn.close()
+
+
 def get(grant: Grant, *, allowed: Iterable[str], field_name: str, setting: str, timeout_s: float,
         chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
     """Stream an object's bytes from a presigned GET URL (checked with check_grant first).
@@ -137,24 +161,9 @@ def get(grant: Grant, *, allowed: Iterable[str], field_name: str, setting: str, 
         FailedPrecondition: the store refused the GET (an expired URL).
         Unavailable: the store did not answer, or failed (5xx), or the body ended early.
     """
-    address = check_grant(grant, allowed, field_name, setting)
-    conn, target = _connect(grant, field_name, timeout_s)
-    try:
-        try:
-            conn.putrequest("GET", target, skip_accept_encoding=True)
-            for name, value in grant.headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            response = conn.getresponse()
-            if response.status >= 300:
-                raise _refusal(response.status, response.read(4096), field_name, address, "download")
-            while chunk := response.read(chunk_bytes):
-                yield chunk
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"{field_name}: the store at {address} did not send the object "
-                              f"({type(exc).__name__}: {exc}); try again") from None
-    finally:
-        conn.close()
+    with _response(grant, allowed, field_name, setting, timeout_s) as response:
+        while chunk := response.read(chunk_bytes):
+            yield chunk
 
 
 def read_all(grant: Grant, size: int, *, allowed: Iterable[str], field_name: str, setting: str,
@@ -167,28 +176,14 @@ def read_all(grant: Grant, size: int, *, allowed: Iterable[str], field_name: str
     Raises:
         As get(); and DataLoss: the object is not `size` bytes long.
     """
-    address = check_grant(grant, allowed, field_name, setting)
-    conn, target = _connect(grant, field_name, timeout_s)
     buffer = bytearray(size)
-    view, digest, got, extra = memoryview(buffer), hashlib.sha256(), 0, b""
+    view, digest, got = memoryview(buffer), hashlib.sha256(), 0
     with ThreadPoolExecutor(1, thread_name_prefix="rewind-hash") as hasher:  # one worker: pieces hash in order
-        try:
-            conn.putrequest("GET", target, skip_accept_encoding=True)
-            for name, value in grant.headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            response = conn.getresponse()
-            if response.status >= 300:
-                raise _refusal(response.status, response.read(4096), field_name, address, "download")
+        with _response(grant, allowed, field_name, setting, timeout_s) as response:
             while got < size and (n := response.readinto(view[got:got + piece_bytes])):
                 hasher.submit(digest.update, view[got:got + n])
                 got += n
             extra = response.read(1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"{field_name}: the store at {address} did not send the object "
-                              f"({type(exc).__name__}: {exc}); try again") from None
-        finally:
-            conn.close()
     if got != size or extra:
         raise DataLoss(f"{field_name}: the stored object is {'longer' if extra else f'{got} bytes'}, not the "
                        f"{size} bytes recorded")
