@@ -24,6 +24,7 @@ import os
 import tomllib
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,23 +247,37 @@ def _at_least(spec: Spec) -> str:
 # -- sources -----------------------------------------------------------------
 
 
+# Every settings class defined so far (each Settings subclass adds itself): the commands' settings, for
+# telling another command's variable from a typo. The CLI imports every command's class to build its parser.
+_SETTINGS_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def known_variables() -> frozenset[str]:
+    """Every REWIND_* variable some command reads: the settings of every settings class, and the clients' own."""
+    names = {env_name(name) for cls in list(_SETTINGS_CLASSES) for name in _by_name(cls)}
+    return frozenset({*names, *NOT_SETTINGS, CONFIG_FILE_ENV})
+
+
 class EnvironmentSettingError(InvalidArgument):
     """A REWIND_* variable that is no setting of the command, or has a bad value (a usage error)."""
 
 
 def read_environ(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The settings given as REWIND_<NAME> variables.
+    """The settings given as REWIND_<NAME> variables; those of other commands are left alone.
 
     Raises:
-        InvalidArgument: a variable that is no setting of `cls`, or a bad value; the message names it.
+        InvalidArgument: a variable that no command's settings class knows (a typo), or a bad value; the
+            message names it.
     """
     environ = os.environ if environ is None else environ
     by_env = {env_name(name): spec for name, spec in _by_name(cls).items()}
-    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in by_env
-                     and k not in NOT_SETTINGS and k != CONFIG_FILE_ENV)
+    # Another command's variable (REWIND_BUFFER_ADDRESS, exported for the trainer) is left for that command;
+    # only a name that no command knows is a typo.
+    known = known_variables() | by_env.keys()
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
-        raise EnvironmentSettingError(f"{', '.join(unknown)}: not a setting of this command; remove it (see --help "
-                                      "for the settings and their variables)")
+        raise EnvironmentSettingError(f"{', '.join(unknown)}: not a setting of this command, nor of any other "
+                                      "rewind command; remove it (see --help for the settings and their variables)")
     values: dict[str, Any] = {}
     for name, spec in by_env.items():
         text = environ.get(name, "")
@@ -519,6 +534,10 @@ class Settings:
 
     FILE_TABLES: ClassVar[dict[str, tuple[str, ...]]] = {}
     DEFAULT_TABLE: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _SETTINGS_CLASSES.add(cls)  # its fields are read later, once @dataclass has made them
 
     def __post_init__(self) -> None:
         check(self)

@@ -12,6 +12,7 @@ import pytest
 from rewind.errors import InvalidArgument
 from rewind_buffer.settings import BufferServiceSettings
 from rewind_checkpoint.settings import CheckpointSettings
+from rewind_cli import serving
 from rewind_cli.main import build_parser, main
 from rewind_cli.train import settings_from_args
 from rewind_runtime import settings as mechanism
@@ -99,6 +100,25 @@ def test_a_variable_that_is_no_setting_of_the_command_fails_at_start_naming_it(m
         main(["buffer", "serve"])
     assert exc.value.code == 2
     assert "REWIND_STPES: not a setting of this command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_variable_of_another_command_is_left_to_it_and_a_typo_still_fails(command, monkeypatch, capsys):
+    """REWIND_BUFFER_ADDRESS exported for the trainer must not stop `rewind buffer serve` (the issue's case)."""
+    settings_cls = COMMANDS[command]
+    own = {mechanism.env_name(name) for name in mechanism._by_name(settings_cls)}
+    others = {mechanism.env_name(name) for cls in COMMANDS.values() for name in mechanism._by_name(cls)} - own
+    assert others  # each command has variables that only the others read
+    argv = list(command)
+    args = parse(argv, {**dict.fromkeys(others, "not a value of this command"), "REWIND_GRACE_S": "2.5"},
+                 monkeypatch)
+    loaded = serving.load_settings(args, settings_cls)
+    assert (loaded.explicit, loaded.settings.grace_s) == ({"grace_s"}, 2.5)  # the others' are ignored, not read
+    monkeypatch.setenv("REWIND_BUFER_ADDRESS", "127.0.0.1:50051")  # a name no command has
+    with pytest.raises(SystemExit) as exc:
+        serving.load_settings(build_parser().parse_args(argv), settings_cls)
+    assert exc.value.code == 2
+    assert "REWIND_BUFER_ADDRESS: not a setting of this command, nor of any other" in capsys.readouterr().err
 
 
 def test_children_started_with_their_own_flags_do_not_inherit_settings_variables():
