@@ -5,18 +5,39 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# The one constraints file: the exact versions the suite runs with (torch's CPU build of 2.13.0 here).
+# pyproject.toml carries ranges; scripts/constraints.py regenerates this file.
+CONSTRAINTS := deploy/docker/constraints.txt
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 NODE_STAMP := node_modules/.installed-stamp
+# Parallel test workers (pytest-xdist): most tests wait on servers and subprocesses, so more workers
+# than this machine's 2 cores pay; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest --durations=25
 
-.PHONY: venv run test test-fast test-deploy lint proto bench clean browser
+.PHONY: venv run test test-fast test-deploy lint proto bench clean browser docs
 
-$(STAMP): pyproject.toml
+# pip's output goes to a log, shown only when the install fails.
+define install
+	@echo "installing $(1) into $(VENV) under $(CONSTRAINTS) (log: $(VENV)/install.log)"
+	@$(PY) -m pip install --constraint $(CONSTRAINTS) $(1) >$(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; echo "make: pip failed; the log is $(VENV)/install.log"; exit 1; }
+endef
+
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# Pinned first and alone: the CPU build of this exact version, never the CUDA wheels.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+
+# `make run`: what running needs (the services extra).
+$(RUN_STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(call install,pip)
+	$(call install,-e .[services])
+	@touch $@
+
+# `make test`: the dev tools on top.
+$(DEV_STAMP): $(RUN_STAMP)
+	$(call install,-e .[services,dev])
+	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json
 	# `npm install`, not `npm ci`: npm 11 wants every platform's optional buf binary in
@@ -27,40 +48,48 @@ $(NODE_STAMP): package.json package-lock.json
 # Trains Pendulum-v1 through the trio on this machine (file:// store in ./rewind-data);
 # run it again and it resumes from the latest checkpoint. Pass more flags with ARGS="...".
 RUN_ARGS ?= --model-size tiny
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/rewind train --local-services --store file://$(CURDIR)/rewind-data --resume-from-checkpoint latest $(RUN_ARGS) $(ARGS)
 
-test: $(STAMP) $(NODE_STAMP) browser
-	$(PY) -m pytest
+# Timing-sensitive tests (marked serial) run first, one at a time with nothing beside them; then the
+# rest on TEST_WORKERS workers (pytest's exit status 5 means a selection had no tests).
+test: $(DEV_STAMP) $(NODE_STAMP) browser
+	$(PYTEST) -m serial || [ $$? -eq 5 ]
+	$(PYTEST) -m "not serial" -n $(TEST_WORKERS)
 
-test-fast: $(STAMP) $(NODE_STAMP)
-	$(PY) -m pytest tests/unit tests/service
+test-fast: $(DEV_STAMP) $(NODE_STAMP)
+	$(PYTEST) -m serial tests/unit tests/service || [ $$? -eq 5 ]
+	$(PYTEST) -m "not serial" -n $(TEST_WORKERS) tests/unit tests/service
 
 # Builds the image and runs the containers and the compose stack for real (root, Debian):
 # deploy/test/setup.sh installs and starts what is missing first (see README, Deploy).
-test-deploy: $(STAMP)
+test-deploy: $(DEV_STAMP)
 	bash deploy/test/setup.sh
 	REWIND_TEST_DEPLOY=1 $(PY) -m pytest -s -o timeout=1800 tests/container
 
-lint: $(STAMP) $(NODE_STAMP)
+lint: $(DEV_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
 	node_modules/.bin/buf lint
 
-proto: $(STAMP)
-	$(PY) scripts/protogen.py
+proto: $(DEV_STAMP)
+	$(PY) -m scripts.protogen
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
+
+# The documentation site, into site/ (`$(VENV)/bin/mkdocs serve` to browse it while editing).
+docs: $(DEV_STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 # Debian's chromium and chromium-driver, for the history pages' browser tests (apt, as root).
 browser:
 	bash scripts/install_browser.sh
 
-bench: $(STAMP)
-	$(PY) bench/health.py
-	$(PY) bench/buffer.py
-	$(PY) bench/checkpoint.py
-	$(PY) bench/trainer.py
-	$(PY) bench/learning.py
+bench: $(DEV_STAMP)
+	$(PY) -m bench.health
+	$(PY) -m bench.buffer
+	$(PY) -m bench.checkpoint
+	$(PY) -m bench.trainer
+	$(PY) -m bench.learning
 
 clean:
-	rm -rf $(VENV) node_modules rewind-data runs .pytest_cache
+	rm -rf $(VENV) node_modules rewind-data runs .pytest_cache site

@@ -14,7 +14,7 @@ is noisy; medians are reported):
 
 Targets: remote sampling >= 0.9 x in-process; remote insert >= 0.8 x in-process.
 
-    python bench/buffer.py [--rounds 5] [--batches 300] [--storage-device cpu|cuda]
+    python -m bench.buffer [--rounds 5] [--batches 300] [--storage-device cpu|cuda]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ data and driven the same way:
 The Capture RPC's latency is what the trainer waits for (target: < 50 ms at 1M). Rounds
 alternate between the two services; medians and maxima are reported.
 
-    python bench/capture.py [--rounds 5] [--storage-device cpu|cuda] [--out bench/results/capture.json]
+    python -m bench.capture [--rounds 5] [--storage-device cpu|cuda] [--out bench/results/capture.json]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ transfers hash nothing.
 
 Target: service >= 0.9 x the plain transfer, both ways.
 
-    python bench/checkpoint.py [--mib 256] [--rounds 3] [--s3-endpoint http://127.0.0.1:9000]
+    python -m bench.checkpoint [--mib 256] [--rounds 3] [--s3-endpoint http://127.0.0.1:9000]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def s3_support():
-    """tests.support.s3: the moto launcher the tests use (the repository root goes on the path first)."""
-    sys.path.insert(0, str(REPO))
+    """tests.support.s3: the moto launcher the tests use (the benchmarks run as `python -m bench.<name>`
+    from the repository root, so the tests' helpers import as a package)."""
     from tests.support import s3
 
     return s3

@@ -35,7 +35,7 @@ Targets:
 
 Writes bench/results/concurrency.json.
 
-    python bench/concurrency.py [--seconds 120] [--counts 1,2,4] [--modes none,quota,taskset]
+    python -m bench.concurrency [--seconds 120] [--counts 1,2,4] [--modes none,quota,taskset]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Deployment figures: image build times and size, compose up to healthy, SIGTERM to exit.
 
-    bash deploy/test/setup.sh && python bench/deploy.py [--cold]
+    bash deploy/test/setup.sh && python -m bench.deploy [--cold]
 
 Uses the same engine, base image, torch index and S3 stand-in as `make test-deploy`. Each
 figure is one run. The trainer's SIGTERM-to-exit is measured in three phases, each in a fresh
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 from rewind import TrainerClient
 from tests.support.containers import (

@@ -9,10 +9,10 @@ reordered request streams, re-signed buffer snapshots. A request fails the
 run when it is answered INTERNAL or UNKNOWN, runs past its deadline, or is
 refused but changed state (listings, stats, the store's files).
 
-    python bench/fuzz.py                                   # 1,000 per RPC (200 on S3), every service
-    python bench/fuzz.py --per-rpc 200 --services buffer   # quicker, one service
-    python bench/fuzz.py --rpc CheckpointService/Save --store file
-    python bench/fuzz.py --rpc BufferService/Restore --only 17 42 --verbose   # replay two requests
+    python -m bench.fuzz                                   # 1,000 per RPC (200 on S3), every service
+    python -m bench.fuzz --per-rpc 200 --services buffer   # quicker, one service
+    python -m bench.fuzz --rpc CheckpointService/Save --store file
+    python -m bench.fuzz --rpc BufferService/Restore --only 17 42 --verbose   # replay two requests
 
 Prints a table of status counts per RPC and each distinct failure (with the
 server's traceback); writes bench/results/fuzz.json. Exits 1 when any
@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # tests.support: the fuzzer and moto's launcher
 # torchrl logs every storage allocation at INFO, once per buffer the fuzzer makes.
 os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
 
-from tests.support import fuzz  # noqa: E402
+from tests.support import fuzz  # noqa: E402  (after the variable torchrl reads on import)
 
 RESULTS = REPO / "bench" / "results"
 SERVICES = {"buffer": fuzz.BUFFER_SERVICE, "checkpoint": fuzz.CHECKPOINT_SERVICE, "trainer": fuzz.TRAINER_SERVICE}

@@ -6,7 +6,7 @@ image runs it, `python -c "import grpc"` (the gRPC library's own import, which
 any gRPC health probe in Python pays) and `python -c pass` (the interpreter's
 start-up).
 
-    python bench/health.py [--rounds 20]
+    python -m bench.health [--rounds 20]
 
 Target: median under 0.3 s.
 """

@@ -16,7 +16,7 @@ of its own) with its HTTP port. Measured, from this process, over HTTP:
 
 Target: warm p50 < 200 ms.
 
-    python bench/history.py [--checkpoints 1000] [--requests 200] [--s3-endpoint http://127.0.0.1:9000]
+    python -m bench.history [--checkpoints 1000] [--requests 200] [--s3-endpoint http://127.0.0.1:9000]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -41,8 +40,8 @@ TARGET_P50_MS = 200.0
 
 
 def s3_support():
-    """tests.support.s3: the moto launcher the tests use (the repository root goes on the path first)."""
-    sys.path.insert(0, str(REPO))
+    """tests.support.s3: the moto launcher the tests use (the benchmarks run as `python -m bench.<name>`
+    from the repository root, so the tests' helpers import as a package)."""
     from tests.support import s3
 
     return s3

@@ -18,7 +18,7 @@ on moto's S3 server on 127.0.0.1, side by side with the whole-snapshot path:
   5. stall   Capture latency (what the trainer waits for) at --transitions stored while another
              process adds episodes and samples batches from the same buffer.
 
-    python bench/incremental.py [--transitions 1000000] [--pixel-transitions 100000]
+    python -m bench.incremental [--transitions 1000000] [--pixel-transitions 100000]
                                 [--sigterm-transitions 5000000] [--out bench/results/incremental.json]
 """
 
@@ -29,7 +29,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +46,8 @@ BATCH, HORIZON = 256, 3
 
 
 def s3_support():
-    """tests.support.s3: the moto launcher the tests use (the repository root goes on the path first)."""
-    sys.path.insert(0, str(REPO))
+    """tests.support.s3: the moto launcher the tests use (the benchmarks run as `python -m bench.<name>`
+    from the repository root, so the tests' helpers import as a package)."""
     from tests.support import s3
 
     return s3

@@ -9,8 +9,8 @@ and evaluates 10 episodes every `eval_freq` steps. Targets (issue 4):
 
 Writes bench/results/learning-<task>.json, its metrics.csv and the learning-curve PNG beside it.
 
-    python bench/learning.py                       # Pendulum-v1
-    python bench/learning.py --task cartpole-swingup --action-repeat 8 --steps 6000 --target 600
+    python -m bench.learning                       # Pendulum-v1
+    python -m bench.learning --task cartpole-swingup --action-repeat 8 --steps 6000 --target 600
 """
 
 from __future__ import annotations

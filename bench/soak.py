@@ -28,10 +28,10 @@ stream's "batch" latency is the wait for each next batch; "first batch" is
 from opening a stream to its first batch), and the RSS trace. Writes
 bench/results/soak.json and the trace as a plot beside it (soak.png).
 
-    python bench/soak.py                                   # 10 minutes, 8 + 8 threads, snapshots every 20 s
-    python bench/soak.py --duration-s 120 --warmup-s 30    # a short check
-    python bench/soak.py --env MALLOC_ARENA_MAX=2          # the service with a malloc setting
-    python bench/soak.py --service-arg=--workers=64 --out /tmp/soak.json
+    python -m bench.soak                                   # 10 minutes, 8 + 8 threads, snapshots every 20 s
+    python -m bench.soak --duration-s 120 --warmup-s 30    # a short check
+    python -m bench.soak --env MALLOC_ARENA_MAX=2          # the service with a malloc setting
+    python -m bench.soak --service-arg=--workers=64 --out /tmp/soak.json
 
 The client threads run in one Python process (one GIL) on the same machine as
 the service (and whatever else runs there): the rates are the load this

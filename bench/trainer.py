@@ -13,7 +13,7 @@
 
 Writes bench/results/trainer.json.
 
-    python bench/trainer.py [--model-size tiny] [--rounds 3] [--updates 60]
+    python -m bench.trainer [--model-size tiny] [--rounds 3] [--updates 60]
 """
 
 from __future__ import annotations

@@ -84,8 +84,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RewindError as exc:
         print(f"rewind: error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"rewind: error: this command needs the '{extra}' extra ({exc.name} is not installed): "
+              f"pip install 'rewind[{extra}]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+# Top-level modules that only an extra installs, and that extra: `pip install rewind` is the SDK and the
+# client commands, so a service command run there names what to install instead of a traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torchrl", "tensordict", "boto3", "botocore", "gymnasium", "yaml", "safetensors", "matplotlib",
+                     "fastapi", "starlette", "uvicorn", "jinja2", "prometheus_client", "grpc_reflection"), "services"),
+    "tensorboard": "tensorboard",
+    **dict.fromkeys(("dm_control", "mujoco"), "dmc"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra that installs the module `exc` could not find, if an extra does."""
+    return EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@ Serves the store's pages in this process (as `rewind ckpt web` does) and loads t
 and one run's page in Debian's headless Chromium at a laptop's size (1366 x 768).
 
     rewind train --local-services --store file://$PWD/demo-data --model-size tiny --steps 6000
-    python scripts/history_screenshots.py --store file://$PWD/demo-data --run tdmpc2/pendulum-v1-seed1
+    python -m scripts.history_screenshots --store file://$PWD/demo-data --run tdmpc2/pendulum-v1-seed1
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ def main() -> int:
     parser.add_argument("--run", required=True, help="AGENT/RUN of the run page to capture")
     parser.add_argument("--out", default=str(REPO / "docs" / "images"), help="folder of the PNG files")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from rewind_checkpoint.api import open_existing_store
     from rewind_checkpoint.catalog import Catalog
     from rewind_checkpoint.history import History, install

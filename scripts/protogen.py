@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from proto/ into the `rewind` package.
 
-Usage: python scripts/protogen.py [OUT_DIR]   (default: the repository root)
+Usage: python -m scripts.protogen [OUT_DIR]   (default: the repository root)
 
 The stubs are committed; tests/test_proto.py fails when they are stale.
 """

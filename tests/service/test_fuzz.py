@@ -8,7 +8,7 @@ its answer in transport (an error message too large for the metadata limit);
 a refused request must leave the state (listings, stats, the store's files)
 exactly as it was; and after an accepted one, the calls that use what it made
 (sample the buffer it created, look up the checkpoint it saved, ...) must not
-fail either. `python bench/fuzz.py` runs the same with 1,000 requests per RPC;
+fail either. `python -m bench.fuzz` runs the same with 1,000 requests per RPC;
 the replay line in a failure's message reruns one request with --verbose.
 
 The trainer service is fuzzed against the real TrainerServicer and Control

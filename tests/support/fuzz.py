@@ -1494,7 +1494,7 @@ class RpcReport:
             if exc:
                 lines.append(f"      server raised: {exc}")
         store = f" --store {self.store}" if self.store else ""
-        lines.append(f"  replay one: python bench/fuzz.py --rpc {self.rpc}{store} --seed {self.seed} "
+        lines.append(f"  replay one: python -m bench.fuzz --rpc {self.rpc}{store} --seed {self.seed} "
                      "--only INDEX --verbose")
         return "\n".join(lines)
 
