@@ -112,6 +112,7 @@ class ServiceHost:
         self.port_file = port_file
         self.port: int | None = None
         self.stopped = threading.Event()
+        self._stop_lock = threading.Lock()  # one drain at a time: SIGTERM twice starts two drain threads
         self.serving = False
         self.metrics = new_registry()
         self.http = HttpHost(host=host, port=http_port, authenticator=self.authenticator, tls=tls,
@@ -258,19 +259,23 @@ class ServiceHost:
             Path(self.port_file).write_text(str(self.port))
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace."""
-        if self.stopped.is_set():
-            return
-        self.serving = False  # /healthz too says NOT_SERVING while draining
-        self.health.enter_graceful_shutdown()
-        grace = self.grace_s if grace_s is None else grace_s
-        log.info("draining (grace %.1fs)", grace)
-        self._server.stop(grace).wait()
-        if self._health_server is not None:
-            self._health_server.stop(0).wait()
-        if self.http is not None:
-            self.http.stop()
-        self.stopped.set()
+        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace.
+
+        Safe from any number of threads at once: the first drains, the others wait for it and return.
+        """
+        with self._stop_lock:
+            if self.stopped.is_set():
+                return
+            self.serving = False  # /healthz too says NOT_SERVING while draining
+            self.health.enter_graceful_shutdown()
+            grace = self.grace_s if grace_s is None else grace_s
+            log.info("draining (grace %.1fs)", grace)
+            self._server.stop(grace).wait()
+            if self._health_server is not None:
+                self._health_server.stop(0).wait()
+            if self.http is not None:
+                self.http.stop()
+            self.stopped.set()
 
     def install_signal_handlers(self) -> None:
         """Stop gracefully on SIGTERM and SIGINT (main thread only)."""

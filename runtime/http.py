@@ -127,6 +127,7 @@ class HttpHost:
         self._add_routes()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stop_lock = threading.Lock()  # stops may come from several threads at once (SIGTERM twice)
 
     @property
     def scheme(self) -> str:
@@ -202,19 +203,26 @@ class HttpHost:
             sock.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving (requests in flight get up to uvicorn's 5 s) and free the port."""
-        if self._thread is None:
-            return
-        self._server.request_exit()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("the HTTP server on %s did not stop within %.0fs", self.address, timeout)
-        self._thread = None
+        """Stop serving (requests in flight get up to uvicorn's 5 s) and free the port.
+
+        Safe from any number of threads at once: each returns once the server has stopped (or the first
+        gave up waiting).
+        """
+        with self._stop_lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._server.request_exit()
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the HTTP server on %s did not stop within %.0fs", self.address, timeout)
+            self._thread = None
 
     def wait(self) -> None:
         """Block until the server stops."""
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
 class _Server(uvicorn.Server):

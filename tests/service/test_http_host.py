@@ -234,6 +234,48 @@ def test_stop_frees_the_port_and_leaves_no_thread():
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
+def stop_at_once(stop, callers: int = 8) -> list[BaseException]:
+    """Call `stop` from `callers` threads released together; what any of them raised (or left running)."""
+    barrier, raised = threading.Barrier(callers), []
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            stop()
+        except BaseException as exc:  # any exception is the failure this looks for
+            raised.append(exc)
+
+    threads = [threading.Thread(target=one, name=f"stopper-{i}") for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return raised + [TimeoutError(t.name) for t in threads if t.is_alive()]
+
+
+@pytest.mark.parametrize("which", ["service host", "http host"])
+def test_any_number_of_concurrent_stops_end_cleanly(which, caplog):
+    """SIGTERM twice starts two drain threads (ServiceHost.install_signal_handlers); a trainer with local
+    services killed sends it to each. Every stop returns once the host is stopped, and none raises or logs."""
+    if which == "service host":
+        host, _ = build(SMALL.replace(port=0, http_port=0))
+        host.start()
+        port, stop = host.http_port, lambda: host.stop(grace_s=0)
+    else:
+        host = HttpHost(host="127.0.0.1", port=0)
+        port, stop = host.start(), host.stop
+    assert call(f"http://127.0.0.1:{port}/healthz").status == 200
+    caplog.clear()  # start-up's own warnings (no tokens) are not the stops'
+    with caplog.at_level("INFO"):
+        assert stop_at_once(stop) == []
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR", "CRITICAL")] == []
+    assert not _threads_serving(port)
+    if which == "service host":
+        assert host.stopped.is_set()
+        assert [r.getMessage() for r in caplog.records].count("draining (grace 0.0s)") == 1  # one drain
+    stop()  # and once more, after the fact
+
+
 def test_a_taken_http_port_fails_the_start_with_its_name():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

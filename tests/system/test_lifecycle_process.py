@@ -12,7 +12,7 @@ from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind.channel import make_channel
 from rewind.errors import DeadlineExceeded
 from tests.support.episodes import episode
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -26,7 +26,8 @@ def process(tmp_path):
     proc.stop()
 
 
-def test_sigterm_drains_in_flight_stream_and_exits_zero(process):
+def in_flight_stream(process: ServiceProcess):
+    """(client, channel, a health watch that saw SERVING, a stream of 3 batches, its first) on `process`."""
     client = BufferClient(process.address)
     for i in range(4):
         client.add(episode(i, 40))
@@ -36,7 +37,11 @@ def test_sigterm_drains_in_flight_stream_and_exits_zero(process):
     stream = buffer_pb2_grpc.BufferServiceStub(channel).SampleStream(
         buffer_pb2.SampleStreamRequest(buffer="buffer", num_batches=3, prefetch=1)
     )
-    first = next(stream)  # a call is in flight when SIGTERM arrives
+    return client, channel, watch, stream, next(stream)
+
+
+def test_sigterm_drains_in_flight_stream_and_exits_zero(process):
+    client, channel, watch, stream, first = in_flight_stream(process)  # a call is in flight when SIGTERM arrives
     process.proc.send_signal(signal.SIGTERM)
     assert next(watch).status == NOT_SERVING  # draining is visible to watchers
     watch.cancel()
@@ -60,4 +65,23 @@ def test_sdk_stream_reports_a_stalled_service_as_deadline_exceeded(process):
                 next(stream)
     finally:
         process.proc.send_signal(signal.SIGCONT)
+    client.close()
+
+
+def test_sigterm_twice_drains_once_and_exits_cleanly(process, tmp_path):
+    """Two SIGTERMs (as when a trainer with local services is killed) start two drain threads; the second
+    waits for the first, and nothing is printed about an exception."""
+    log = tmp_path / "buffer.log"
+    client, channel, watch, stream, _ = in_flight_stream(process)  # the drain lasts until the test reads the rest
+    process.proc.send_signal(signal.SIGTERM)
+    assert next(watch).status == NOT_SERVING  # the first drain has begun
+    watch.cancel()
+    process.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: log.read_text().count("received SIGTERM") == 2, "the second SIGTERM to arrive mid-drain")
+    assert len(list(stream)) == 2  # the in-flight call still completes
+    assert process.proc.wait(timeout=30) == 0
+    output = log.read_text()
+    assert output.count("draining") == 1, output
+    assert "Traceback" not in output and "Error" not in output, output
+    channel.close()
     client.close()
