@@ -3,17 +3,10 @@
 The protocol is checked message by message; any failure (or a stream that
 ends without a Commit) aborts the upload and removes what it wrote, so
 nothing becomes visible. Buffer snapshots are pulled from the buffer service
-in background threads, started as soon as the header arrives, so they
-reflect the moment of the save.
-
-A buffer saved as blocks (BufferSource.blocks) is pulled with SnapshotBlocks:
-the service tells the buffer which blocks the run's store holds, writes the
-ones it lacks to <agent>/<run>/blocks/<sha256> (each checked against its name
-before it becomes visible), and the index to the step folder like any file.
-The blocks it relies on are pinned (catalog.pin) from before it lists or
-writes them until the manifest is committed or the upload aborted, so GC and
-the sweep leave them alone. An abort never deletes a block: another upload or
-a committed checkpoint may share it; unused ones are the sweep's.
+in background threads (pulls.py), started as soon as the header arrives, so
+they reflect the moment of the save. The blocks a pull relies on are pinned
+(reservations.UploadPins) until the manifest is committed or the upload
+aborted; an abort never deletes a block.
 
 SaveDirect (start(), then run()): an announced file with a sha256 and bytes
 may skip this service. On a store that presigns, with direct_uploads on, the
@@ -29,363 +22,32 @@ deletes it once it is older than staging_max_age_s, as any abandoned staging.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
 
 from rewind import presigned
 from rewind import versions as version_records
-from rewind.buffer.v1 import buffer_pb2
-from rewind.buffer_client import BufferClient
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.endpoints import check_entries
 from rewind.errors import Cancelled, DataLoss, FailedPrecondition, InvalidArgument, RewindError, StoreUnavailable
 from rewind_checkpoint.catalog import Catalog
-from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, dial_failure, unreachable
-from rewind_checkpoint.layout import CheckpointKey, RunKey, check_digest, check_file_name, check_id
-from rewind_checkpoint.manifest import (
-    FORMAT,
-    BlockInfo,
-    BufferEntry,
-    FileEntry,
-    Manifest,
-    now_rfc3339,
-    struct_to_dict,
-)
+from rewind_checkpoint.dials import DEFAULT_BUFFER_ADDRESSES, check_dial, unreachable
+from rewind_checkpoint.layout import CheckpointKey, check_digest, check_file_name, check_id
+from rewind_checkpoint.manifest import FORMAT, BufferEntry, FileEntry, Manifest, now_rfc3339, struct_to_dict
 from rewind_checkpoint.metrics import stats_of
+from rewind_checkpoint.pulls import BlockPull, BufferPull, Written, pull_error, pull_kind
+from rewind_checkpoint.reservations import UploadPins
 from rewind_checkpoint.retention import RetentionPolicy
 from rewind_checkpoint.store import ObjectMissing, ObjectWriter
 
 log = logging.getLogger(__name__)
 
 MAX_FILES = 1000
-
-
-@dataclass
-class _Written:
-    name: str
-    size: int = 0
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-
-
-class _BufferPull(threading.Thread):
-    """Streams one buffer's snapshot from the buffer service into a store object.
-
-    Args:
-        source: the header's BufferSource.
-        field: the request field of its address (buffers[i].address), for errors.
-        file: the checkpoint file it becomes.
-        writer: where the bytes go.
-        timeout_s: deadline of the snapshot call.
-        allowed: the service's buffer_addresses setting.
-    """
-
-    def __init__(self, source: checkpoint_pb2.BufferSource, field: str, file: str, writer: ObjectWriter,
-                 timeout_s: float, allowed: tuple[str, ...]) -> None:
-        super().__init__(name=f"rewind-pull-{source.buffer}", daemon=True)
-        self.source = source
-        self.field = field
-        self.file = file
-        self.writer = writer
-        self.timeout_s = timeout_s
-        self.allowed = allowed
-        self.written = _Written(file)
-        self.episodes_added = 0
-        self.versions: dict[str, str] = {}  # the buffer service's, from the first response
-        self.answered = False  # a response arrived: the address is a buffer service, its errors may be told
-        self.error: BaseException | None = None
-        self.cancelled = threading.Event()
-
-    def run(self) -> None:
-        try:
-            check_dial(self.source.address, self.allowed, self.field)  # no connection to an address not allowed
-            with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
-                for response in client.snapshot_stream(self.source.expect_episodes_added, timeout=self.timeout_s,
-                                                       capture_id=self.source.capture_id):
-                    if not self.answered:
-                        self.versions = _buffer_versions(response.versions, self.source)
-                    self.answered = True
-                    if self.cancelled.is_set():
-                        self.writer.abort()
-                        return
-                    self.written.digest.update(response.chunk)
-                    self.written.size += len(response.chunk)
-                    self.episodes_added = response.episodes_added
-                    self.writer.write(response.chunk)
-                self.writer.close()
-        except BaseException as exc:
-            self.error = exc
-            self.writer.abort()
-
-
-class _Pins:
-    """The block pins of one upload: taken and dropped under the run's lock, so a GC or a sweep
-    (same lock) sees either no pin and no reliance on the block, or the pin.
-
-    Args:
-        catalog: where the pins are kept.
-        run: the upload's run.
-    """
-
-    def __init__(self, catalog: Catalog, run: RunKey) -> None:
-        self.catalog = catalog
-        self.run = run
-        self.held: Counter[str] = Counter()
-        self.closed = False  # after release nothing may be pinned: a late pull must not leak pins
-
-    def present(self) -> dict[str, int]:
-        """List the run's stored blocks and pin them all, at once under the lock; (sha256 -> size)."""
-        with self.catalog.run_lock(self.run):
-            self._check_open()
-            stored = self.catalog.stored_blocks(self.run)
-            self.catalog.pin(self.run, list(stored), lock_held=True)
-            self.held.update(list(stored))
-        return {sha: obj.size for sha, obj in stored.items()}
-
-    def add(self, sha256: str) -> None:
-        """Pin a block this upload is about to write (before its first byte)."""
-        with self.catalog.run_lock(self.run):
-            self._check_open()
-            self.catalog.pin(self.run, [sha256], lock_held=True)
-            self.held[sha256] += 1
-
-    def release(self, *, lock_held: bool = False) -> None:
-        """Drop every pin (after the commit, or on abort); later pins are refused."""
-        if not lock_held:
-            with self.catalog.run_lock(self.run):
-                return self.release(lock_held=True)
-        self.closed = True
-        self.catalog.unpin(self.run, self.held.elements(), lock_held=True)
-        self.held.clear()
-        return None
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise Cancelled(f"the upload to run {self.run} was aborted")
-
-
-class _BlockPull(_BufferPull):
-    """Streams one buffer as blocks (SnapshotBlocks): new blocks into the run's blocks/, the index into
-    the checkpoint file; checks every block against its name and the index's list.
-
-    Args:
-        as _BufferPull, and
-        pins: the upload's block pins.
-    """
-
-    def __init__(self, source: checkpoint_pb2.BufferSource, field: str, file: str, writer: ObjectWriter,
-                 timeout_s: float, allowed: tuple[str, ...], pins: _Pins) -> None:
-        super().__init__(source, field, file, writer, timeout_s, allowed)
-        self.pins = pins
-        self.blocks: tuple[BlockInfo, ...] = ()  # the index's list, once it arrived
-        self.uploaded = 0       # bytes of the blocks written
-        self.deduplicated = 0   # bytes of the index's blocks the store already held
-        self._present: dict[str, int] = {}
-        self._sent: dict[str, int] = {}
-        self._block: tuple[BlockInfo, ObjectWriter, _Written] | None = None
-        self._index_size: int | None = None
-
-    def run(self) -> None:
-        try:
-            check_dial(self.source.address, self.allowed, self.field)  # no connection to an address not allowed
-            self._present = self.pins.present()
-            with BufferClient(self.source.address, self.source.buffer, timeout=self.timeout_s) as client:
-                for response in self._stream(client):
-                    self.answered = True
-                    if self.cancelled.is_set():
-                        self._abort_block()
-                        self.writer.abort()
-                        return
-                    self._on_response(response)
-            self._finish()
-            self.writer.close()
-        except BaseException as exc:
-            self.error = exc
-            self._abort_block()
-            self.writer.abort()
-
-    def _stream(self, client: BufferClient):
-        return client.snapshot_blocks(list(self._present), capture_id=self.source.capture_id,
-                                      expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
-
-    def _on_response(self, response) -> None:
-        kind = response.WhichOneof("item")
-        if kind == "chunk":
-            self._on_chunk(response.chunk)
-        elif kind == "block":
-            self._close_block()
-            if self._index_size is not None:
-                raise DataLoss("the buffer service sent a block after the index")
-            self._open_block(response.block)
-        elif kind == "index":
-            self._close_block()
-            if self._index_size is not None:
-                raise DataLoss("the buffer service sent a second index")
-            self._on_index(response.index)
-        else:
-            raise DataLoss("the buffer service sent an empty SnapshotBlocksResponse")
-
-    def _open_block(self, ref) -> None:
-        sha256 = check_digest(ref.sha256, "block.sha256", DataLoss)
-        if ref.size < 0:
-            raise DataLoss(f"block {sha256}: size {ref.size} is negative")
-        if sha256 in self._sent or sha256 in self._present:
-            raise DataLoss(f"block {sha256} was sent although the store holds it or it was sent before")
-        self.pins.add(sha256)  # before the first byte: from now on GC and the sweep leave it alone
-        key = self.pins.run.block_key(sha256)
-        self._block = (BlockInfo(sha256, ref.size), self.pins.catalog.store.open_writer(key), _Written(sha256))
-        self._sent[sha256] = ref.size
-
-    def _on_chunk(self, data: bytes) -> None:
-        if self._block is not None:
-            block, writer, written = self._block
-            written.size += len(data)
-            if written.size > block.size:
-                raise DataLoss(f"block {block.sha256} is longer than the {block.size} bytes announced")
-            written.digest.update(data)
-            writer.write(data)
-        elif self._index_size is not None:
-            self.written.size += len(data)
-            if self.written.size > self._index_size:
-                raise DataLoss(f"the index is longer than the {self._index_size} bytes announced")
-            self.written.digest.update(data)
-            self.writer.write(data)
-        else:
-            raise DataLoss("the buffer service sent a chunk before any block or index")
-
-    def _close_block(self) -> None:
-        """Finish the open block; it becomes visible under its name only if its bytes match it."""
-        if self._block is None:
-            return
-        block, writer, written = self._block
-        if written.size != block.size or written.digest.hexdigest() != block.sha256:
-            raise DataLoss(f"block {block.sha256} arrived as {written.size} bytes with sha256 "
-                           f"{written.digest.hexdigest()[:12]}..., not the {block.size} bytes it names")
-        self._block = None
-        writer.close()
-        self.uploaded += block.size
-
-    def _abort_block(self) -> None:
-        if self._block is not None:
-            self._block[1].abort()
-            self._block = None
-
-    def _on_index(self, index) -> None:
-        blocks = []
-        for i, ref in enumerate(index.blocks):
-            sha256 = check_digest(ref.sha256, f"index.blocks[{i}].sha256", DataLoss)
-            if ref.size < 0:
-                raise DataLoss(f"index.blocks[{i}].size: {ref.size} is negative")
-            blocks.append(BlockInfo(sha256, ref.size))
-        if len({b.sha256 for b in blocks}) != len(blocks):
-            raise DataLoss("index.blocks: names a block twice")
-        if index.size < 0:
-            raise DataLoss(f"index.size: {index.size} is negative")
-        self.blocks = tuple(blocks)
-        self._index_size = index.size
-        self.episodes_added = index.episodes_added
-        self.versions = _buffer_versions(index.versions, self.source)
-
-    def _finish(self) -> None:
-        """The stream ended: it must have carried the whole index, and exactly the blocks the store lacked."""
-        self._close_block()
-        if self._index_size is None:
-            raise DataLoss("the stream ended without an index")
-        if self.written.size != self._index_size:
-            raise DataLoss(f"the index is {self.written.size} bytes, not the {self._index_size} announced")
-        needed = {b.sha256: b.size for b in self.blocks}
-        for sha256, size in self._sent.items():
-            if needed.get(sha256) != size:
-                raise DataLoss(f"block {sha256} ({size} bytes) was sent but the index does not name it so")
-        for block in self.blocks:
-            if block.sha256 in self._present:
-                if self._present[block.sha256] != block.size:
-                    raise DataLoss(f"index: block {block.sha256} is {block.size} bytes, but the store's is "
-                                   f"{self._present[block.sha256]}")
-                self.deduplicated += block.size
-            elif block.sha256 not in self._sent:
-                raise DataLoss(f"index: block {block.sha256} is neither in the store nor sent")
-
-
-class _DirectBlockPull(_BlockPull):
-    """A _BlockPull whose new blocks go from the buffer service straight to the store (UploadBlocks).
-
-    The service pins each block the buffer names and grants it one presigned PUT
-    of that key, size and sha256; it never sees the bytes. Before the commit it
-    checks each reported block in the store: its size, and its sha256 where the
-    store keeps one (S3 checks the signed x-amz-checksum-sha256 header against
-    the body itself).
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._reported: set[str] = set()
-
-    def _stream(self, client: BufferClient):
-        return client.upload_blocks(list(self._present), self._grant, capture_id=self.source.capture_id,
-                                    expect_episodes_added=self.source.expect_episodes_added, timeout=self.timeout_s)
-
-    def _on_response(self, response) -> None:
-        kind = response.WhichOneof("item")
-        if kind == "uploaded":
-            self._on_uploaded(response.uploaded)
-        elif kind == "chunk":
-            self._on_chunk(response.chunk)
-        elif kind == "index":
-            if self._index_size is not None:
-                raise DataLoss("the buffer service sent a second index")
-            self._on_index(response.index)
-        elif kind != "needed":  # the client's grant callback took it
-            raise DataLoss("the buffer service sent an empty UploadBlocksResponse")
-
-    def _grant(self, needed) -> list:
-        """One presigned PUT per block the buffer names; each pinned before its URL exists."""
-        if self._sent:
-            raise DataLoss("the buffer service named the needed blocks twice")
-        grants = []
-        for i, ref in enumerate(needed):
-            sha256 = check_digest(ref.sha256, f"needed.blocks[{i}].sha256", DataLoss)
-            if ref.size < 0:
-                raise DataLoss(f"needed.blocks[{i}].size: {ref.size} is negative")
-            if sha256 in self._sent or sha256 in self._present:
-                raise DataLoss(f"needed.blocks[{i}]: block {sha256} is named twice, or the store holds it")
-            self.pins.add(sha256)  # before the URL: from now on GC and the sweep leave the key alone
-            self._sent[sha256] = ref.size
-            grant = self.pins.catalog.store.presign_put(self.pins.run.block_key(sha256), ref.size, sha256,
-                                                        self.timeout_s)
-            if grant is None:
-                raise FailedPrecondition(f"the store cannot presign block {sha256} ({ref.size} bytes)")
-            grants.append(buffer_pb2.BlockGrant(sha256=sha256, url=grant.url, headers=dict(grant.headers)))
-        return grants
-
-    def _on_uploaded(self, ref) -> None:
-        """The buffer says a block is in the store: check it is, at its size and (where kept) its sha256."""
-        sha256 = check_digest(ref.sha256, "uploaded.sha256", DataLoss)
-        if sha256 not in self._sent or sha256 in self._reported:
-            raise DataLoss(f"uploaded: block {sha256} was not granted, or was reported twice")
-        try:
-            size, digest = self.pins.catalog.store.checksum_of(self.pins.run.block_key(sha256))
-        except ObjectMissing:
-            raise DataLoss(f"uploaded: block {sha256} is not in the store; nothing was saved, save again") from None
-        if size != self._sent[sha256] or (digest is not None and digest != sha256):
-            raise DataLoss(f"block {sha256} is in the store as {size} bytes with sha256 "
-                           f"{(digest or 'unknown')[:12]}..., not the {self._sent[sha256]} bytes it names")
-        self._reported.add(sha256)
-        self.uploaded += size
-
-    def _finish(self) -> None:
-        unreported = sorted(set(self._sent) - self._reported)
-        if unreported:
-            raise DataLoss(f"block {unreported[0]} was granted but never reported uploaded "
-                           f"({len(unreported)} blocks)")
-        super()._finish()
 
 
 class Upload:
@@ -408,12 +70,12 @@ class Upload:
         self.key: CheckpointKey | None = None
         self.header: checkpoint_pb2.SaveHeader | None = None
         self.announced: dict[str, int] = {}
-        self.written: dict[str, _Written] = {}
-        self.pulls: list[_BufferPull] = []
+        self.written: dict[str, Written] = {}
+        self.pulls: list[BufferPull] = []
         self._writer: ObjectWriter | None = None
-        self._current: _Written | None = None
+        self._current: Written | None = None
         self._written_keys: list[str] = []
-        self._pins: _Pins | None = None
+        self._pins: UploadPins | None = None
         self.sha256s: dict[str, str] = {}               # announced file -> the sha256 its announcement gave
         self.granted: dict[str, tuple[int, str]] = {}   # file PUT straight to the store -> (size, sha256)
         self.uploaded_bytes = 0       # what the commit wrote to the store: files, snapshots, new blocks
@@ -530,11 +192,11 @@ class Upload:
             self.catalog.resolve("", "", 0, header.resumed_from)
         self.catalog.begin_upload(key)
         self.key, self.header = key, header
-        self._pins = _Pins(self.catalog, key.run)
+        self._pins = UploadPins(self.catalog, key.run)
         for i, (source, name) in enumerate(zip(header.buffers, buffer_files, strict=True)):
             args = (source, f"buffers[{i}].address", name, self._open(name), self.timeout_s, self.buffer_addresses)
-            kind = _pull_kind(source, self.direct_uploads and self.store.presigns)
-            pull = kind(*args) if kind is _BufferPull else kind(*args, self._pins)
+            kind = pull_kind(source, self.direct_uploads and self.store.presigns)
+            pull = kind(*args) if kind is BufferPull else kind(*args, self._pins)
             self.pulls.append(pull)
             pull.start()
 
@@ -590,7 +252,7 @@ class Upload:
             if name in self.written:
                 raise InvalidArgument(f"chunk.file: {name!r} was already sent; send each file's chunks together")
             self._finish_file()
-            self._current = _Written(name)
+            self._current = Written(name)
             self._writer = self._open(name)
         current = self._current
         data = chunk.data  # each access to a bytes field makes a copy
@@ -669,7 +331,7 @@ class Upload:
                                              "nothing was saved, save again")
 
     def _count_bytes(self, manifest: Manifest) -> None:
-        block_pulls = [p for p in self.pulls if isinstance(p, _BlockPull)]
+        block_pulls = [p for p in self.pulls if isinstance(p, BlockPull)]
         self.uploaded_bytes = manifest.total_bytes + sum(p.uploaded for p in block_pulls)
         self.deduplicated_bytes = sum(p.deduplicated for p in block_pulls)
 
@@ -684,7 +346,7 @@ class Upload:
                     raise InvalidArgument(f"commit: file {name!r} was announced but never sent")
                 with self.store.open_writer(self.key.file_key(name)):  # an empty file
                     self._written_keys.append(self.key.file_key(name))
-                self.written[name] = _Written(name)
+                self.written[name] = Written(name)
             elif self.written[name].size != size:
                 raise InvalidArgument(f"commit: file {name!r} is {self.written[name].size} bytes, "
                                       f"not the {size} announced")
@@ -740,11 +402,11 @@ class Upload:
                 raise FailedPrecondition(f"buffers: the snapshot of {pull.source.buffer!r} from "
                                          f"{pull.source.address} took longer than {self.timeout_s:.0f}s")
             if isinstance(pull.error, RewindError):
-                raise _pull_error(pull) from None
+                raise pull_error(pull) from None
             if pull.error is not None:
                 raise pull.error
             self.written[pull.file] = pull.written
-            if isinstance(pull, _BlockPull):
+            if isinstance(pull, BlockPull):
                 buffers.append(BufferEntry(pull.source.buffer, pull.file, pull.source.address, pull.episodes_added,
                                            pull.versions, format="blocks", blocks=pull.blocks))
             else:
@@ -770,39 +432,6 @@ class Upload:
                 self._pins.release()
             # Only now may another upload take the step: our deletes must not hit its files.
             self._release()
-
-
-def _pull_kind(source: checkpoint_pb2.BufferSource, direct: bool) -> type[_BufferPull]:
-    """How a buffer is pulled: whole, as blocks through this service, or as blocks straight to the store."""
-    if not source.blocks:
-        return _BufferPull
-    return _DirectBlockPull if direct else _BlockPull
-
-
-def _pull_error(pull: _BufferPull) -> RewindError:
-    """A failed pull's error for the caller: the buffer service's own, naming the buffer, or "not reachable"."""
-    error = pull.error
-    if not (pull.answered or error.reason):
-        # No Rewind service chose this status and nothing came back, so nothing shows
-        # the address is a buffer service: why the dial failed is not the caller's to learn.
-        return dial_failure(error, pull.source.address, pull.field)
-    where = f"buffers: {pull.source.buffer!r} at {pull.source.address}"
-    return type(error)(f"{where}: {error.message}", error.reason)
-
-
-def _buffer_versions(versions, source: checkpoint_pb2.BufferSource) -> dict[str, str]:
-    """The versions a buffer service sent with its snapshot, as the manifest records them.
-
-    Entries this release does not know (a newer buffer service's) or cannot
-    store are left out, with a warning: they must not fail the checkpoint.
-    """
-    kept = {}
-    for key, value in versions.items():
-        try:
-            kept.update(version_records.check({key: value}, "versions"))
-        except ValueError as exc:
-            log.warning("buffer %r at %s: left out of the manifest: %s", source.buffer, source.address, exc)
-    return kept
 
 
 def _check_json_numbers(value: struct_pb2.Struct, field: str) -> None:

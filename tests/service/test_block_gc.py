@@ -14,7 +14,7 @@ import time
 import pytest
 
 from rewind.errors import DataLoss
-from rewind_checkpoint import catalog as catalog_module
+from rewind_checkpoint import garbage
 from rewind_checkpoint.catalog import Catalog
 from rewind_checkpoint.layout import CheckpointKey, RunKey
 from rewind_checkpoint.manifest import BlockInfo, BufferEntry, FileEntry, Manifest
@@ -133,7 +133,7 @@ def test_gc_killed_mid_deletion_never_loses_a_referenced_block(store, catalog, c
     commit(store, 1, (0, 1, 5))  # the only checkpoint needing 1 and 5
     commit(store, 2, (0, 2))
     commit(store, 3, (2, 3))
-    monkeypatch.setattr(catalog_module, "BLOCK_DELETE_BATCH", 1)
+    monkeypatch.setattr(garbage, "BLOCK_DELETE_BATCH", 1)
     real_delete, calls = store.delete, []
 
     def dying_delete(keys: list[str]) -> None:
