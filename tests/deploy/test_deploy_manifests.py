@@ -235,7 +235,7 @@ def test_every_rewind_pod_mounts_the_token_and_tls_secrets_read_only_and_turns_a
             assert env.get(variable) == f"{SECRETS_DIR}/{file}" and file in files, (name, variable)
         assert "REWIND_ALLOW_UNAUTHENTICATED" not in env, name
         assert not env.get("REWIND_HOST"), f"{name}: the image's 0.0.0.0, where no tokens means no start"
-    # The Secrets are the user's (deploy/README.md): no overlay ships a token or a key.
+    # The Secrets are the user's (docs/reference/deploy.md): no overlay ships a token or a key.
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] in SECRETS]
 
 
@@ -296,7 +296,7 @@ def _documented_commands(path) -> list[list[str]]:
 def test_the_documented_secrets_name_every_address_the_pods_dial_and_hold_every_key_they_mount(tmp_path):
     from cryptography import x509
 
-    commands = _documented_commands(repo_path("deploy", "README.md"))
+    commands = _documented_commands(repo_path("docs", "reference", "deploy.md"))
     [init] = [c for c in commands if c[:3] == ["rewind", "secrets", "init"] and "--hosts" in c]
     result = subprocess.run([sys.executable, "-m", "rewind_cli", *init[1:]], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)

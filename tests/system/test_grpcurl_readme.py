@@ -1,39 +1,38 @@
-"""The README's grpcurl block, call by call, with grpcurl itself against a running trio."""
+"""The documented grpcurl block (docs/how-to/grpcurl.md, "Without tokens"), call by call, with grpcurl itself
+against a running trio."""
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 
 import pytest
 
 from rewind import CheckpointClient
-from tests.support.paths import GRPCURL, REPO
+from tests.support.docs import bash_blocks, section
+from tests.support.paths import GRPCURL
 from tests.support.processes import ServiceProcess
 from tests.support.trainer import BUFFER_FLAGS, TrainerProcess
 
 RUN = ("tdmpc2", "pendulum-v1-seed1")
 
 
-def readme_commands() -> list[list[str]]:
-    """The grpcurl commands of the README's `## grpcurl` section, in order."""
-    text = REPO.joinpath("README.md").read_text()
-    section = text.split("\n## grpcurl\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+def documented_commands() -> list[list[str]]:
+    """The grpcurl commands of the page's "Without tokens" section, in order."""
+    block = bash_blocks(section("how-to/grpcurl.md", "Without tokens"))[0]
     return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.startswith("grpcurl ")]
 
 
 def grpcurl(argv: list[str], addresses: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run one README grpcurl command line, its documented addresses pointed at the test's services."""
+    """Run one documented grpcurl command line, its documented addresses pointed at the test's services."""
     assert argv[:2] == ["grpcurl", "-plaintext"], argv
     args = [addresses.get(a, a) for a in argv[1:]]
     return subprocess.run([str(GRPCURL), *args], capture_output=True, text=True, timeout=60)
 
 
 def what_is_called(argv: list[str]) -> str:
-    """"list", "describe <service>" or the method a README command calls."""
+    """"list", "describe <service>" or the method a documented command calls."""
     rest = [a for a in argv[2:] if not a.startswith("127.0.0.1:")]
     if rest[0] == "-d":
         rest = rest[2:]
@@ -55,9 +54,9 @@ def trio(tmp_path):
         ckpt.stop()
 
 
-def test_the_readme_grpcurl_commands_work_with_grpcurl(trio):
+def test_the_documented_grpcurl_commands_work_with_grpcurl(trio):
     addresses, trainer, ckpt, first = trio
-    commands = readme_commands()
+    commands = documented_commands()
     assert {a for argv in commands for a in argv if a.startswith("127.0.0.1:")} == set(addresses)
     seen = []
     for argv in commands:
@@ -111,4 +110,4 @@ def check(method: str, reply: dict, first: int, ckpt: ServiceProcess) -> None:
     elif name == "Stop":
         assert int(reply["step"]) >= first
     else:
-        raise AssertionError(f"no check for {method}: add one when the README gains a call")
+        raise AssertionError(f"no check for {method}: add one when the page gains a call")

@@ -4,7 +4,6 @@ and the CLI use them, and every trainer RPC is guarded."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 
@@ -17,7 +16,8 @@ from rewind.trainer.v1 import trainer_pb2
 from rewind_trainer.service import READ_METHODS as TRAINER_READS
 from tests.support.auth import READ_TOKEN, assert_guarded, make_tokens
 from tests.support.curl import curl
-from tests.support.paths import GRPCURL, REPO
+from tests.support.docs import bash_blocks, section
+from tests.support.paths import GRPCURL
 from tests.support.pki import make_pki
 from tests.support.processes import ServiceProcess, rewind
 from tests.support.trainer import BUFFER_FLAGS, TrainerProcess
@@ -111,12 +111,10 @@ def test_the_cli_takes_the_token_and_ca_flags_anywhere(secure_trio):
     assert wrong.stderr.startswith("rewind: error: token file: cannot read ") and "read.token.missing" in wrong.stderr
 
 
-def test_the_readme_secure_grpcurl_block_runs_as_written(secure_trio, tmp_path):
-    """The README's commands, in bash (for their $(cat ...)), from a folder whose rewind-secrets holds the
-    trio's CA and tokens, with the documented ports pointed at the trio's."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## grpcurl\n", 1)[1].split("\n## ", 1)[0]
-    block = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "-cacert" in b)
+def test_the_documented_secure_grpcurl_block_runs_as_written(secure_trio, tmp_path):
+    """The commands of docs/how-to/grpcurl.md's "With tokens and TLS", in bash (for their $(cat ...)), from a
+    folder whose rewind-secrets holds the trio's CA and tokens, with the documented ports pointed at the trio's."""
+    block = next(b for b in bash_blocks(section("how-to/grpcurl.md", "With tokens and TLS")) if "-cacert" in b)
     commands = [line for line in block.splitlines() if line.startswith("grpcurl ")]
     secrets = tmp_path / "rewind-secrets"
     secrets.mkdir()

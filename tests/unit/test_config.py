@@ -79,9 +79,10 @@ def test_storage_device_follows_the_2_5x_rule(monkeypatch):
         episode_buffer.choose_storage_device(1, "cuda")
 
 
-def test_the_readme_shows_the_generated_configuration_file():
-    from tests.support.paths import REPO
+def test_the_docs_show_the_generated_configuration_file():
+    from tests.support.docs import section
 
-    readme = (REPO / "README.md").read_text()
+    text = section("how-to/buffer-service.md", "The configuration file")
     body = default_config_text().split("\n\n", 1)[1]  # the file without its header comment
-    assert f"```toml\n{body}```" in readme, "README's buffer config block is stale: paste --print-config's output"
+    assert f"```toml\n{body}```" in text, ("docs/how-to/buffer-service.md's buffer config block is stale: paste "
+                                           "--print-config's output")
