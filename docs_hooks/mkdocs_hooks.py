@@ -46,4 +46,8 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    return MARKER.sub(lambda m: _generated(m.group(1), page.file.src_uri), markdown)
+    def fill(marker: re.Match) -> str:
+        # A class of their own: stylesheets/extra.css keeps the generated tables' flags on one line.
+        return f'<div class="generated" markdown>\n\n{_generated(marker.group(1), page.file.src_uri)}\n\n</div>'
+
+    return MARKER.sub(fill, markdown)
