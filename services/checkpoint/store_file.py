@@ -266,16 +266,12 @@ class FileStore(Store):
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         self.check()
-        # Walk the deepest existing folder the prefix names; keys are filtered below.
+        # Walk the folder a prefix ending in '/' names, else the folder its last name is in: 'a/r' is
+        # a/r/... and a/rx/... alike. Keys are filtered below.
         parts = self.parts(prefix.rstrip("/"))
-        with self.errors("list", self.path_of(prefix)):
-            with self.folder(parts, prefix) as fd:
-                if fd is not None:
-                    return self._walk(fd, parts, prefix)
-            if not parts:
-                return []
-            with self.folder(parts[:-1], prefix) as fd:
-                return [] if fd is None else self._walk(fd, parts[:-1], prefix)
+        base = parts if prefix.endswith("/") else parts[:-1]
+        with self.errors("list", self.path_of(prefix)), self.folder(base, prefix) as fd:
+            return [] if fd is None else self._walk(fd, base, prefix)
 
     def _walk(self, fd: int, base: list[str], prefix: str) -> list[ObjectInfo]:
         """The regular files under an open folder whose keys start with prefix. fwalk never enters a linked

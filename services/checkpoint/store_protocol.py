@@ -12,7 +12,10 @@ real values; `store.open_store` picks the backend a URL's scheme names.
 Errors, on every backend: a missing key is ObjectMissing (a NotFound); a store
 that is down or failing is StoreUnavailable; one that is misconfigured (no such
 bucket, bad credentials) is FailedPrecondition; a full disk is ResourceExhausted.
-Each message names the store's URL.
+Each message names the store's URL (ObjectMissing names the key). A write or
+delete that raised StoreUnavailable may still take effect: a server may act on
+a request whose answer timed out, so its outcome is unknown (the staging sweep
+removes what such a failed upload leaves).
 """
 
 from __future__ import annotations
