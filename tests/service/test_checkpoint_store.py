@@ -1,8 +1,10 @@
-"""The storage layer (file:// and s3://), id validation and retention rules."""
+"""Opening stores by URL, id validation and retention rules.
+
+What every store backend must do (put/get, listing, writers, deletes, presigning, outages) is the
+conformance suite, tests/service/test_store_conformance.py.
+"""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -10,54 +12,7 @@ from rewind.errors import InvalidArgument, NotFound
 from rewind_checkpoint.layout import CheckpointKey, check_file_name, check_id, parse_path
 from rewind_checkpoint.manifest import FileEntry, Manifest
 from rewind_checkpoint.retention import RetentionPolicy, rank_best, to_delete
-from rewind_checkpoint.store import FileStore, ObjectMissing, S3Store, open_store
-
-
-@pytest.fixture
-def store(store_url):
-    return open_store(store_url, timeout_s=2.0, retries=2, part_bytes=5 * 2**20)
-
-
-def test_put_get_list_delete(store):
-    store.put("a/r/x.bin", b"hello")
-    store.put("a/r/sub/y.bin", b"")
-    store.put("a/q/z.bin", b"zz")
-    assert store.get("a/r/x.bin") == b"hello"
-    assert store.get("a/r/sub/y.bin") == b""
-    assert [(o.key, o.size) for o in store.list("a/r/")] == [("a/r/sub/y.bin", 0), ("a/r/x.bin", 5)]
-    assert store.list_dirs("") == ["a"]
-    assert store.list_dirs("a/") == ["q", "r"]
-    store.delete(["a/r/x.bin", "a/r/missing"])
-    assert [o.key for o in store.list("a/")] == ["a/q/z.bin", "a/r/sub/y.bin"]
-    with pytest.raises(ObjectMissing):
-        store.get("a/r/x.bin")
-
-
-def test_put_replaces_atomically(store):
-    store.put("k", b"old")
-    store.put("k", b"new value")
-    assert store.get("k") == b"new value"
-
-
-def test_large_object_goes_up_in_parts_and_reads_back_in_chunks(store):
-    data = os.urandom(12 * 2**20 + 12345)  # three parts of 5 MiB, the last short
-    with store.open_writer("big/obj") as w:
-        for i in range(0, len(data), 1_000_003):
-            w.write(data[i:i + 1_000_003])
-    assert [o.size for o in store.list("big/")] == [len(data)]
-    chunks = list(store.read("big/obj", chunk_bytes=2**20))
-    assert max(len(c) for c in chunks) <= 2**20
-    assert b"".join(chunks) == data
-
-
-def test_aborted_writer_leaves_nothing(store):
-    w = store.open_writer("a/partial")
-    w.write(os.urandom(6 * 2**20))  # past one part, so S3 has a multipart upload open
-    w.abort()
-    assert store.list("a/") == []
-    if isinstance(store, S3Store):
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
-        assert uploads == []
+from rewind_checkpoint.store import FileStore, ObjectMissing, open_store
 
 
 def test_url_forms(tmp_path, monkeypatch):
