@@ -96,10 +96,22 @@ def decode_trainer_state(data: bytes, where: str) -> dict:
 
 
 def encode_policy(model_state: dict[str, torch.Tensor], agent_config: dict) -> bytes:
+    """policy.safetensors: the same policy gives the same bytes (and sha256), save after save and across resumes."""
     from safetensors.torch import save
 
     metadata = {"format": "rewind.policy/1", "agent_config": json.dumps(agent_config)}
-    return save(policy_tensors(model_state), metadata=metadata)
+    # safetensors writes __metadata__ from a hash map, in an order that changes from save to save: the header
+    # is written again here, its metadata in one fixed order (the tensors' entries and data are safetensors').
+    return with_metadata(save(policy_tensors(model_state)), metadata)
+
+
+def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
+    """A safetensors file `data` with `metadata` as its __metadata__, in the order given."""
+    size = int.from_bytes(data[:8], "little")
+    header = {"__metadata__": metadata, **json.loads(data[8:8 + size])}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes, so that the data stays aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 class Checkpointer:

@@ -303,7 +303,7 @@ class Trainer:
         return {
             "loop": {k: v for k, v in s.__dict__.items() if k not in ("recent_returns", "losses")}
             | {"recent_returns": list(s.recent_returns), "losses": dict(s.losses)},
-            "recorder": self.recorder.tensors() if self.recorder.obs else None,
+            "recorder": self.recorder.state_dict(),
             "obs": None if self.obs is None else self.obs.clone(),
             "agent": self.agent.state_dict(),
             "rngs": capture_rngs() | {"random_actions": self.random_actions.get_state()},

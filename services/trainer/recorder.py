@@ -35,10 +35,22 @@ class EpisodeRecorder:
         return float(sum(self.reward[1:]))
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The episode for the buffer (rewards as float32, as TD-MPC2 keeps them)."""
         return {"obs": torch.stack(self.obs), "action": torch.stack(self.action),
                 "reward": torch.tensor(self.reward), "done": torch.tensor(self.done)}
 
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The episode so far, for a checkpoint (None: none began).
+
+        Its rewards stay float64: rounded to float32 as in `tensors()`, the episode's return after a resume
+        would differ from an uninterrupted run's in its last digits.
+        """
+        if not self.obs:
+            return None
+        return {**self.tensors(), "reward": torch.tensor(self.reward, dtype=torch.float64)}
+
     def load(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        """Continue the episode of a `state_dict()` (or of `tensors()`, as older checkpoints hold it)."""
         if not tensors:
             self.obs, self.action, self.reward, self.done = [], [], [], []
             return

@@ -91,13 +91,14 @@ def file_trio(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run to step 600 (seed steps end at 200, episodes are 200 steps)."""
+    """An uninterrupted run to step 600 (seed steps end at 200, episodes are 200 steps): its parameters, its
+    result, the evaluation episodes its test_buffer holds and its last checkpoint (the record)."""
     tmp = tmp_path_factory.mktemp("reference")
     t = Trio(f"file://{tmp}/store")
     try:
         result = train(t.settings(tmp / "runs", steps=600))
         test_episodes = BufferClient(t.buffers.address, "test_buffer").stats().episodes_added
-        return params(result.agent), result, test_episodes
+        return params(result.agent), result, test_episodes, t.ckpt.lookup(which=result.checkpoint).checkpoint
     finally:
         t.close()
 
@@ -125,6 +126,17 @@ def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run
     assert (second.step, second.resumed_from) == (600, first.checkpoint)
     assert_identical(params(second.agent), reference[0])
     assert second.episode == reference[1].episode == 3
+    # The record is the same to the last digit and byte: the returns (the second episode spans the resume,
+    # its rewards before step 300 went through trainer.pt) and the policy file's sha256.
+    resumed, uninterrupted = trio.ckpt.lookup(which=second.checkpoint).checkpoint, reference[3]
+    returns = [json_format.MessageToDict(c.extra)["recent_returns"] for c in (resumed, uninterrupted)]
+    assert len(returns[0]) == 3 and returns[0] == returns[1]
+    assert resumed.metrics["episode_return"] == uninterrupted.metrics["episode_return"]
+    assert policy_sha256(resumed) == policy_sha256(uninterrupted)
+
+
+def policy_sha256(checkpoint) -> str:
+    return next(f.sha256 for f in checkpoint.files if f.name == "policy.safetensors")
 
 
 def test_a_checkpoint_holds_the_files_the_metrics_and_a_policy_for_deployment(file_trio, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
@@ -135,6 +138,36 @@ def test_set_lr_and_policy_state():
     assert agent.pi_optim.param_groups[0]["lr"] == 1e-3
     state = policy_tensors(agent.model.state_dict())
     assert not any(k.startswith("target_qs") for k in state) and "pi_head.0.weight" in state
+
+
+def test_the_same_policy_writes_the_same_bytes_save_after_save_and_after_a_resume(tmp_path):
+    """A sha256 must tell two policies apart only when a tensor differs: safetensors orders the metadata it
+    is given differently from save to save, so the header is written by encode_policy."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    from rewind_trainer.checkpointer import decode_trainer_state, encode_policy, encode_trainer_state
+
+    agent = TDMPC2(cfg(), seed=1)
+    for i in range(2):
+        agent.update(*batch(i))
+    config = dataclasses.asdict(cfg())
+    saves = {encode_policy(agent.state_dict()["model"], config) for _ in range(25)}
+    assert len(saves) == 1
+    [policy] = saves
+    # The resume's path: trainer.pt written and read back, into a new agent, whose policy is saved again.
+    state = decode_trainer_state(encode_trainer_state({"agent": agent.state_dict()}), "test")
+    resumed = TDMPC2(cfg(), seed=99)
+    resumed.load_state_dict(state["agent"])
+    assert encode_policy(resumed.state_dict()["model"], config) == policy
+    # Still a safetensors file: every tensor acting needs, and the metadata.
+    tensors = load(policy)
+    expected = policy_tensors(agent.model.state_dict())
+    assert tensors.keys() == expected.keys() and all(torch.equal(tensors[k], expected[k]) for k in expected)
+    path = tmp_path / "policy.safetensors"
+    path.write_bytes(policy)
+    with safe_open(str(path), "pt") as opened:
+        assert opened.metadata() == {"format": "rewind.policy/1", "agent_config": json.dumps(config)}
 
 
 def test_streams_hold_about_a_second_of_updates_so_a_stop_waits_no_longer():
