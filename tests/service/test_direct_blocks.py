@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import socket
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -27,6 +26,7 @@ from rewind_checkpoint.server import serve as serve_checkpoints
 from rewind_checkpoint.store import open_store
 from tests.support.configs import SMALL, checkpoint_config
 from tests.support.episodes import episode
+from tests.support.processes import free_port
 
 RUN = RunKey("agent", "run-1")
 OBS_DIM = 1024  # ~4 KiB a row: 30 episodes of 50 steps make ~6 blocks of 1 MiB
@@ -168,12 +168,6 @@ def test_switched_off_the_blocks_come_through_the_service(monkeypatch, s3_url, b
 
 
 # -- the buffer service's side: grants it refuses, stores that refuse it ---------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def grant_each(url_of, headers=None):
