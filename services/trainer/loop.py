@@ -152,7 +152,10 @@ class Trainer:
 
     def _env_step(self) -> None:
         s = self.state
-        if s.step % self.settings.eval_freq == 0 and (s.step or self.settings.eval_at_start):
+        # Not again at a step already evaluated: a run resumed from its final checkpoint with more steps has
+        # the final evaluation of that step in the checkpoint.
+        if s.step % self.settings.eval_freq == 0 and (s.step or self.settings.eval_at_start) \
+                and s.last_eval_step != s.step:
             s.eval_next = True
         if s.done:
             if s.eval_next and self.settings.eval_episodes and not self._evaluate():

@@ -54,6 +54,12 @@ class CheckpointSchedule:
         if self.control.stopping.is_set():
             raise Stopped
         waiters = self.control.take_checkpoint_waiters()
+        if trainer.state.step >= trainer.settings.steps:
+            # The last step: the episode ending there is yet to be added and the final evaluation to run.
+            # final_checkpoint saves the step after them, so that its record (and "best") has the final
+            # figures, and answers the requests then.
+            self._give_back(waiters)
+            return
         # Nothing new since the start (a resumed step is already a checkpoint): requests wait for the next boundary.
         if not (waiters or self._due(trainer)) or trainer.state.step == self.start_step:
             self._give_back(waiters)

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,21 @@ def test_a_finished_run_leaves_its_status_and_every_metrics_row_in_the_store(fir
     assert first.metrics == first.local  # byte for byte
 
 
+def test_a_checkpoint_at_the_last_step_carries_the_final_evaluation_and_so_does_best(trio, first):
+    """The interval (100) divides the steps (300): the checkpoint at 300 comes after the episode ending there
+    and the final evaluation, so its record, and the history pages' "best", have the final figure."""
+    result = first.result
+    url = f"http://127.0.0.1:{trio.checkpoints.http_port}/api/training-runs/{AGENT_ID}/{RUN_ID}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        best = json.loads(response.read())["best"]
+    assert best == {"metric": "eval_return", "mode": "max", "value": result.eval_return, "step": 300,
+                    "path": result.checkpoint}
+    assert result.eval_return == first.status["eval_return"]
+    assert float(rows(first.local)[-1]["episode_return"]) == pytest.approx(result.eval_return, rel=1e-5)
+    found = trio.ckpt.lookup(which=result.checkpoint).checkpoint
+    assert (found.step, found.episode, found.metrics["eval_return"]) == (300, result.episode, result.eval_return)
+
+
 def test_each_save_began_once_the_store_held_every_metrics_row_before_its_step(first):
     """A checkpoint at an episode's end comes before that episode's row (the loop adds the episode after
     the boundary), so rows at the step itself may or may not be there yet; every earlier one is."""
@@ -173,14 +189,12 @@ def test_a_resume_on_an_empty_disk_recovers_the_whole_metrics_history_from_the_s
     assert again.run_dir == tmp_path / "empty" / AGENT_ID / RUN_ID
     before, table = rows(first.local), rows(local)
     assert table[:2] == before[:2]  # the rows at 100 and 200, which only the store still had
-    # The checkpoint at 300 was taken at the episode's end, before the episode was added and the final
-    # evaluation ran: the resumed loop adds that episode again (the same return: the resume is exact),
-    # and its own evaluation is at 350.
+    # The checkpoint at 300, the run's last step, was taken after the episode ending there was added and the
+    # final evaluation ran: their rows come from the store, and the resumed run's own evaluation is at 350.
     assert [(r["step"], r["kind"]) for r in table] == [("100", "train"), ("200", "train"), ("300", "train"),
-                                                       ("350", "eval")]
-    assert table[2]["episode_return"] == before[2]["episode_return"] and table[2]["total_loss"] == before[2][
-        "total_loss"]
-    assert float(table[3]["episode_return"]) == pytest.approx(again.eval_return, rel=1e-5)
+                                                       ("300", "eval"), ("350", "eval")]
+    assert table[:4] == before
+    assert float(table[4]["episode_return"]) == pytest.approx(again.eval_return, rel=1e-5)
     assert trio.metrics() == local
     status = trio.status()
     assert (status["state"], status["step"], status["resumed_from"], status["checkpoint"]) == (
@@ -199,10 +213,10 @@ def test_a_resume_into_a_new_run_id_is_a_new_run_that_records_the_checkpoint_it_
     assert (status["state"], status["run_id"], status["step"], status["resumed_from"], status["checkpoint"]) == (
         "finished", "fine-tune", 340, origin, second.checkpoint)
     assert second.checkpoint == made[-1].path
-    # The new run's history starts at the checkpoint (with the episode it had yet to add); the original's is its own.
+    # The new run's history starts after the checkpoint (which holds the episode ending at 300 and the
+    # evaluation there: their rows are the original run's); the original's is its own.
     table = rows(trio.metrics("fine-tune"))
-    assert [(r["step"], r["kind"]) for r in table] == [("300", "train"), ("340", "eval")]
-    assert table[0]["episode_return"] == rows(first.local)[2]["episode_return"]
+    assert [(r["step"], r["kind"]) for r in table] == [("340", "eval")]
     assert trio.status(RUN_ID)["run_id"] == RUN_ID
 
 

@@ -135,6 +135,20 @@ def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run
     assert policy_sha256(resumed) == policy_sha256(uninterrupted)
 
 
+def test_a_finished_run_resumed_with_more_steps_evaluates_its_last_step_once(trio, reference, tmp_path):
+    """Its last checkpoint (400: a multiple of the interval and of eval_freq, at an episode's end) holds the
+    final evaluation, which the uninterrupted run does at 400 in its loop: the resumed run must not redo it."""
+    first = train(trio.settings(tmp_path / "runs", steps=400, checkpoint_interval_steps=200))
+    checkpoint = trio.ckpt.lookup(which=first.checkpoint).checkpoint
+    assert (checkpoint.step, checkpoint.metrics["eval_return"]) == (400, first.eval_return)
+    trio.fresh_buffers()
+    second = train(trio.settings(tmp_path / "runs", steps=600, checkpoint_interval_steps=200,
+                                 resume_from_checkpoint="latest"), explicit={"steps", "resume_from_checkpoint"})
+    assert second.resumed_from == first.checkpoint
+    assert_identical(params(second.agent), reference[0])
+    assert BufferClient(trio.buffers.address, "test_buffer").stats().episodes_added == reference[2] == 2
+
+
 def policy_sha256(checkpoint) -> str:
     return next(f.sha256 for f in checkpoint.files if f.name == "policy.safetensors")
 
