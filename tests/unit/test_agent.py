@@ -98,7 +98,17 @@ def test_state_dict_continues_bit_identically():
     assert a.scale.value.item() == b.scale.value.item()
 
 
-def test_learns_rewards_and_plans_toward_the_best_action():
+@pytest.fixture
+def two_torch_threads():
+    """The thread count these figures were taken with: float sums, so the trained agent, depend on it, and a
+    test process's count is whatever an earlier test in it set (or 1 in a worker sharing the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_learns_rewards_and_plans_toward_the_best_action(two_torch_threads):
     torch.manual_seed(0)
     agent = TDMPC2(cfg(), seed=0)
     first = agent.update(*batch(0))
