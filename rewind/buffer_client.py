@@ -16,14 +16,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import grpc
-import torch
 
 from rewind import addresses
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
-from rewind.buffer_messages import BatchTuple, decode_batch, encode_episode
 from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
 from rewind.errors import (
     DeadlineExceeded,
@@ -35,11 +33,24 @@ from rewind.errors import (
 from rewind.security import ClientSecurity
 from rewind.service_client import ServiceClient
 
+if TYPE_CHECKING:
+    import torch
+
+    from rewind.buffer_messages import BatchTuple
+
 DEFAULT_ADDRESS = addresses.BUFFER_ADDRESS
 DEFAULT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 600.0
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 LOAD_MESSAGE_BYTES = 1024 * 1024
+
+
+def _buffer_messages():
+    """rewind.buffer_messages, imported on first use: episodes and batches are torch tensors, and a process
+    that only moves snapshots and blocks (the checkpoint service) need not load torch for them."""
+    from rewind import buffer_messages as module
+
+    return module
 
 
 def _error(exc: grpc.RpcError, address: str) -> RewindError:
@@ -75,7 +86,7 @@ class BatchStream:
     def _pump(self) -> None:
         try:
             for response in self._call:
-                item = decode_batch(response.batch)
+                item = _buffer_messages().decode_batch(response.batch)
                 while not self._done.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -161,7 +172,7 @@ class BufferClient(ServiceClient):
     def add(self, td) -> int:
         """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps."""
         request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer)
-        encode_episode(td, request.episode)
+        _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
         return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
 
@@ -186,14 +197,14 @@ class BufferClient(ServiceClient):
             if request.episodes and pending + size > min(LOAD_MESSAGE_BYTES, self.max_message_bytes // 2):
                 yield request
                 request, pending = buffer_pb2.LoadEpisodesRequest(), 0
-            encode_episode(episode, request.episodes.add())
+            _buffer_messages().encode_episode(episode, request.episodes.add())
             pending += size
         yield request
 
     def sample(self) -> BatchTuple:
         """One batch: obs (H+1, B, ...), action (H, B, ...), reward (H, B, 1), done (H, B, 1)."""
         response = self._call(self._stub.Sample, buffer_pb2.SampleRequest(buffer=self.buffer), timeout=self.timeout)
-        return decode_batch(response.batch)
+        return _buffer_messages().decode_batch(response.batch)
 
     def ready(self) -> bool:
         """True once the buffer holds min_history transitions."""

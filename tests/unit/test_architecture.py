@@ -56,7 +56,16 @@ def test_import_rewind_loads_no_service_and_no_torch():
 def test_the_sdk_names_load_on_first_use():
     loaded = _modules_after("import rewind\nrewind.CheckpointClient\nrewind.TrainerClient\nrewind.errors")
     assert "torch" not in loaded and "rewind.checkpoint_client" in loaded
-    assert "torch" in _modules_after("import rewind\nrewind.BufferClient")
+    # BufferClient loads torch when it first encodes an episode or decodes a batch.
+    assert "torch" not in _modules_after("import rewind\nrewind.BufferClient")
+    assert "torch" in _modules_after("from rewind import buffer_client\nbuffer_client._buffer_messages()")
+
+
+def test_the_checkpoint_service_loads_no_torch():
+    """It moves snapshots, blocks and files as bytes; torch would cost every start of it (a trainer's local
+    services, each test's) two seconds of imports."""
+    loaded = _modules_after("import rewind_checkpoint.server, rewind_checkpoint.api, rewind_cli.checkpoint")
+    assert "torch" not in loaded and "rewind_checkpoint.pulls" in loaded and "rewind_checkpoint.restore" in loaded
 
 
 def test_train_is_provided_by_the_trainer_through_an_entry_point():
