@@ -10,11 +10,14 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := deploy/docker/constraints.txt
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
+DEV_EXTRAS := services,dev
 NODE_STAMP := node_modules/.installed-stamp
 # Parallel test workers (pytest-xdist): most tests wait on servers and subprocesses, so more workers
-# than this machine's 2 cores pay; TEST_WORKERS=0 runs everything in one process.
+# than this machine's 2 cores pay; TEST_WORKERS=0 runs everything in one process. A module whose
+# services are built once for all its tests is one xdist group (pytest.mark.xdist_group), kept on one worker.
 TEST_WORKERS ?= 4
 PYTEST := $(PY) -m pytest --durations=25
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: venv run test test-fast test-deploy lint proto bench clean browser docs
 
@@ -36,7 +39,7 @@ $(RUN_STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 
 # `make test`: the dev tools on top.
 $(DEV_STAMP): $(RUN_STAMP)
-	$(call install,-e .[services,dev])
+	$(call install,-e .[$(DEV_EXTRAS)])
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -55,11 +58,11 @@ run: $(RUN_STAMP)
 # rest on TEST_WORKERS workers (pytest's exit status 5 means a selection had no tests).
 test: $(DEV_STAMP) $(NODE_STAMP) browser
 	$(PYTEST) -m serial || [ $$? -eq 5 ]
-	$(PYTEST) -m "not serial" -n $(TEST_WORKERS)
+	$(PYTEST) -m "not serial" $(PARALLEL)
 
 test-fast: $(DEV_STAMP) $(NODE_STAMP)
 	$(PYTEST) -m serial tests/unit tests/service || [ $$? -eq 5 ]
-	$(PYTEST) -m "not serial" -n $(TEST_WORKERS) tests/unit tests/service
+	$(PYTEST) -m "not serial" $(PARALLEL) tests/unit tests/service
 
 # Builds the image and runs the containers and the compose stack for real (root, Debian):
 # deploy/test/setup.sh installs and starts what is missing first (see README, Deploy).

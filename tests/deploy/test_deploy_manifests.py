@@ -24,6 +24,9 @@ from tests.support.deploy import (
     workloads,
 )
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_deploy_manifests")
+
 RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
                "app.kubernetes.io/part-of", "app.kubernetes.io/version")
 SERVICES = {"rewind-buffer": 50051, "rewind-checkpoint": 50052, "rewind-trainer": 50053}

@@ -108,7 +108,8 @@ def interrupt(ws: Workspace, *args: str) -> Interrupted:
     """
     port = free_port()
     proc = subprocess.Popen([REWIND, "train", *args], cwd=ws.cwd,
-                            env=environment(None, **ws.env, REWIND_PORT=str(port)),
+                            # Its HTTP port too is a free one: another test's trainer may hold the default.
+                            env=environment(None, **ws.env, REWIND_PORT=str(port), REWIND_HTTP_PORT="0"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with TrainerClient(f"127.0.0.1:{port}", timeout=120) as client:

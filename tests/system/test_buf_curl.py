@@ -11,6 +11,9 @@ from tests.support.curl import call, curl
 from tests.support.episodes import episode
 from tests.support.processes import ServiceProcess
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_buf_curl")
+
 SERVICE = "rewind.buffer.v1.BufferService"
 
 

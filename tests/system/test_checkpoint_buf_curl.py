@@ -10,6 +10,9 @@ from rewind import CheckpointClient
 from tests.support.curl import call, curl
 from tests.support.processes import ServiceProcess
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_checkpoint_buf_curl")
+
 SERVICE = "rewind.checkpoint.v1.CheckpointService"
 STATUS = b'{"format": "rewind.run-status/1", "state": "finished", "step": 300}'
 

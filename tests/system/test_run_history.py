@@ -32,6 +32,9 @@ from rewind_trainer.settings import TrainSettings
 from tests.support.configs import checkpoint_config
 from tests.support.trainer import AGENT
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_run_history")
+
 BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3, port=0)
 AGENT_ID, RUN_ID = "tdmpc2", "pendulum-v1-seed1"
 # Episodes of 100 agent steps (Pendulum's 200 env steps, action repeat 2): a row every 100 steps.

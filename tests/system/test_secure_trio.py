@@ -22,6 +22,9 @@ from tests.support.pki import make_pki
 from tests.support.processes import ServiceProcess, rewind
 from tests.support.trainer import BUFFER_FLAGS, TrainerProcess
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_secure_trio")
+
 RUN = ("tdmpc2", "pendulum-v1-seed1")
 
 

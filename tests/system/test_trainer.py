@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from safetensors.torch import load as load_safetensors
 
 from rewind import BufferClient, CheckpointClient
+from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from rewind_buffer.server import serve as serve_buffers
 from rewind_buffer.settings import BufferServiceSettings
@@ -28,6 +29,7 @@ from rewind_trainer.service import Control
 from rewind_trainer.settings import TrainSettings
 from tests.support.configs import checkpoint_config
 from tests.support.processes import ServiceProcess, wait_for
+from tests.support.shared import computed_once
 from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess
 
 BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3, port=0)
@@ -89,18 +91,41 @@ def file_trio(tmp_path):
     t.close()
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+@dataclasses.dataclass(frozen=True)
+class Reference:
     """An uninterrupted run to step 600 (seed steps end at 200, episodes are 200 steps): its parameters, its
-    result, the evaluation episodes its test_buffer holds and its last checkpoint (the record)."""
-    tmp = tmp_path_factory.mktemp("reference")
+    episode count, the evaluation episodes its test_buffer holds and its last checkpoint (the record)."""
+
+    params: dict[str, torch.Tensor]
+    episode: int
+    test_episodes: int
+    checkpoint: checkpoint_pb2.Checkpoint
+
+
+def run_reference(tmp: Path) -> Reference:
     t = Trio(f"file://{tmp}/store")
     try:
         result = train(t.settings(tmp / "runs", steps=600))
         test_episodes = BufferClient(t.buffers.address, "test_buffer").stats().episodes_added
-        return params(result.agent), result, test_episodes, t.ckpt.lookup(which=result.checkpoint).checkpoint
+        return Reference(params(result.agent), result.episode, test_episodes,
+                         t.ckpt.lookup(which=result.checkpoint).checkpoint)
     finally:
         t.close()
+
+
+def save_reference(ref: Reference, path: Path) -> None:
+    torch.save({**dataclasses.asdict(ref), "checkpoint": ref.checkpoint.SerializeToString()}, path)
+
+
+def load_reference(path: Path) -> Reference:
+    saved = torch.load(path)
+    return Reference(**{**saved, "checkpoint": checkpoint_pb2.Checkpoint.FromString(saved["checkpoint"])})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Reference:
+    """The uninterrupted run, made once for every test worker (it is deterministic: one torch thread)."""
+    return computed_once(tmp_path_factory, "trainer-reference.pt", run_reference, save_reference, load_reference)
 
 
 # -- exact resume ------------------------------------------------------------
@@ -124,11 +149,11 @@ def test_stopped_at_n_and_resumed_to_2n_is_bit_identical_to_an_uninterrupted_run
     second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint=which),
                    explicit={"steps", "resume_from_checkpoint"})
     assert (second.step, second.resumed_from) == (600, first.checkpoint)
-    assert_identical(params(second.agent), reference[0])
-    assert second.episode == reference[1].episode == 3
+    assert_identical(params(second.agent), reference.params)
+    assert second.episode == reference.episode == 3
     # The record is the same to the last digit and byte: the returns (the second episode spans the resume,
     # its rewards before step 300 went through trainer.pt) and the policy file's sha256.
-    resumed, uninterrupted = trio.ckpt.lookup(which=second.checkpoint).checkpoint, reference[3]
+    resumed, uninterrupted = trio.ckpt.lookup(which=second.checkpoint).checkpoint, reference.checkpoint
     returns = [json_format.MessageToDict(c.extra)["recent_returns"] for c in (resumed, uninterrupted)]
     assert len(returns[0]) == 3 and returns[0] == returns[1]
     assert resumed.metrics["episode_return"] == uninterrupted.metrics["episode_return"]
@@ -145,8 +170,8 @@ def test_a_finished_run_resumed_with_more_steps_evaluates_its_last_step_once(tri
     second = train(trio.settings(tmp_path / "runs", steps=600, checkpoint_interval_steps=200,
                                  resume_from_checkpoint="latest"), explicit={"steps", "resume_from_checkpoint"})
     assert second.resumed_from == first.checkpoint
-    assert_identical(params(second.agent), reference[0])
-    assert BufferClient(trio.buffers.address, "test_buffer").stats().episodes_added == reference[2] == 2
+    assert_identical(params(second.agent), reference.params)
+    assert BufferClient(trio.buffers.address, "test_buffer").stats().episodes_added == reference.test_episodes == 2
 
 
 def policy_sha256(checkpoint) -> str:
@@ -356,6 +381,7 @@ def test_a_failed_save_is_reported_and_the_next_one_succeeds(tmp_path):
         trio.close()
 
 
+@pytest.mark.serial  # a bound in milliseconds: measured with nothing else running
 def test_checkpoint_blocking_time_is_recorded_and_small(file_trio, tmp_path):
     result = train(file_trio.settings(tmp_path / "runs", steps=260, checkpoint_interval_steps=130))
     status = result.checkpoints
@@ -432,7 +458,7 @@ def test_sigterm_checkpoints_and_exits_then_latest_resumes_exactly(services, ref
     output, _ = resume_on_a_new_buffer_service(tmp_path, buffer, ckpt)
     assert f"resuming file://{tmp_path}/store/tdmpc2/pendulum-v1-seed1/step-{stopped_at:010d}" in output
     policy = final_policy(ckpt.address, 600)
-    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+    assert_identical(policy, {k: v for k, v in reference.params.items() if k in policy})
 
 
 def test_sigterm_during_an_evaluation_commits_and_resumes_exactly(services, reference, tmp_path):
@@ -448,8 +474,8 @@ def test_sigterm_during_an_evaluation_commits_and_resumes_exactly(services, refe
         assert c.lookup("tdmpc2", "pendulum-v1-seed1", "latest").checkpoint.step == 400  # the evaluation's step
     _, test_episodes = resume_on_a_new_buffer_service(tmp_path, buffer, ckpt)
     policy = final_policy(ckpt.address, 600)
-    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
-    assert test_episodes == reference[2]  # the abandoned evaluation ran again, once
+    assert_identical(policy, {k: v for k, v in reference.params.items() if k in policy})
+    assert test_episodes == reference.test_episodes  # the abandoned evaluation ran again, once
 
 
 def test_sigterm_during_the_update_burst_checkpoints_at_the_next_boundary_and_resumes_exactly(
@@ -478,7 +504,7 @@ def test_sigterm_during_the_update_burst_checkpoints_at_the_next_boundary_and_re
     second = train(trio.settings(tmp_path / "runs", steps=600, resume_from_checkpoint="latest"),
                    explicit={"steps", "resume_from_checkpoint"})
     assert second.resumed_from == first.checkpoint
-    assert_identical(params(second.agent), reference[0])
+    assert_identical(params(second.agent), reference.params)
 
 
 def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, tmp_path):
@@ -496,7 +522,7 @@ def test_kill_9_resumes_from_the_last_committed_checkpoint(services, reference, 
     assert again.wait() == 0, again.output()
     assert f"step-{latest:010d} at step {latest}" in again.output()
     policy = final_policy(ckpt.address, 600)
-    assert_identical(policy, {k: v for k, v in reference[0].items() if k in policy})
+    assert_identical(policy, {k: v for k, v in reference.params.items() if k in policy})
 
 
 def test_the_trainer_service_reports_and_stops(services, tmp_path):

@@ -20,6 +20,9 @@ from rewind_cli.main import build_parser
 from rewind_runtime import settings as mechanism
 from tests.support.paths import REPO
 
+# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("test_docs_site")
+
 SETTINGS_CLASSES = {"BufferServiceSettings", "CheckpointSettings", "TrainSettings"}
 CLIENTS = ("rewind.buffer_client.BufferClient", "rewind.checkpoint_client.CheckpointClient",
            "rewind.trainer_client.TrainerClient")
