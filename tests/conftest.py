@@ -104,3 +104,15 @@ def ckpt(ckpt_host):
 
     with CheckpointClient(ckpt_host.address, timeout=20.0, max_message_bytes=8 * 2**20) as c:
         yield c
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, xdist puts each test's xdist_group into its node id; a pytest or xdist where
+    that no longer happens would spread a group over the workers, each rebuilding its services: refuse."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"xdist_group marks were not applied (e.g. {lost[0]}): this pytest and pytest-xdist "
+                                "do not group tests; install the versions of deploy/docker/constraints.txt")
