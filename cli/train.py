@@ -87,12 +87,12 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewind_trainer.api import launch
-
     settings, explicit = settings_from_args(args)
     if args.print_config:
         print(render_yaml(settings), end="")
         return 0
+    from rewind_trainer.api import launch  # torch and the agent: not for printing the settings
+
     result = launch(settings, explicit=explicit, handle_signals=True)
     s = result.settings
     ret = "n/a" if math.isnan(result.eval_return) else f"{result.eval_return:.1f}"
