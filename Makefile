@@ -54,18 +54,23 @@ RUN_ARGS ?= --model-size tiny
 run: $(RUN_STAMP)
 	$(VENV)/bin/rewind train --local-services --store file://$(CURDIR)/rewind-data --resume-from-checkpoint latest $(RUN_ARGS) $(ARGS)
 
-# Timing-sensitive tests (marked serial) run first, one at a time with nothing beside them; then the
-# rest on TEST_WORKERS workers (pytest's exit status 5 means a selection had no tests).
+# Timing-sensitive tests (marked serial) run first, one at a time with nothing beside them, collected
+# only from the files that mark any; then the rest on TEST_WORKERS workers.
+define serial_tests
+	@files="$$(grep -rlE --include='test_*.py' 'mark\.serial' $(1))"; \
+		if [ -n "$$files" ]; then echo "serial: $$files"; $(PYTEST) -m serial $$files; fi
+endef
+
 test: $(DEV_STAMP) $(NODE_STAMP) browser
-	$(PYTEST) -m serial || [ $$? -eq 5 ]
+	$(call serial_tests,tests)
 	$(PYTEST) -m "not serial" $(PARALLEL)
 
 test-fast: $(DEV_STAMP) $(NODE_STAMP)
-	$(PYTEST) -m serial tests/unit tests/service || [ $$? -eq 5 ]
+	$(call serial_tests,tests/unit tests/service)
 	$(PYTEST) -m "not serial" $(PARALLEL) tests/unit tests/service
 
 # Builds the image and runs the containers and the compose stack for real (root, Debian):
-# deploy/test/setup.sh installs and starts what is missing first (see README, Deploy).
+# deploy/test/setup.sh installs and starts what is missing first (docs/getting-started/development.md).
 test-deploy: $(DEV_STAMP)
 	bash deploy/test/setup.sh
 	REWIND_TEST_DEPLOY=1 $(PY) -m pytest -s -o timeout=1800 tests/container

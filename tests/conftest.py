@@ -14,7 +14,6 @@ import pytest
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2_grpc
 from rewind.channel import make_channel
-from rewind_buffer.server import serve
 from tests.support.configs import SMALL, checkpoint_config
 
 # The container tests build the image and run the compose stack: `make test-deploy` runs them,
@@ -25,6 +24,8 @@ collect_ignore = [] if os.environ.get("REWIND_TEST_DEPLOY") else ["container"]
 @pytest.fixture
 def service():
     """A real buffer service on 127.0.0.1 (in this process), small settings."""
+    from rewind_buffer.server import serve  # here, not at the top: xdist's controller need not load torch
+
     host = serve(SMALL.replace(port=0, max_message_mb=4))
     yield host
     host.stop(grace_s=0.5)

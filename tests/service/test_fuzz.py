@@ -22,9 +22,6 @@ import pytest
 
 from tests.support import fuzz
 
-# Its module-scoped services are built once: every test of the module runs on the same xdist worker.
-pytestmark = pytest.mark.xdist_group("test_fuzz")
-
 SEED = fuzz.DEFAULT_SEED
 PER_RPC = 100
 # On moto's S3 server every request costs a few store round trips, and the

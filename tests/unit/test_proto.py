@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.support.paths import BUF, REPO
 
@@ -27,14 +28,19 @@ def _normalised(text: str) -> list[str]:
     return [line for line in text.splitlines() if not VERSION_LINE.search(line)]
 
 
+def _stubs(root: Path) -> list[Path]:
+    """The generated .py and .pyi files under root/rewind (not the bytecode Python caches beside them)."""
+    return sorted(p.relative_to(root) for p in (root / "rewind").rglob("*_pb2*.py*") if p.suffix in (".py", ".pyi"))
+
+
 def test_generated_stubs_are_not_stale(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "protogen.py"), str(tmp_path)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
+    generated = _stubs(tmp_path)
     assert generated, "protogen produced nothing"
-    committed = sorted(p.relative_to(REPO) for p in (REPO / "rewind").rglob("*_pb2*.py*"))
+    committed = _stubs(REPO)
     assert generated == committed, "stub files differ from proto/: run `make proto` and commit"
     for rel in generated:
         fresh = _normalised((tmp_path / rel).read_text())
