@@ -35,9 +35,12 @@ def load_settings(args: argparse.Namespace, settings_cls: type, **given: Any) ->
 def serve(args: argparse.Namespace, settings_cls: type, start: Callable, name: str,
           describe: Callable[[Any, Any], str]) -> int:
     """Run a service in the foreground until SIGTERM or Ctrl-C."""
-    settings = load_settings(args, settings_cls).settings
-    host = start(settings, handle_signals=True)
-    print(f"{name} listening on {host.address} ({describe(host, settings)}); stop with Ctrl-C or SIGTERM", flush=True)
+    loaded = load_settings(args, settings_cls)
+    settings = loaded.settings
+    host = start(settings, handle_signals=True, explicit=loaded.explicit)
+    http = f", HTTP on {host.http.url}" if host.http is not None else ""
+    print(f"{name} listening on {host.address}{http} ({describe(host, settings)}); stop with Ctrl-C or SIGTERM",
+          flush=True)
     host.wait()
     print(f"{name} stopped", flush=True)
     return 0

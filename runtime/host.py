@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,8 @@ class ServiceHost:
             health and unary calls always have threads (see stream_limit).
         grace_s: seconds in-flight calls get when stopping.
         port_file: write the bound port to this file once SERVING (for launchers);
-            the HTTP port goes to `<port_file>.http` (written first).
+            the HTTP port goes to `<port_file>.http` and the health port to
+            `<port_file>.health` (both written first).
         authenticator: the token files; None (or no files) serves without
             authentication, which start() allows only on loopback unless
             `allow_unauthenticated`.
@@ -81,6 +82,9 @@ class ServiceHost:
         allow_unauthenticated: allow no authentication on other interfaces.
         http_port: also serve HTTP (/metrics, /healthz, `http_app`'s routes) on
             this port (0: a free one; -1: no HTTP).
+        fallback_ports: those of "port", "health_port" and "http_port" that
+            become a free port when taken (defaults nobody asked for); the
+            others fail to start, as a port given explicitly must.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class ServiceHost:
         allow_unauthenticated: bool = False,
         health_port: int = -1,
         http_port: int = -1,
+        fallback_ports: Collection[str] = (),
     ) -> None:
         self.bindings = list(bindings)
         self.authenticator = authenticator or Authenticator()
@@ -110,6 +115,7 @@ class ServiceHost:
         self.requested_port = port
         self.grace_s = grace_s
         self.port_file = port_file
+        self.fallback_ports = frozenset(fallback_ports)
         self.port: int | None = None
         self.stopped = threading.Event()
         self._stop_lock = threading.Lock()  # one drain at a time: SIGTERM twice starts two drain threads
@@ -117,7 +123,8 @@ class ServiceHost:
         self.metrics = new_registry()
         self.http = HttpHost(host=host, port=http_port, authenticator=self.authenticator, tls=tls,
                              allow_unauthenticated=allow_unauthenticated, registry=self.metrics,
-                             serving=lambda: self.serving, title=", ".join(b.name for b in self.bindings)) \
+                             serving=lambda: self.serving, title=", ".join(b.name for b in self.bindings) or "Rewind",
+                             port_falls_back="http_port" in self.fallback_ports) \
             if http_port >= 0 else None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewind-grpc"),
@@ -147,8 +154,13 @@ class ServiceHost:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @classmethod
-    def from_settings(cls, bindings: Sequence[ServiceBinding], settings: ServerSettings) -> ServiceHost:
-        """A host listening where `settings` say, with their limits."""
+    def from_settings(cls, bindings: Sequence[ServiceBinding], settings: ServerSettings,
+                      explicit: Collection[str] = ()) -> ServiceHost:
+        """A host listening where `settings` say, with their limits.
+
+        `explicit` names the settings given by a flag, a variable or a file: a port among them never falls
+        back to a free one (see ServerSettings.fallback_ports).
+        """
         tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) \
             if settings.tls_cert_file else None
         return cls(bindings, host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes,
@@ -156,7 +168,7 @@ class ServiceHost:
                    port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
                    allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port,
-                   http_port=settings.http_port_to_bind)
+                   http_port=settings.http_port_to_bind, fallback_ports=settings.fallback_ports(explicit))
 
     @property
     def address(self) -> str:
@@ -194,14 +206,7 @@ class ServiceHost:
             FailedPrecondition: no authentication on an interface other than loopback.
         """
         self._check_exposure()
-        target = f"{self.host}:{self.requested_port}"
-        try:
-            port = (self._server.add_secure_port(target, self.tls.credentials()) if self.tls
-                    else self._server.add_insecure_port(target))
-        except RuntimeError as exc:
-            raise Unavailable(f"cannot listen on {target}: {exc}; is another server using the port?") from None
-        if port == 0:
-            raise Unavailable(f"cannot listen on {target}; is another server using the port?")
+        port = self._add_port()
         self.port = port
         if self._health_server is not None:
             self._start_health_server()
@@ -215,6 +220,19 @@ class ServiceHost:
             self.set_serving()
         log.info("serving %s on %s (%s)%s", ", ".join(b.name for b in self.bindings), self.address, self.security,
                  f"; HTTP on {self.http.url}" if self.http else "")
+        return port
+
+    def _add_port(self) -> int:
+        """Bind the gRPC port: the one asked for, or a free one when it is taken and may fall back."""
+        target = f"{self.host}:{self.requested_port}"
+        port, error = _bind(self._server, target, self.tls)
+        if port == 0 and self.requested_port > 0 and "port" in self.fallback_ports:
+            port, _ = _bind(self._server, f"{self.host}:0", self.tls)
+            if port:
+                log.warning("port %d is taken; serving gRPC on port %d instead (give port to insist on one)",
+                            self.requested_port, port)
+        if port == 0:
+            raise Unavailable(f"cannot listen on {target} (port){error}; is another server using the port?")
         return port
 
     def _check_exposure(self) -> None:
@@ -234,10 +252,15 @@ class ServiceHost:
 
     def _start_health_server(self) -> None:
         target = f"{self.host}:{self.health_port}"
-        try:
-            self.health_port = self._health_server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise Unavailable(f"cannot listen on {target} (health_port): {exc}") from None
+        port, error = _bind(self._health_server, target, None)
+        if port == 0 and self.health_port > 0 and "health_port" in self.fallback_ports:
+            port, _ = _bind(self._health_server, f"{self.host}:0", None)
+            if port:
+                log.warning("health_port %d is taken; answering health checks on port %d instead (give "
+                            "health_port to insist on one)", self.health_port, port)
+        if port == 0:
+            raise Unavailable(f"cannot listen on {target} (health_port){error}; is another server using the port?")
+        self.health_port = port
         self._health_server.start()
 
     @property
@@ -251,12 +274,18 @@ class ServiceHost:
         """Report SERVING on the health service (for every hosted service)."""
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.port_file:
-            http_file = Path(f"{self.port_file}.http")
-            if self.http is not None:  # before the port file, which launchers wait for
-                http_file.write_text(str(self.http.port))
-            else:
-                http_file.unlink(missing_ok=True)  # a predecessor's must not be taken for ours
+            # Before the port file, which launchers wait for; a predecessor's must not be taken for ours.
+            for suffix, port in ((".http", self.http_port), (".health", self._bound_health_port)):
+                side_file = Path(f"{self.port_file}{suffix}")
+                if port is not None:
+                    side_file.write_text(str(port))
+                else:
+                    side_file.unlink(missing_ok=True)
             Path(self.port_file).write_text(str(self.port))
+
+    @property
+    def _bound_health_port(self) -> int | None:
+        return self.health_port if self._health_server is not None and self.port is not None else None
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace.
@@ -290,6 +319,15 @@ class ServiceHost:
     def wait(self) -> None:
         """Block until stop() has finished."""
         self.stopped.wait()
+
+
+def _bind(server: grpc.Server, target: str, tls: ServerTLS | None) -> tuple[int, str]:
+    """(the bound port, or 0 and why not as ": reason")."""
+    try:
+        port = server.add_secure_port(target, tls.credentials()) if tls else server.add_insecure_port(target)
+    except RuntimeError as exc:
+        return 0, f": {exc}"
+    return port, ""
 
 
 def _health_only_server(servicer: health.HealthServicer) -> grpc.Server:

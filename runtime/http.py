@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -105,14 +106,16 @@ class HttpHost:
         registry: serve it on `/metrics` (None: no such route).
         serving: whether `/healthz` answers 200 (else 503); default: always.
         title: the OpenAPI document's title.
+        port_falls_back: listen on a free port when `port` is taken (a default port nobody asked for).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, authenticator: Authenticator | None = None,
                  tls: ServerTLS | None = None, allow_unauthenticated: bool = False,
                  registry: CollectorRegistry | None = None, serving: Callable[[], bool] | None = None,
-                 title: str = "Rewind") -> None:
+                 title: str = "Rewind", port_falls_back: bool = False) -> None:
         self.host = host
         self.requested_port = port
+        self.port_falls_back = port_falls_back
         self.port: int | None = None
         self.authenticator = authenticator or Authenticator()
         self.tls = tls
@@ -180,7 +183,7 @@ class HttpHost:
         """
         check_exposure(self.host, self.authenticator, self.allow_unauthenticated)
         context = self.tls.ssl_context() if self.tls else None
-        sock = _listen(self.host, self.requested_port)
+        sock = self._listen()
         self.port = sock.getsockname()[1]
         # log_config=None: uvicorn's records go through the service's own logging, not a config of uvicorn's.
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, log_config=None, lifespan="off",
@@ -193,6 +196,17 @@ class HttpHost:
         self._thread.start()
         log.info("serving HTTP on %s", self.url)
         return self.port
+
+    def _listen(self) -> socket.socket:
+        try:
+            return _listen(self.host, self.requested_port)
+        except PortTaken:
+            if not self.port_falls_back:
+                raise
+        sock = _listen(self.host, 0)
+        log.warning("http_port %d is taken; serving HTTP on port %d instead (give http_port to insist on one)",
+                    self.requested_port, sock.getsockname()[1])
+        return sock
 
     def _run(self, sock: socket.socket) -> None:
         try:
@@ -266,6 +280,10 @@ class _Server(uvicorn.Server):
             await server.wait_closed()
 
 
+class PortTaken(Unavailable):
+    """Another socket listens on the port asked for."""
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: a free one)."""
     bare = host.strip("[]")
@@ -285,8 +303,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise Unavailable(f"cannot listen on {host}:{port} (http_port): {exc.strerror or exc}; is another server "
-                          "using the port?") from None
+        error = PortTaken if exc.errno == errno.EADDRINUSE else Unavailable
+        raise error(f"cannot listen on {host}:{port} (http_port): {exc.strerror or exc}; is another server "
+                    "using the port?") from None
     sock.setblocking(False)
     return sock
 

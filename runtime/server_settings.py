@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rewind.errors import InvalidArgument
 from rewind_runtime.settings import Settings, setting
@@ -14,7 +16,15 @@ class ServerSettings(Settings):
     """Listening address, message limit, workers and drain time of a gRPC server.
 
     A service's settings class derives from this one and sets its own port.
+
+    Ports, one rule for every service: an HTTP or health port left at its default becomes a free port
+    when the default is taken (logged, and written beside the port file), so that two services of a kind
+    run on one host with only `port` changed. So does the gRPC port of a class whose clients find it by
+    its port file rather than by a fixed address (`GRPC_PORT_FALLS_BACK`, the trainer's). A port given
+    explicitly, by a flag, a variable or a config file, still fails to start when taken.
     """
+
+    GRPC_PORT_FALLS_BACK: ClassVar[bool] = False
 
     host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 in containers)")
     port: int = setting(0, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
@@ -53,6 +63,14 @@ class ServerSettings(Settings):
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise InvalidArgument("tls_client_ca_file: client certificates need TLS; give tls_cert_file and "
                                   "tls_key_file too")
+
+    def fallback_ports(self, explicit: Collection[str] = ()) -> frozenset[str]:
+        """The ports that become a free one when taken: those at their default, not in `explicit` (the
+        settings given by a flag, a variable or a file), and not already 0 or -1."""
+        names = ("http_port", "health_port", *(("port",) if self.GRPC_PORT_FALLS_BACK else ()))
+        return frozenset(name for name in names
+                         if name not in explicit and getattr(self, name) == self._default(name)
+                         and getattr(self, name) > 0)
 
     def _default(self, name: str) -> object:
         return next(f.default for f in dataclasses.fields(self) if f.name == name)

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from rewind import BufferClient
 from rewind.buffer.v1 import buffer_pb2, buffer_pb2_grpc
 from rewind_buffer.allocator import fix_malloc_thresholds
@@ -21,11 +23,12 @@ from rewind_runtime.host import ServiceBinding, ServiceHost
 from rewind_runtime.threads import configure_torch_threads
 
 SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
-# A read token may call these (reading and sampling); the rest change buffers and need a write token.
-READ_METHODS = ("ListBuffers", "GetStats", "Sample", "SampleStream", "Snapshot", "SnapshotBlocks")
+# A read token may call these; the rest need a write token. Sampling is a write: it moves the sampler's
+# generator (and the rate limiter), so a monitor that samples would change what a training run draws next.
+READ_METHODS = ("ListBuffers", "GetStats", "Snapshot", "SnapshotBlocks")
 
 
-def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]:
+def build(settings: BufferServiceSettings, explicit: Collection[str] = ()) -> tuple[ServiceHost, BufferRegistry]:
     """Create the registry (with the configured buffers) and an unstarted host."""
     registry = BufferRegistry(settings.buffer_defaults, storage_device=settings.storage_device, seed=settings.seed,
                               limits=settings.limits)
@@ -37,24 +40,26 @@ def build(settings: BufferServiceSettings) -> tuple[ServiceHost, BufferRegistry]
                               store_endpoints=settings.store_endpoints, store_timeout_s=settings.store_timeout_s)
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
                              read_methods=READ_METHODS)
-    host = ServiceHost.from_settings([binding], settings)
+    host = ServiceHost.from_settings([binding], settings, explicit)
     host.metrics.register(BufferCollector(registry))
     return host, registry
 
 
-def serve(settings: BufferServiceSettings, *, handle_signals: bool = False) -> ServiceHost:
+def serve(settings: BufferServiceSettings, *, handle_signals: bool = False,
+          explicit: Collection[str] = ()) -> ServiceHost:
     """Start the buffer service and return its host once it reports SERVING.
 
     Args:
         settings: the service's settings.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
+        explicit: the settings given by a flag, a variable or a file; their ports never fall back to free ones.
     """
     # 1 by default: small gathers gain nothing from intra-op threads, which
     # would only contend with the gRPC threads for the same cores.
     configure_torch_threads(settings.torch_threads, "buffer")
     # Else RSS grows by a storage copy per capture until every arena holds one (rewind_buffer.allocator).
     fix_malloc_thresholds()
-    host, _ = build(settings)
+    host, _ = build(settings, explicit)
     if handle_signals:
         host.install_signal_handlers()
     host.start()

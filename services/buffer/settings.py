@@ -67,7 +67,8 @@ class BufferServiceSettings(ServerSettings, BufferSettings):
 
     port: int = setting(addresses.BUFFER_PORT, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
     http_port: int = setting(addresses.BUFFER_HTTP_PORT, "HTTP port for /metrics (-1: none, 0: a free one; "
-                             "free too when port is 0 and this is left at its default)", minimum=-1, maximum=65535)
+                             "left at its default, also a free one when port is 0 or it is taken)",
+                             minimum=-1, maximum=65535)
     buffers: tuple[str, ...] = setting(("buffer", "test_buffer"), "buffers created at start (CreateBuffer adds more)")
     storage_device: str = setting("auto", "where storage lives: auto (CUDA when 2.5x the storage fits), cpu or cuda",
                                   choices=STORAGE_DEVICES)

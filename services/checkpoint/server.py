@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 
 from rewind import CheckpointClient
 from rewind.checkpoint.v1 import checkpoint_pb2, checkpoint_pb2_grpc
@@ -31,7 +32,7 @@ SERVICE_NAME = checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].f
 READ_METHODS = ("Download", "ListRuns", "ListCheckpoints", "Lookup", "GetRetention", "GetRunFile")
 
 
-def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
+def build(settings: CheckpointSettings, explicit: Collection[str] = ()) -> tuple[ServiceHost, Catalog]:
     """Open the store and create an unstarted host."""
     store = open_store(settings.store, timeout_s=settings.store_timeout_s, retries=settings.store_retries,
                        part_bytes=settings.part_mb * 1024 * 1024)
@@ -40,7 +41,7 @@ def build(settings: CheckpointSettings) -> tuple[ServiceHost, Catalog]:
                                   buffer_addresses=settings.buffer_addresses, direct_uploads=settings.direct_uploads)
     binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
                              read_methods=READ_METHODS)
-    host = ServiceHost.from_settings([binding], settings)
+    host = ServiceHost.from_settings([binding], settings, explicit)
     host.metrics.register(CheckpointCollector(catalog))
     if host.http is not None:
         install_history(host.http, History(catalog))  # the pages and JSON API on the HTTP port
@@ -60,18 +61,19 @@ def _sweep_staging(catalog: Catalog, host: ServiceHost, interval_s: float) -> No
         _clean_staging(catalog)
 
 
-def serve(settings: CheckpointSettings, *, handle_signals: bool = False) -> ServiceHost:
+def serve(settings: CheckpointSettings, *, handle_signals: bool = False, explicit: Collection[str] = ()) -> ServiceHost:
     """Start the checkpoint service and return its host once it reports SERVING.
 
     Args:
         settings: the service's settings.
         handle_signals: drain on SIGTERM/SIGINT (only from the main thread).
+        explicit: the settings given by a flag, a variable or a file; their ports never fall back to free ones.
 
     Raises:
         Unavailable: the store cannot be reached, or the port cannot be bound.
         FailedPrecondition: the store refuses us (missing bucket, bad credentials).
     """
-    host, catalog = build(settings)
+    host, catalog = build(settings, explicit)
     catalog.store.check()
     # Leftovers of a crashed predecessor go before we accept new uploads.
     _clean_staging(catalog)

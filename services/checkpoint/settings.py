@@ -16,8 +16,8 @@ class CheckpointSettings(ServerSettings):
 
     port: int = setting(addresses.CHECKPOINT_PORT, "TCP port (0 picks a free one)", minimum=0, maximum=65535)
     http_port: int = setting(addresses.CHECKPOINT_HTTP_PORT, "HTTP port for the training-history pages, their "
-                             "JSON API and /metrics (-1: none, 0: a free one; free too when port is 0 and this "
-                             "is left at its default)", minimum=-1, maximum=65535)
+                             "JSON API and /metrics (-1: none, 0: a free one; left at its default, also a free "
+                             "one when port is 0 or the default is taken)", minimum=-1, maximum=65535)
     store: str = setting("", "file:///path, s3://bucket/prefix or a plain path (default: ./rewind-data)")
     staging_max_age_s: float = setting(3600.0, "remove uncommitted uploads older than this, in seconds", minimum=0)
     clean_interval_s: float = setting(600.0, "seconds between sweeps for stale uploads", above=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +101,7 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads)
         with _recorded(history, board):
-            with _trainer_service(settings, servicer), _signals(control, handle_signals), _settled(control):
+            with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), _settled(control):
                 stopped, ok = _run(trainer, schedule, control)
             plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
                                 settings.action_repeat)
@@ -211,12 +211,16 @@ def _resumed_at(plan: Plan) -> int:
 
 
 @contextmanager
-def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer) -> Iterator[None]:
-    """The trainer's own gRPC service (status, checkpoint-now, stop) and its /metrics, unless port is -1."""
+def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer,
+                     explicit: Collection[str]) -> Iterator[None]:
+    """The trainer's own gRPC service (status, checkpoint-now, stop) and its /metrics, unless port is -1.
+
+    Its ports at their defaults become free ones when taken, so that two runs share a host.
+    """
     if settings.port < 0:
         yield
         return
-    host = ServiceHost.from_settings([service.binding(servicer)], settings)
+    host = ServiceHost.from_settings([service.binding(servicer)], settings, explicit)
     host.metrics.register(TrainerCollector(servicer))
     host.start()
     try:

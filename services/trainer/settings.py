@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from rewind import addresses
 from rewind.endpoints import LOOPBACK
@@ -40,6 +40,9 @@ NOT_AGENT_KEYS = frozenset({"lr", "obs_dim", "action_dim", "episode_length", "mo
 @dataclass(frozen=True)
 class TrainSettings(ServerSettings):
     """What `rewind train` runs. Its own gRPC service listens on host:port (-1: none)."""
+
+    # Clients find a trainer by its port file or its log; a second run on the host takes a free port.
+    GRPC_PORT_FALLS_BACK: ClassVar[bool] = True
 
     # task and schedule
     task: str = setting("Pendulum-v1", "Gymnasium id (Pendulum-v1) or DMC task (cartpole-swingup, walker-walk)")
@@ -74,10 +77,10 @@ class TrainSettings(ServerSettings):
         "127.0.0.1:*); files for a store not listed go through the checkpoint service. With --local-services, "
         "also where the buffer service it starts may upload blocks")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
-    port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none)",
-                        minimum=-1, maximum=65535)
+    port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none; "
+                        "left at its default, a free one when the default is taken)", minimum=-1, maximum=65535)
     http_port: int = setting(addresses.TRAINER_HTTP_PORT, "HTTP port of this trainer's /metrics (-1: none, 0: a "
-                             "free one; free too when port is 0 and this is left at its default)",
+                             "free one; left at its default, also a free one when port is 0 or it is taken)",
                              minimum=-1, maximum=65535)
     grace_s: float = setting(1.0, "seconds in-flight calls to the trainer's service get when it stops", minimum=0)
     out_dir: str = setting("runs", "folder for metrics.csv and learning_curve.png (under <agent-id>/<run-id>/); "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 
 from rewind import BufferClient, CheckpointClient
 from rewind.buffer.v1 import buffer_pb2
@@ -86,6 +87,29 @@ def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
         assert [c.step for c in CheckpointClient(host.address, security=tokens.write).list("agent", "run")] == [10]
     finally:
         host.stop(grace_s=0.5)
+
+
+def test_a_read_token_cannot_sample_nor_move_the_sampler(guarded, tokens):
+    # Sampling moves the sampler's generator, so it is a write: a monitor's token must not change what
+    # training draws next. A twin service (same seed, same episodes) shows the draws are untouched.
+    twin = serve(SMALL.replace(port=0))
+    try:
+        with BufferClient(twin.address) as writer:
+            writer.add(episode(0, 60))
+            writer.add(episode(1, 60))
+            expected = [writer.sample() for _ in range(2)]
+        with BufferClient(guarded.address, security=tokens.read) as reader:
+            with pytest.raises(PermissionDenied, match="Sample: needs a write token"):
+                reader.sample()
+            with pytest.raises(PermissionDenied, match="SampleStream: needs a write token"):
+                next(iter(reader.batches(num_batches=1)))
+        with BufferClient(guarded.address, security=tokens.write) as writer:
+            drawn = [writer.sample() for _ in range(2)]
+            assert writer.stats().batches_sampled == 2
+        for got, want in zip(drawn, expected, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    finally:
+        twin.stop(grace_s=0.5)
 
 
 def test_the_sdk_names_what_is_missing(guarded, tokens, tmp_path):
