@@ -27,6 +27,9 @@ EXAMPLES = """examples:
   rewind ckpt serve --store file:///data/rewind --port 50052
   rewind ckpt serve --store s3://my-bucket/rewind      # AWS_ENDPOINT_URL etc. from the environment
   rewind ckpt save tdmpc2/run-1 --step 5000 model.pt optim.pt --metric eval_return=-180
+  rewind ckpt save tdmpc2/run-1 --step 5000 model.pt --buffer 127.0.0.1:50051/buffer   # the buffer too, as blocks
+  rewind ckpt restore-buffers tdmpc2/run-1/latest      # every buffer back where it came from
+  rewind ckpt restore-buffers tdmpc2/run-1/latest --into 127.0.0.1:50061/buffer
   rewind ckpt ls                                       # every run
   rewind ckpt ls tdmpc2/run-1                          # a run's checkpoints, with resume commands
   rewind ckpt show tdmpc2/run-1/latest
@@ -75,7 +78,11 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     save_p.add_argument("--episode", type=int, default=0, help="the episode counter")
     save_p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a metric (repeatable)")
     save_p.add_argument("--buffer", action="append", default=[], metavar="HOST:PORT/NAME",
-                      help="pull this buffer's snapshot from the buffer service (repeatable)")
+                        help="pull this buffer from the buffer service as blocks: only those the run's store "
+                             "lacks are uploaded; `rewind ckpt restore-buffers` puts it back (repeatable)")
+    save_p.add_argument("--whole-buffer", action="append", default=[], metavar="HOST:PORT/NAME",
+                        help="pull this buffer as one whole, self-contained snapshot file, which costs the "
+                             "whole buffer every time (repeatable)")
     save_p.add_argument("--resumed-from", default="", help="path of the checkpoint this run resumed from")
     _store_endpoints_arg(save_p, "upload large files to")
     client_args(save_p)
@@ -109,6 +116,14 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     _store_endpoints_arg(download_p, "download large files from")
     client_args(download_p, read_only=True)
     download_p.set_defaults(func=download)
+
+    restore_p = commands.add_parser("restore-buffers", help="push a checkpoint's buffers back into buffer services")
+    restore_p.add_argument("ref", help="AGENT/RUN/{latest,best,STEP,step-N} or a full path")
+    restore_p.add_argument("--into", action="append", default=[], metavar="HOST:PORT/NAME",
+                           help="restore the checkpoint's buffer NAME into this service (repeatable; default: "
+                                "every buffer, back to the address it came from)")
+    client_args(restore_p)
+    restore_p.set_defaults(func=restore_buffers)
 
     rm_p = commands.add_parser("rm", help="delete one checkpoint")
     rm_p.add_argument("ref", help="AGENT/RUN/{STEP,step-N} or a full path")
@@ -354,6 +369,27 @@ def download(args: argparse.Namespace) -> int:
     return 0
 
 
+def restore_buffers(args: argparse.Namespace) -> int:
+    targets = [_buffer_arg("--into", item) for item in args.into]
+    with _client(args) as client:
+        found = _find(client, args.ref)
+        restored = client.restore_buffers(found.checkpoint, [(t.address, t.buffer) for t in targets])
+    for b in restored:
+        print(f"restored {b.buffer!r} at {b.address}: {b.episodes:,} episodes, {b.transitions:,} transitions, "
+              f"{b.episodes_added:,} added (from {found.checkpoint.path})")
+    return 0
+
+
+def _buffer_arg(flag: str, item: str, blocks: bool = True) -> checkpoint_pb2.BufferSource:
+    """HOST:PORT/NAME -> the buffer to pull (or restore into); a clear error naming `flag` otherwise."""
+    from rewind import buffer_source
+
+    address, _, name = item.rpartition("/")
+    if not address or not name:
+        raise InvalidArgument(f"{flag}: expected HOST:PORT/NAME, got {item!r}")
+    return buffer_source(address, name, blocks=blocks)
+
+
 def save(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -373,12 +409,8 @@ def save(args: argparse.Namespace) -> int:
             metrics[name] = float(value)
         except ValueError:
             raise InvalidArgument(f"--metric: expected NAME=NUMBER, got {item!r}") from None
-    buffers = []
-    for item in args.buffer:
-        address, _, name = item.rpartition("/")
-        if not address or not name:
-            raise InvalidArgument(f"--buffer: expected HOST:PORT/NAME, got {item!r}")
-        buffers.append((address, name))
+    buffers = [_buffer_arg("--buffer", item, blocks=True) for item in args.buffer]
+    buffers += [_buffer_arg("--whole-buffer", item, blocks=False) for item in args.whole_buffer]
     if not files and not buffers:
         raise InvalidArgument("files: nothing to save; give files and/or --buffer HOST:PORT/NAME")
     total = sum(p.stat().st_size for p in files.values())

@@ -81,7 +81,7 @@ class Found:
 
 
 def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_added: int = 0,
-                  capture_id: str = "", blocks: bool = False) -> checkpoint_pb2.BufferSource:
+                  capture_id: str = "", blocks: bool = True) -> checkpoint_pb2.BufferSource:
     """A buffer whose snapshot the checkpoint service pulls into the checkpoint.
 
     Args:
@@ -90,9 +90,11 @@ def buffer_source(address: str, buffer: str, file: str = "", expect_episodes_add
         file: the file name in the checkpoint (default `<buffer>.snapshot`).
         expect_episodes_added: fail unless the buffer has seen exactly this many episodes.
         capture_id: pull this capture (BufferClient.capture) instead of the current state.
-        blocks: save it as content-addressed blocks, shared by the run's checkpoints: only the
-            blocks the store lacks are uploaded, and `file` holds the index. Restore it with
-            restore_buffers (the file alone is not the buffer).
+        blocks: True (the default) saves it as content-addressed blocks, shared by the run's
+            checkpoints: only the blocks the store lacks are uploaded (a second checkpoint after one
+            new episode costs a fraction of a percent of the first), and `file` holds the index.
+            Restore it with restore_buffers (the file alone is not the buffer). False saves one
+            whole, self-contained snapshot file every time, which BufferClient.restore reads.
     """
     return checkpoint_pb2.BufferSource(address=address, buffer=buffer, file=file,
                                        expect_episodes_added=expect_episodes_added, capture_id=capture_id,
@@ -201,8 +203,9 @@ class CheckpointClient(ServiceClient):
             config: the training config (JSON-like).
             extra: any other JSON-like state.
             resumed_from: path of the checkpoint this run resumed from.
-            buffers: buffer snapshots for the service to pull: buffer_source(...)
-                or (address, buffer) pairs.
+            buffers: buffers for the service to pull: buffer_source(...) or (address, buffer)
+                pairs, both saved as blocks unless buffer_source(..., blocks=False) asks for a whole
+                snapshot.
             retention: set the run's retention policy with this commit.
             progress: called with the number of bytes of each chunk sent.
             timeout: deadline for the whole upload, seconds.

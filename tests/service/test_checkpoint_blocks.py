@@ -46,9 +46,11 @@ def fill(client: BufferClient, first: int, count: int) -> None:
         client.add(episode(eid, STEPS, obs_dim=OBS_DIM))
 
 
-def save_blocks(ckpt: CheckpointClient, address: str, step: int, **kwargs):
+def save_blocks(ckpt: CheckpointClient, address: str, step: int, form: str = "buffer_source", **kwargs):
+    """Save `buffer` as blocks, the default of both the SDK's forms: buffer_source(...) and the plain pair."""
+    source = buffer_source(address, "buffer") if form == "buffer_source" else (address, "buffer")
     return ckpt.save("agent", "run-1", step, {"model.pt": f"weights {step}".encode()}, episode=step,
-                     buffers=[buffer_source(address, "buffer", blocks=True)], **kwargs)
+                     buffers=[source], **kwargs)
 
 
 def block_names(store) -> set[str]:
@@ -142,16 +144,18 @@ def test_block_checkpoint_restores_and_samples_exactly(ckpt, ckpt_host, big):
         fresh.stop(grace_s=0.5)
 
 
-def test_a_second_save_uploads_only_the_new_episode(ckpt, ckpt_host, big):
+@pytest.mark.parametrize("form", ["buffer_source", "pair"])
+def test_a_second_save_uploads_only_the_new_episode(ckpt, ckpt_host, big, form):
     host, buffer = big
     _, store = store_of(ckpt_host)
     fill(buffer, 0, EPISODES)
-    first = save_blocks(ckpt, host.address, 1)
+    first = save_blocks(ckpt, host.address, 1, form)
     before = block_names(store)
     assert first.uploaded_bytes > 10 * MiB
+    assert first.checkpoint.buffers[0].format == "blocks"
 
     fill(buffer, EPISODES, 1)
-    second = save_blocks(ckpt, host.address, 2)
+    second = save_blocks(ckpt, host.address, 2, form)
     new = block_names(store) - before
     [entry] = second.checkpoint.buffers
     assert new == {b.sha256 for b in entry.blocks} - before and new  # exactly the new blocks appear

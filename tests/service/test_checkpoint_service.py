@@ -359,8 +359,8 @@ def test_buffer_snapshots_go_into_the_checkpoint_and_restore_exactly(ckpt, servi
         buffer.add(episode(eid, 40))
     test_buffer.add(episode(100, 30))
     saved = ckpt.save("agent", "run-1", 240, {"model.pt": b"weights"}, episode=6,
-                      buffers=[buffer_source(service.address, "buffer", expect_episodes_added=6),
-                               (service.address, "test_buffer")])
+                      buffers=[buffer_source(service.address, "buffer", expect_episodes_added=6, blocks=False),
+                               buffer_source(service.address, "test_buffer", blocks=False)])
     c = saved.checkpoint
     assert sorted(f.name for f in c.files) == ["buffer.snapshot", "model.pt", "test_buffer.snapshot"]
     assert [(b.buffer, b.file, b.episodes_added) for b in c.buffers] == [
@@ -390,15 +390,18 @@ def test_manifest_records_versions_of_trainer_and_buffers(ckpt, ckpt_host, servi
     buffer.add(episode(0, 40))
     trainer = {**versions.current(), "torchrl": "0.14.0"}  # as a trainer with another patch release sends them
     c = ckpt.save("agent", "run-1", 40, {"model.pt": b"w"}, versions=trainer,
-                  buffers=[(service.address, "buffer"), (service.address, "test_buffer")]).checkpoint
-    expected_buffer = {**versions.current(), "snapshot_format": "1"}
+                  buffers=[(service.address, "buffer"),
+                           buffer_source(service.address, "test_buffer", blocks=False)]).checkpoint
+    # The plain pair saves blocks (format 2); a whole snapshot, asked for by name, is format 1.
+    blocks = {**versions.current(), "snapshot_format": "2"}
+    whole = {**versions.current(), "snapshot_format": "1"}
     assert dict(c.versions) == {**trainer, "checkpoint_format": "rewind.checkpoint/1"}
-    assert [dict(b.versions) for b in c.buffers] == [expected_buffer, expected_buffer]
+    assert [(b.format, dict(b.versions)) for b in c.buffers] == [("blocks", blocks), ("blob", whole)]
     # In manifest.json as written, and as every reader sees it.
     _, store = raw(ckpt_host)
     manifest = json.loads(store.get("agent/run-1/step-0000000040/manifest.json"))
     assert manifest["versions"] == dict(c.versions)
-    assert [b["versions"] for b in manifest["buffers"]] == [expected_buffer, expected_buffer]
+    assert [b["versions"] for b in manifest["buffers"]] == [blocks, whole]
     assert ckpt.lookup("agent", "run-1", "latest").checkpoint == c
     assert buffer.versions() == {**versions.current(), "snapshot_format": str(max(versions.SNAPSHOT_FORMATS))}
     # By default the SDK records this process's versions.

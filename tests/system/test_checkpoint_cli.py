@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import torch
 
 from tests.support.processes import ServiceProcess, rewind
 
@@ -101,3 +102,43 @@ def test_unreachable_service_and_bad_store():
 
 def test_missing_bucket_is_one_line(s3):
     assert "does not exist" in error("ckpt", "serve", "--store", "s3://never-created-bucket/x", "--port", "0")
+
+
+def test_save_buffers_as_blocks_or_whole_and_restore_them(service, tmp_path):
+    from rewind import BufferClient
+    from rewind_buffer.server import serve
+    from tests.support.configs import SMALL
+    from tests.support.episodes import episode
+
+    addr = ("--address", service.address)
+    buffers = serve(SMALL.replace(port=0))
+    try:
+        with BufferClient(buffers.address, "buffer") as client:
+            for eid in range(4):
+                client.add(episode(eid, 40))
+            client.using("test_buffer").add(episode(100, 30))
+            out = ok("ckpt", "save", "tdmpc2/run-1", "--step", "1", "--buffer", f"{buffers.address}/buffer",
+                     "--whole-buffer", f"{buffers.address}/test_buffer", *addr)
+            assert out.startswith("committed ")
+            shown = ok("ckpt", "show", "tdmpc2/run-1/latest", *addr)
+            assert "buffer 'buffer' -> buffer.snapshot" in shown and "blocks/ folder" in shown  # blocks by default
+            whole = next(line for line in shown.splitlines() if "'test_buffer'" in line)
+            assert "blocks" not in whole  # asked for by name: one self-contained file
+
+            expected = client.sample()
+            client.add(episode(4, 40))  # moved on since the checkpoint, and rewound by the restore
+            restored = ok("ckpt", "restore-buffers", "tdmpc2/run-1/latest", *addr)
+            assert f"restored 'buffer' at {buffers.address}: 4 episodes, 160 transitions, 4 added" in restored
+            assert f"restored 'test_buffer' at {buffers.address}: 1 episodes, 30 transitions" in restored
+            assert all(torch.equal(a, b) for a, b in zip(client.sample(), expected, strict=True))
+
+            client.reset()
+            into = ok("ckpt", "restore-buffers", "tdmpc2/run-1/latest", "--into", f"{buffers.address}/buffer",
+                      *addr)
+            assert into.count("restored ") == 1 and client.stats().episodes == 4
+        line = error("ckpt", "restore-buffers", "tdmpc2/run-1/latest", "--into", "nobuffer", *addr)
+        assert "--into: expected HOST:PORT/NAME, got 'nobuffer'" in line
+        line = error("ckpt", "save", "tdmpc2/run-1", "--step", "2", "--whole-buffer", "x", *addr)
+        assert "--whole-buffer: expected HOST:PORT/NAME, got 'x'" in line
+    finally:
+        buffers.stop(grace_s=0.5)
