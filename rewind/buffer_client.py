@@ -256,8 +256,13 @@ class BufferClient(ServiceClient):
         response = self._call(self._stub.ListBuffers, buffer_pb2.ListBuffersRequest(), timeout=self.timeout)
         return dict(response.versions)
 
-    def create(self, **settings: int) -> buffer_pb2.BufferStats:
-        """Create this client's buffer with optional buffer_size/batch_size/min_history/horizon.
+    def create(self, **settings: int | float | str | bool) -> buffer_pb2.BufferStats:
+        """Create this client's buffer with optional settings (BufferSettings' fields: buffer_size, batch_size,
+        min_history, horizon, max_episode_length, and the rate limiter's samples_per_insert,
+        min_size_to_sample, error_buffer, inserts_wait).
+
+            client.create(buffer_size=100_000, samples_per_insert=4.0, min_size_to_sample=1_000,
+                          error_buffer="2000", max_episode_length=500)
 
         Raises:
             AlreadyExists: the buffer exists.
@@ -265,16 +270,41 @@ class BufferClient(ServiceClient):
         request = buffer_pb2.CreateBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
         return self._call(self._stub.CreateBuffer, request, timeout=self.timeout).stats
 
-    def reset(self, **settings: int) -> tuple[buffer_pb2.BufferStats, int]:
+    def reset(self, **settings: int | float | str | bool) -> tuple[buffer_pb2.BufferStats, int]:
         """Replace this client's buffer with an empty one (creating it if missing); returns (stats, episodes dropped).
 
         Args:
-            **settings: buffer_size, batch_size, min_history, horizon; the
-                others take the service's defaults.
+            **settings: as create(); the others take the service's defaults.
         """
         request = buffer_pb2.ResetBufferRequest(buffer=self.buffer, settings=buffer_pb2.BufferSettings(**settings))
         response = self._call(self._stub.ResetBuffer, request, timeout=self.timeout)
         return response.stats, response.episodes_dropped
+
+    def set_rate_limiter(self, paused: bool | None = None, **settings: float | int | str | bool
+                         ) -> buffer_pb2.BufferStats:
+        """Change this buffer's rate limiter: new settings, a pause, or the end of one; returns its stats.
+
+        New settings, and the end of a pause, start the limiter's counts again from the transitions stored
+        (as if they had come in at the ratio), so that preloaded or restored data holds no insert back.
+
+            client.set_rate_limiter(paused=True)    # preload freely
+            client.load(demonstrations)
+            client.set_rate_limiter(paused=False)
+            client.set_rate_limiter(samples_per_insert=8.0, error_buffer="4000")
+
+        Args:
+            paused: True pauses the limiter (every call goes through, the counts go on); False ends a pause.
+            **settings: samples_per_insert, min_size_to_sample, error_buffer, inserts_wait; unset ones stay.
+
+        Raises:
+            InvalidArgument: settings that are malformed or could deadlock (nothing changes).
+            FailedPrecondition: a pause asked of a buffer with no limiter.
+        """
+        change = buffer_pb2.RateLimiterChange(paused=paused)
+        if settings:
+            change.settings.CopyFrom(buffer_pb2.BufferSettings(**settings))
+        request = buffer_pb2.SetRateLimiterRequest(buffer=self.buffer, change=change)
+        return self._call(self._stub.SetRateLimiter, request, timeout=self.timeout).stats
 
     def delete(self) -> int:
         """Remove this client's buffer from the service; returns the episodes it held.
@@ -418,21 +448,27 @@ class BufferClient(ServiceClient):
         return self._call(self._stub.Restore, requests(), timeout=timeout).stats
 
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes | Iterable[bytes],
-                timeout: float = TRANSFER_TIMEOUT_S):
+                timeout: float = TRANSFER_TIMEOUT_S,
+                rate_limiter: Mapping[str, float | int | str | bool] | None = None):
         """Replace (or create) this buffer from a snapshot; returns its new stats.
 
         Args:
             src: a file path, a binary file, the snapshot's bytes, or an
                 iterable of its consecutive chunks. If the iterable raises,
                 the call is cancelled and the buffer stays as it was.
+            rate_limiter: new rate limiter settings (as set_rate_limiter's); the counts then start
+                again from the transitions restored. None keeps the snapshot's limiter and counts.
         """
+        first = buffer_pb2.RestoreRequest(buffer=self.buffer)
+        if rate_limiter is not None:
+            first.rate_limiter.settings.CopyFrom(buffer_pb2.BufferSettings(**rate_limiter))
 
         def chunks_of(f: IO[bytes]) -> Iterator[bytes]:
             while chunk := f.read(SNAPSHOT_CHUNK_BYTES):
                 yield chunk
 
         def requests(chunks: Iterable[bytes]) -> Iterator[buffer_pb2.RestoreRequest]:
-            yield buffer_pb2.RestoreRequest(buffer=self.buffer)
+            yield first
             for chunk in chunks:
                 yield buffer_pb2.RestoreRequest(chunk=chunk)
 

@@ -23,10 +23,12 @@ class RewindError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     reason: str = ""
 
-    def __init__(self, message: str, reason: str = "") -> None:
+    def __init__(self, message: str, reason: str = "", metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or type(self).reason or self.code.name
+        # Travels as the ErrorInfo's metadata: state a caller may act on (a rate limiter's counts).
+        self.metadata = dict(metadata or {})
 
     def __str__(self) -> str:
         return self.message
@@ -129,20 +131,20 @@ _BY_CODE = {
 }
 
 
-def _reason(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason a Rewind service attached to the status ("" if none)."""
+def _error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata a Rewind service attached to the status (("", {}) if none)."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
     try:
         status = rpc_status.from_call(error)
     except (ValueError, AttributeError):
-        return ""
+        return "", {}
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-            return info.reason
-    return ""
+            return info.reason, dict(info.metadata)
+    return "", {}
 
 
 def from_rpc_error(error: grpc.RpcError) -> RewindError:
@@ -158,9 +160,9 @@ def from_rpc_error(error: grpc.RpcError) -> RewindError:
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    reason = _reason(error)
+    reason, metadata = _error_info(error)
     cls = StoreUnavailable if reason == StoreUnavailable.reason else _BY_CODE.get(code, RewindError)
-    exc = cls(details or code.name)
+    exc = cls(details or code.name, metadata=metadata)
     exc.reason = reason  # "" when no Rewind service chose the status
     if cls is RewindError:
         exc.code = code  # a status with no class of its own (UNKNOWN, ABORTED, ...)

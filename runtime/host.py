@@ -52,6 +52,9 @@ class ServiceBinding:
     servicer: Any
     add_to_server: Callable[[Any, grpc.Server], None]
     read_methods: tuple[str, ...] = ()
+    # Called when the host starts draining: ends calls that wait on the service's own state (a rate
+    # limiter) now, rather than at the end of the grace period.
+    on_drain: Callable[[], None] | None = None
 
     @property
     def full_read_methods(self) -> frozenset[str]:
@@ -299,7 +302,11 @@ class ServiceHost:
             self.health.enter_graceful_shutdown()
             grace = self.grace_s if grace_s is None else grace_s
             log.info("draining (grace %.1fs)", grace)
-            self._server.stop(grace).wait()
+            stopping = self._server.stop(grace)
+            for binding in self.bindings:
+                if binding.on_drain is not None:
+                    binding.on_drain()
+            stopping.wait()
             if self._health_server is not None:
                 self._health_server.stop(0).wait()
             if self.http is not None:

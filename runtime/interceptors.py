@@ -40,15 +40,18 @@ def _bounded(message: str) -> str:
 
 def to_status(exc: BaseException, method: str) -> grpc.Status:
     """The status (code, message, ErrorInfo detail, no-retry pushback) an exception is answered with."""
+    metadata: dict[str, str] = {}
     if isinstance(exc, RewindError):
         code, message, reason = exc.code, _bounded(exc.message), exc.reason or exc.code.name
+        # Bounded like the message: the status travels in trailing metadata (16 KiB at most).
+        metadata = {key[:64]: value[:200] for key, value in list(exc.metadata.items())[:16]}
     else:
         log.error("unexpected error in %s", method, exc_info=exc)
         code = grpc.StatusCode.INTERNAL
         message = f"internal error ({type(exc).__name__}); the server log has details"
         reason = "INTERNAL"
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
     status = rpc_status.to_status(status_pb2.Status(code=getattr(code_pb2, code.name), message=message,
                                                     details=[detail]))
     return _Status(status.code, status.details, (*status.trailing_metadata, NO_RETRY))

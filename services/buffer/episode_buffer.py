@@ -8,8 +8,10 @@ class adds schema checks, the CUDA-or-CPU choice, counters and a lock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -17,10 +19,19 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from rewind.errors import DataLoss, FailedPrecondition, ResourceExhausted
+from rewind.errors import (
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    RewindError,
+)
 from rewind_buffer import torchrl_adapter
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, Sealed, row_bytes
 from rewind_buffer.captures import RowCapture
+from rewind_buffer.rate_limiter import INSERT, NO_WAIT, SAMPLE, LimiterState, LimiterStats, RateLimiter, Wait
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
 from rewind_buffer.writer import TRAJ_KEY, EpisodeWriter
@@ -29,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # The seed's heuristic: CUDA only when 2.5x the storage fits in free memory.
 CUDA_HEADROOM = 2.5
+# A call waiting for the rate limiter looks this often whether it was given up (cancelled, stream closed).
+WAIT_SLICE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class BufferStats:
     episodes_evicted: int
     batches_sampled: int
     schema: EpisodeSchema | None
+    limiter: LimiterStats | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class BufferState:
     transitions: int
     writer: dict                   # EpisodeWriter.state_dict()
     tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
+    limiter: LimiterState | None = None  # the rate limiter's settings and counts (None: no limiter)
     rows: RowCapture | None = field(default=None, compare=False, repr=False)
     # The blocks of the capture point (None for a copy, or a buffer without storage): what SnapshotBlocks sends.
     blocks: Sealed | None = field(default=None, compare=False, repr=False)
@@ -94,7 +109,8 @@ class BufferState:
                 "storage_device": self.storage_device, "device_type": self.device_type,
                 "schema": self.schema.to_json() if self.schema is not None else None,
                 "episodes_added": self.episodes_added, "batches_sampled": self.batches_sampled,
-                "transitions": self.transitions, "writer": self.writer}
+                "transitions": self.transitions, "writer": self.writer,
+                "limiter": self.limiter.to_json() if self.limiter is not None else None}
 
 
 def storage_bytes_for(schema: EpisodeSchema, capacity: int) -> int:
@@ -161,6 +177,11 @@ class EpisodeBuffer:
         self._reserve_storage = reserve_storage
         self.reserved_bytes = 0  # the storage the registry has counted for this buffer
         self.block_map: BlockMap | None = None  # which stored rows are already in blocks (from the storage on)
+        limiter = settings.rate_limiter()
+        self.limiter: RateLimiter | None = RateLimiter(limiter) if limiter is not None else None
+        self._changed = threading.Condition(self.lock)  # wakes calls waiting for the limiter
+        self._closed: RewindError | None = None  # set once the buffer is replaced or the service stops
+        self._wait_ids = itertools.count()
 
     # -- state ---------------------------------------------------------------
 
@@ -198,39 +219,152 @@ class EpisodeBuffer:
 
     # -- writing -------------------------------------------------------------
 
-    def add(self, episode: Mapping[str, torch.Tensor]) -> int:
+    def add(self, episode: Mapping[str, torch.Tensor], wait: Wait = NO_WAIT) -> int:
         """Validate and store one episode of shape (L, ...); returns num_eps.
+
+        Args:
+            wait: how long the rate limiter may hold the insert back (default: not at all).
 
         Raises:
             InvalidArgument: the episode is malformed; nothing is stored then.
             ResourceExhausted: the first episode's storage cannot be had; the buffer stays empty.
+            DeadlineExceeded: the rate limiter held it back for all of `wait` (reason RATE_LIMITED).
         """
-        return self._store([episode], ["episode"])
+        return self._store([episode], ["episode"], wait)
 
-    def load(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> int:
+    def load(self, episodes: Sequence[Mapping[str, torch.Tensor]], wait: Wait = NO_WAIT) -> int:
         """Validate every episode first, then store them all; returns num_eps.
 
         Raises:
             InvalidArgument: any episode is malformed; nothing is stored then.
             ResourceExhausted: the first episodes' storage cannot be had; the buffer stays empty.
+            FailedPrecondition: more transitions at once than the rate limiter could ever let in.
+            DeadlineExceeded: the rate limiter held them back for all of `wait` (reason RATE_LIMITED).
         """
-        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))])
+        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))], wait)
 
-    def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str]) -> int:
+    def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait) -> int:
         with self.lock:
-            schema = self.schema
-            for episode, where in zip(episodes, names, strict=True):
-                validate_episodes(
-                    episode, schema=schema, horizon=self.settings.horizon, capacity=self.capacity, where=where
-                )
-                if schema is None:
-                    schema = EpisodeSchema.from_tensors(episode)
+            schema = self._validate(episodes, names)
             if not episodes:
                 return self.num_eps
+            count = sum(episode["obs"].shape[0] for episode in episodes)
+            if self.limiter is not None:
+                self._check_insert_fits(count)
+                if self._await_limiter(INSERT, count, wait) and self.schema is not schema:
+                    schema = self._validate(episodes, names)  # the first episode of another call set the schema
             if self._rb is None:
                 self._init_storage(schema)
             self._write(episodes)
+            if self.limiter is not None:
+                self.limiter.inserted(count)
+                self._changed.notify_all()
             return self.num_eps
+
+    def _validate(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str]) -> EpisodeSchema | None:
+        """Check every episode against the schema (or the first one's); returns the schema they share."""
+        schema = self.schema
+        for episode, where in zip(episodes, names, strict=True):
+            validate_episodes(episode, schema=schema, horizon=self.settings.horizon, capacity=self.capacity,
+                              where=where)
+            if schema is None:
+                schema = EpisodeSchema.from_tensors(episode)
+            length = episode["obs"].shape[0]
+            if self.settings.max_episode_length and length > self.settings.max_episode_length:
+                raise InvalidArgument(f"{where}: {length:,} transitions, more than this buffer's "
+                                      f"max_episode_length {self.settings.max_episode_length:,}")
+        return schema
+
+    def _check_insert_fits(self, count: int) -> None:
+        """A load of more than one episode's worth at once could wait for a window it never gets."""
+        limiter, longest = self.limiter, self.settings.longest_episode
+        if count > longest and limiter.settings.inserts_wait and not limiter.settings.is_min_size:
+            raise FailedPrecondition(
+                f"episodes: {count:,} transitions at once, more than the longest episode ({longest:,}, "
+                "max_episode_length) that the rate limiter's window makes room for; load fewer episodes per "
+                "call, or pause the limiter while preloading (SetRateLimiter)")
+
+    def _await_limiter(self, side: str, count: int, wait: Wait) -> bool:
+        """Hold the caller, the lock released, until the limiter lets `count` through; True if it waited.
+
+        Raises:
+            DeadlineExceeded: still held back after wait.seconds (reason RATE_LIMITED, the limiter's state
+                in the error's metadata).
+            ResourceExhausted: the service's waiting calls are all taken (limiter_max_waiting).
+            Cancelled: the caller went away.
+            The buffer's closing error: it was replaced, or the service is stopping.
+        """
+        limiter = self.limiter
+        if limiter is None or limiter.allows(side, self.transitions, count):
+            return False
+        if wait.slots is not None and not wait.slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"limiter_max_waiting: every slot for calls waiting on a rate limiter is taken; this {side} of "
+                f"{count:,} was refused at once (retry later, or raise limiter_max_waiting)")
+        stats, token = limiter.side_stats(side), next(self._wait_ids)
+        stats.begin_wait(token)
+        deadline = time.monotonic() + wait.seconds
+        try:
+            while True:
+                if self._closed is not None:
+                    raise self._closed
+                if self.limiter is not limiter:  # changed meanwhile (SetRateLimiter): ask the new one
+                    limiter = self.limiter
+                    if limiter is None:
+                        return True
+                if limiter.allows(side, self.transitions, count):
+                    return True
+                if not wait.active():
+                    raise Cancelled(f"{side}: the call was given up while the rate limiter held it back")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._rate_limited(limiter, side, count, wait.seconds)
+                self._changed.wait(min(left, WAIT_SLICE_S))
+        finally:
+            stats.end_wait(token)
+            if wait.slots is not None:
+                wait.slots.release()
+
+    def _rate_limited(self, limiter: RateLimiter, side: str, count: int, waited: float) -> DeadlineExceeded:
+        s = limiter.settings
+        why = (f"the buffer holds {self.transitions:,} of min_size_to_sample {s.min_size_to_sample:,} transitions"
+               if side == SAMPLE and self.transitions < s.min_size_to_sample else
+               f"inserts x samples_per_insert - samples = {limiter.error():g} would leave the window "
+               f"[{s.min_diff:g}, {s.max_diff:g}]")
+        ahead = "samples have to catch up" if side == INSERT else "inserts have to catch up"
+        return DeadlineExceeded(
+            f"buffer {self.name!r}: the rate limiter held this {side} of {count:,} back for {waited:.1f} s: {why}; "
+            f"{ahead} (GetStats shows the limiter; SetRateLimiter changes or pauses it)",
+            reason="RATE_LIMITED", metadata={"buffer": self.name, "side": side, "count": str(count),
+                                             **limiter.describe(self.transitions)})
+
+    def close(self, error: RewindError) -> None:
+        """Wake every call waiting for the limiter with `error`: the buffer was replaced, or the service stops."""
+        with self.lock:
+            self._closed = error
+            self._changed.notify_all()
+
+    def change_limiter(self, settings: BufferSettings | None, paused: bool | None) -> None:
+        """New limiter settings (counts start again from the transitions stored) and/or a pause or its end.
+
+        Raises:
+            InvalidArgument: settings that are malformed or could deadlock (nothing changes).
+            FailedPrecondition: a pause asked of a buffer with no limiter.
+        """
+        with self.lock:
+            if settings is not None and settings != self.settings:
+                limiter = settings.rate_limiter()
+                self.settings = settings
+                keep_paused = bool(paused) if paused is not None else bool(self.limiter and self.limiter.paused)
+                self.limiter = RateLimiter.rebased(limiter, self.transitions, keep_paused) if limiter else None
+            elif paused is not None:
+                if self.limiter is None:
+                    raise FailedPrecondition(f"paused: buffer {self.name!r} has no rate limiter; give "
+                                             "samples_per_insert or min_size_to_sample first")
+                if self.limiter.paused and not paused:  # what came in while paused must not hold inserts back
+                    self.limiter = RateLimiter.rebased(self.limiter.settings, self.transitions)
+                self.limiter.paused = paused
+            self._changed.notify_all()
 
     def _init_storage(self, schema: EpisodeSchema) -> None:
         """Allocate the storage for `schema`, or raise and leave the buffer empty and usable.
@@ -279,13 +413,19 @@ class EpisodeBuffer:
 
     # -- sampling ------------------------------------------------------------
 
-    def sample(self) -> Batch:
+    def sample(self, wait: Wait = NO_WAIT) -> Batch:
         """Sample batch_size sequences of horizon+1 steps.
+
+        Args:
+            wait: how long the rate limiter may hold the sample back (default: not at all).
 
         Raises:
             FailedPrecondition: fewer than min_history transitions are stored.
+            DeadlineExceeded: the rate limiter held it back for all of `wait` (reason RATE_LIMITED).
         """
         with self.lock:
+            if self.limiter is not None:  # an empty buffer waits for min_size_to_sample, as Reverb's does
+                self._await_limiter(SAMPLE, self.settings.batch_size, wait)
             self.require_ready()
             # The sampler picks the slices (torchrl's SliceSampler, strict
             # length); gathering them time-major straight from the storage
@@ -294,6 +434,9 @@ class EpisodeBuffer:
             index = torchrl_adapter.sample_index(self._rb)
             number = self.batches_sampled
             self.batches_sampled += 1
+            if self.limiter is not None:
+                self.limiter.sampled(self.settings.batch_size)
+                self._changed.notify_all()
             steps = index.view(self.settings.batch_size, self.settings.horizon + 1).t()
             columns = torchrl_adapter.columns(self._rb.storage)
             after_first = steps[1:]
@@ -357,6 +500,7 @@ class EpisodeBuffer:
                 device_type=self.device.type if self.device is not None else None, schema=self.schema,
                 episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
                 transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows,
+                limiter=self.limiter.state if self.limiter is not None else None,
                 blocks=blocks, block_map=self.block_map)
 
     @classmethod
@@ -386,6 +530,9 @@ class EpisodeBuffer:
                      reserve_storage=reserve_storage)
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
+        if state.limiter is not None:  # the counts go on where the snapshot left them
+            buffer.limiter = RateLimiter(state.limiter.settings, state.limiter.inserts, state.limiter.samples,
+                                         state.limiter.paused)
         if state.schema is not None:
             buffer._init_storage(state.schema)
         return buffer
@@ -430,7 +577,9 @@ class EpisodeBuffer:
                 name=self.name, settings=self.settings, transitions=self.transitions, episodes=self.num_eps,
                 ready=self.ready(), device=str(self.device) if self.device is not None else "",
                 bytes=self.storage_bytes, episodes_added=self.episodes_added,
-                episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema)
+                episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema,
+                limiter=(self.limiter.stats(self.transitions, self.settings.batch_size)
+                         if self.limiter is not None else None))
 
 
 def _example_row(schema: EpisodeSchema) -> TensorDict:

@@ -9,6 +9,17 @@
     rewind_buffer_episodes_evicted_total{buffer}       episodes dropped to make room
     rewind_buffer_batches_sampled_total{buffer}        batches sampled
 
+and, for a buffer with a rate limiter (rewind_buffer.rate_limiter):
+
+    rewind_buffer_rate_limiter_inserts_total{buffer}   transitions the limiter counted in
+    rewind_buffer_rate_limiter_samples_total{buffer}   sequences the limiter counted out
+    rewind_buffer_rate_limiter_can_insert{buffer}      1 if one more transition would go in now
+    rewind_buffer_rate_limiter_can_sample{buffer}      1 if one more batch would come out now
+    rewind_buffer_rate_limiter_paused{buffer}          1 while paused
+    rewind_buffer_rate_limiter_waiting{buffer, side}   calls waiting now (side: insert, sample)
+    rewind_buffer_rate_limiter_blocked_calls_total{buffer, side}    calls that had to wait
+    rewind_buffer_rate_limiter_blocked_seconds_total{buffer, side}  seconds they waited
+
 The counters are the buffer's own: a ResetBuffer starts them again from zero,
 which Prometheus' rate() reads as a counter reset.
 """
@@ -20,6 +31,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rewind_buffer.rate_limiter import LimiterStats
 from rewind_buffer.registry import BufferRegistry
 
 
@@ -50,6 +62,7 @@ class BufferCollector(Collector):
                                            labels=["buffer"]),
             "sampled": CounterMetricFamily("rewind_buffer_batches_sampled", "Batches sampled", labels=["buffer"]),
         }
+        limiter = _limiter_families()
         for buffer in self.registry.buffers():
             stats = buffer.stats()
             name = [stats.name]
@@ -61,5 +74,41 @@ class BufferCollector(Collector):
             counters["added"].add_metric(name, stats.episodes_added)
             counters["evicted"].add_metric(name, stats.episodes_evicted)
             counters["sampled"].add_metric(name, stats.batches_sampled)
+            if stats.limiter is not None:
+                _add_limiter(limiter, stats.name, stats.limiter)
         yield from gauges.values()
         yield from counters.values()
+        yield from limiter.values()
+
+
+def _limiter_families() -> dict[str, Metric]:
+    prefix, by_side = "rewind_buffer_rate_limiter", ["buffer", "side"]
+    return {
+        "inserts": CounterMetricFamily(f"{prefix}_inserts", "Transitions the rate limiter counted in",
+                                       labels=["buffer"]),
+        "samples": CounterMetricFamily(f"{prefix}_samples", "Sequences the rate limiter counted out",
+                                       labels=["buffer"]),
+        "can_insert": GaugeMetricFamily(f"{prefix}_can_insert", "1 if one more transition would go in now",
+                                        labels=["buffer"]),
+        "can_sample": GaugeMetricFamily(f"{prefix}_can_sample", "1 if one more batch would come out now",
+                                        labels=["buffer"]),
+        "paused": GaugeMetricFamily(f"{prefix}_paused", "1 while the rate limiter is paused", labels=["buffer"]),
+        "waiting": GaugeMetricFamily(f"{prefix}_waiting", "Calls waiting for the rate limiter now", labels=by_side),
+        "blocked_calls": CounterMetricFamily(f"{prefix}_blocked_calls", "Calls that had to wait for the rate "
+                                             "limiter (those waiting now included)", labels=by_side),
+        "blocked_seconds": CounterMetricFamily(f"{prefix}_blocked_seconds", "Seconds calls waited for the rate "
+                                               "limiter (those waiting now included)", labels=by_side),
+    }
+
+
+def _add_limiter(families: dict[str, Metric], buffer: str, stats: LimiterStats) -> None:
+    families["inserts"].add_metric([buffer], stats.inserts)
+    families["samples"].add_metric([buffer], stats.samples)
+    families["can_insert"].add_metric([buffer], int(stats.can_insert))
+    families["can_sample"].add_metric([buffer], int(stats.can_sample))
+    families["paused"].add_metric([buffer], int(stats.paused))
+    for side in ("inserts", "samples"):
+        label = [buffer, side.removesuffix("s")]
+        families["waiting"].add_metric(label, getattr(stats, f"{side}_waiting"))
+        families["blocked_calls"].add_metric(label, getattr(stats, f"{side}_blocked_calls"))
+        families["blocked_seconds"].add_metric(label, getattr(stats, f"{side}_blocked_seconds"))

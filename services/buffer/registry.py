@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from rewind.errors import AlreadyExists, NotFound, ResourceExhausted
+from rewind.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from rewind_buffer.episode_buffer import EpisodeBuffer
 from rewind_buffer.settings import BufferSettings, Limits, check_buffer_name
 
@@ -81,6 +81,7 @@ class BufferRegistry:
             self._admit(name, buffer.capacity)
             old = self._buffers.get(name)
             self._buffers[name] = buffer
+        _retire(old, "reset")
         return buffer, (old.num_eps if old is not None else 0)
 
     def delete(self, name: str) -> int:
@@ -93,6 +94,7 @@ class BufferRegistry:
         with self._lock:
             if self._buffers.get(name) is buffer:
                 del self._buffers[name]
+        _retire(buffer, "deleted")
         return buffer.num_eps
 
     def admit(self, name: str, settings: BufferSettings, storage_bytes: int = 0) -> None:
@@ -113,7 +115,14 @@ class BufferRegistry:
         check_buffer_name(buffer.name)
         with self._lock:
             self._admit(buffer.name, buffer.capacity, buffer.reserved_bytes)
+            old = self._buffers.get(buffer.name)
             self._buffers[buffer.name] = buffer
+        _retire(old, "restored over")
+
+    def close(self) -> None:
+        """Wake every call waiting for a rate limiter: the service is stopping."""
+        for buffer in self.buffers():
+            buffer.close(Unavailable("the buffer service is stopping; retry against its successor"))
 
     def reserve_storage(self, buffer: EpisodeBuffer, nbytes: int) -> None:
         """Count `nbytes` of storage for `buffer` (it is about to allocate them), or refuse.
@@ -153,3 +162,10 @@ class BufferRegistry:
                 f"buffer_size: its storage needs {nbytes / 2**20:,.1f} MiB but {max(left, 0) / 2**20:,.1f} MiB are "
                 f"left of the service's budget (max_storage_mb={limit // 2**20:,}, shared by all buffers); lower "
                 "buffer_size (ResetBuffer) or delete a buffer")
+
+
+def _retire(buffer: EpisodeBuffer | None, how: str) -> None:
+    """Calls still waiting on a replaced buffer's limiter end now, not at their deadline."""
+    if buffer is not None:
+        buffer.close(FailedPrecondition(f"buffer {buffer.name!r} was {how} while this call waited for its rate "
+                                        "limiter; nothing was stored or sampled"))

@@ -37,9 +37,11 @@ def build(settings: BufferServiceSettings, explicit: Collection[str] = ()) -> tu
     servicer = BufferServicer(registry, CaptureStore(settings.max_captures, settings.capture_ttl_s,
                                                      max_copy_bytes=settings.max_capture_copy_mb * 2**20),
                               block_bytes=settings.snapshot_block_mb * 2**20,
-                              store_endpoints=settings.store_endpoints, store_timeout_s=settings.store_timeout_s)
+                              store_endpoints=settings.store_endpoints, store_timeout_s=settings.store_timeout_s,
+                              limiter_max_wait_s=settings.limiter_max_wait_s,
+                              limiter_max_waiting=settings.limiter_waiting_slots)
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
-                             read_methods=READ_METHODS)
+                             read_methods=READ_METHODS, on_drain=registry.close)
     host = ServiceHost.from_settings([binding], settings, explicit)
     host.metrics.register(BufferCollector(registry))
     return host, registry

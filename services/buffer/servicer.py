@@ -24,6 +24,7 @@ from rewind_buffer.block_upload import BlockFetcher, GrantedUploads
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of, row_bytes
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
+from rewind_buffer.rate_limiter import LimiterStats, Wait
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.settings import BufferSettings, check_buffer_name
 from rewind_buffer.writer import TRAJ_KEY
@@ -36,6 +37,12 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 # A refused restore that had received this much gives the freed memory back to the OS.
 TRIM_AFTER_BYTES = 1024 * 1024
 _END = object()
+# A rate limiter wait ends this much before the call's deadline (the larger of the two).
+DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE = 0.05, 0.1
+# BufferSettings fields whose absence (not their zero) means "the default".
+OPTIONAL_SETTINGS = ("min_history", "max_episode_length", "samples_per_insert", "min_size_to_sample", "error_buffer",
+                     "inserts_wait")
+LIMITER_SETTINGS = ("samples_per_insert", "min_size_to_sample", "error_buffer", "inserts_wait")
 
 
 def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
@@ -47,6 +54,14 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
         setattr(out, key, getattr(stats, key))
     if stats.schema is not None:
         stats.schema.to_proto(out.schema)
+    if stats.limiter is not None:
+        _limiter_to_proto(stats.limiter, out.rate_limiter)
+
+
+def _limiter_to_proto(stats: LimiterStats, out: buffer_pb2.RateLimiterStats) -> None:
+    out.MergeFrom(buffer_pb2.RateLimiterStats(**{
+        **{k: v for k, v in asdict(stats).items() if k != "settings"},
+        **{k: v for k, v in asdict(stats.settings).items()}}))
 
 
 class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
@@ -62,13 +77,27 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def __init__(self, registry: BufferRegistry, captures: CaptureStore | None = None,
                  block_bytes: int = DEFAULT_BLOCK_BYTES, store_endpoints: tuple[str, ...] = LOOPBACK,
-                 store_timeout_s: float = 60.0) -> None:
+                 store_timeout_s: float = 60.0, limiter_max_wait_s: float = 60.0,
+                 limiter_max_waiting: int = 4) -> None:
         self.registry = registry
         self.store_endpoints = tuple(store_endpoints)  # where UploadBlocks may PUT (rewind.endpoints)
         self.store_timeout_s = store_timeout_s
         # `is None`, not `or`: an empty store is falsy (len 0), and `or` dropped the configured one.
         self.captures = captures if captures is not None else CaptureStore()
         self.block_bytes = block_bytes  # the most bytes of a new block (snapshot_block_mb)
+        self.limiter_max_wait_s = limiter_max_wait_s
+        # Unary calls waiting on a limiter hold a gRPC worker each: bounded, so health and others still get one.
+        self._wait_slots = threading.BoundedSemaphore(limiter_max_waiting)
+
+    def _wait(self, context: grpc.ServicerContext) -> Wait:
+        """How long a unary call may wait for a rate limiter: at most limiter_max_wait_s, and ending a little
+        before its deadline, so that the answer (with the limiter's state) reaches the caller before its own
+        deadline fires and drops it."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return Wait(self.limiter_max_wait_s, context.is_active, self._wait_slots)
+        before_deadline = remaining - max(DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE * remaining)
+        return Wait(min(max(before_deadline, 0.0), self.limiter_max_wait_s), context.is_active, self._wait_slots)
 
     def ListBuffers(self, request, context):
         # The newest snapshot format it restores: a resume checks a checkpoint's buffers against it.
@@ -91,11 +120,23 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
     def DeleteBuffer(self, request, context):
         return buffer_pb2.DeleteBufferResponse(episodes_dropped=self.registry.delete(request.buffer))
 
-    def _settings(self, s: buffer_pb2.BufferSettings) -> BufferSettings:
-        """A request's settings over the service's defaults (unset, or zero where zero is invalid, is default)."""
-        return self.registry.defaults.replace(
+    def _settings(self, s: buffer_pb2.BufferSettings, base: BufferSettings | None = None) -> BufferSettings:
+        """A request's settings over `base` (default: the service's defaults); unset, or zero where zero is
+        invalid, keeps the base's."""
+        return (base or self.registry.defaults).replace(
             buffer_size=s.buffer_size or None, batch_size=s.batch_size or None, horizon=s.horizon or None,
-            min_history=s.min_history if s.HasField("min_history") else None)
+            **{name: getattr(s, name) if s.HasField(name) else None for name in OPTIONAL_SETTINGS})
+
+    def SetRateLimiter(self, request, context):
+        buffer = self.registry.get(request.buffer)
+        _change_limiter(buffer, request.change, self._limiter_settings, "change")
+        response = buffer_pb2.SetRateLimiterResponse()
+        stats_to_proto(buffer, response.stats)
+        return response
+
+    def _limiter_settings(self, s: buffer_pb2.BufferSettings, base: BufferSettings) -> BufferSettings:
+        """The limiter fields of `s` over `base` (the buffer's own settings); the others are not read."""
+        return base.replace(**{name: getattr(s, name) if s.HasField(name) else None for name in LIMITER_SETTINGS})
 
     def GetStats(self, request, context):
         response = buffer_pb2.GetStatsResponse()
@@ -106,7 +147,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         buffer = self.registry.get(request.buffer)
         episode = decode_episode(request.episode, "episode")
         with buffer.lock:  # the id must be this add's, not a concurrent one's
-            num = buffer.add(episode)
+            num = buffer.add(episode, self._wait(context))
             return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
 
     def LoadEpisodes(self, request_iterator, context):
@@ -132,11 +173,11 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 episodes.append(episode)
         if not episodes:
             raise InvalidArgument("episodes: the stream carried no episodes")
-        num = buffer.load(episodes)
+        num = buffer.load(episodes, self._wait(context))
         return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
 
     def Sample(self, request, context):
-        batch = self.registry.get(request.buffer).sample()
+        batch = self.registry.get(request.buffer).sample(self._wait(context))
         response = buffer_pb2.SampleResponse()
         encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
         return response
@@ -149,7 +190,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         if request.num_batches < 0:
             raise InvalidArgument(f"num_batches: {request.num_batches} is negative (0 streams until cancelled)")
         buffer.require_ready()  # up front, not mid-stream: the client sees the reason at once
-        yield from _stream_batches(buffer, prefetch, request.num_batches, context)
+        yield from _stream_batches(buffer, prefetch, request.num_batches, context, self.limiter_max_wait_s)
 
     def Snapshot(self, request, context):
         buffer = self.registry.get(request.buffer)
@@ -231,7 +272,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         requests = iter(request_iterator)
         restored = None
         try:
-            name, first_block = _receive_snapshot(requests, reader, self._admit_snapshot)
+            name, first_block, change = _receive_snapshot(requests, reader, self._admit_snapshot)
             _, tensors = reader.finish()
             if isinstance(reader.checked, snapshot_check.BlockIndex):
                 index = reader.checked
@@ -245,6 +286,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 state = dataclasses.replace(reader.checked, tensors=tensors)
                 snapshot_check.check_tensors(state)
                 restored = _rebuild(name, state, self.registry)
+            if change is not None:
+                _change_limiter(restored, change, self._limiter_settings, "rate_limiter")
             self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
         except BaseException:
             reader.close()  # first: only unreferenced bytes can be given back
@@ -278,25 +321,30 @@ def _chunk_bytes(requested: int) -> int:
 
 
 def _receive_snapshot(requests: Iterator[buffer_pb2.RestoreRequest], reader: snapshot.SnapshotReader,
-                      admit: Callable[[str, dict], object]) -> tuple[str, buffer_pb2.RestoreRequest | None]:
+                      admit: Callable[[str, dict], object]
+                      ) -> tuple[str, buffer_pb2.RestoreRequest | None, buffer_pb2.RateLimiterChange | None]:
     """Feed a Restore stream to `reader` up to its first block, if any.
 
     Returns:
-        The buffer's name (from the first message), and the message that opens the first block (or None).
+        The buffer's name and the rate limiter change (both from the first message), and the message that
+        opens the first block (or None).
     """
-    name = None
+    name, change = None, None
     for request in requests:
         if name is None:
             name = check_buffer_name(request.buffer)
             reader.check_header = functools.partial(admit, name)
+            change = request.rate_limiter if request.HasField("rate_limiter") else None
         else:
             _check_same_buffer(request, name)
+            if request.HasField("rate_limiter"):
+                raise InvalidArgument("rate_limiter: only the first message of a Restore may carry it")
         if request.HasField("block"):
-            return name, request
+            return name, request, change
         reader.feed(request.chunk)
     if name is None:
         raise InvalidArgument("request: the stream carried no messages")
-    return name, None
+    return name, None, change
 
 
 def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferState,
@@ -414,12 +462,17 @@ def _give_memory_back() -> None:
 
 
 def _stream_batches(
-    buffer: EpisodeBuffer, prefetch: int, num_batches: int, context: grpc.ServicerContext
+    buffer: EpisodeBuffer, prefetch: int, num_batches: int, context: grpc.ServicerContext, max_wait_s: float
 ) -> Iterator[buffer_pb2.SampleStreamResponse]:
-    """Sample in a producer thread, up to `prefetch` batches ahead of the sender."""
+    """Sample in a producer thread, up to `prefetch` batches ahead of the sender.
+
+    A batch the rate limiter holds back waits at most `max_wait_s` (streams carry no deadline to go by),
+    in the producer thread; the stream then ends with DEADLINE_EXCEEDED.
+    """
     ready: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     context.add_callback(stop.set)  # fires on cancel, deadline and completion
+    wait = Wait(max_wait_s, lambda: not stop.is_set())
 
     def offer(item) -> bool:
         while not stop.is_set():
@@ -434,7 +487,7 @@ def _stream_batches(
         try:
             sent = 0
             while num_batches == 0 or sent < num_batches:
-                batch = buffer.sample()
+                batch = buffer.sample(wait)
                 response = buffer_pb2.SampleStreamResponse()
                 encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
                 if not offer(response):
@@ -478,3 +531,14 @@ def _index_start(event: block_stream.IndexStart, versions: dict[str, str]) -> bu
     return buffer_pb2.BlockIndexStart(
         size=event.size, blocks=[buffer_pb2.BlockRef(sha256=sha, size=size) for sha, size in event.blocks],
         episodes_added=event.episodes_added, versions=versions)
+
+
+def _change_limiter(buffer: EpisodeBuffer, change: buffer_pb2.RateLimiterChange,
+                    settings_of: Callable[[buffer_pb2.BufferSettings, BufferSettings], BufferSettings],
+                    field: str) -> None:
+    """Apply a RateLimiterChange (SetRateLimiter, or a Restore's) to `buffer`."""
+    try:
+        settings = settings_of(change.settings, buffer.settings) if change.HasField("settings") else None
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{field}.settings.{exc.message}") from None
+    buffer.change_limiter(settings, change.paused if change.HasField("paused") else None)

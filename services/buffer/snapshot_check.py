@@ -11,7 +11,7 @@ snapshot is either restored exactly or not at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +20,7 @@ from rewind.errors import DataLoss, InvalidArgument
 from rewind_buffer import snapshot
 from rewind_buffer.blocks import DIGEST
 from rewind_buffer.episode_buffer import BufferState
+from rewind_buffer.rate_limiter import LimiterState
 from rewind_buffer.schema import FIELDS, SCALAR_FIELDS, EpisodeSchema, FieldSpec
 from rewind_buffer.settings import STORAGE_DEVICES, BufferSettings
 from rewind_buffer.writer import TRAJ_KEY
@@ -28,6 +29,12 @@ GENERATOR_KEY = "generator_state"
 HEADER_KEYS = frozenset({"name", "settings", "seed", "storage_device", "device_type", "schema", "episodes_added",
                          "batches_sampled", "transitions", "writer", "format_version", "tensors"})
 INDEX_KEYS = HEADER_KEYS | {"rows", "blocks", "extents"}
+# Keys a header may lack: snapshots written before Rewind had a rate limiter.
+OPTIONAL_KEYS = frozenset({"limiter"})
+# The buffer settings every snapshot has (integers), and those added later, with their types.
+SETTINGS_INTS = frozenset({"buffer_size", "batch_size", "min_history", "horizon"})
+LATER_SETTINGS = {"max_episode_length": int, "samples_per_insert": float, "min_size_to_sample": int,
+                  "error_buffer": str, "inserts_wait": bool}
 WRITER_KEYS = frozenset({"cursor", "episodes", "evicted"})
 DEVICE_TYPES = ("cpu", "cuda")
 INT64_MAX = 2**63 - 1
@@ -116,8 +123,9 @@ def _parse_state(header: object, keys: frozenset[str]) -> BufferState:
     """The part of a header a snapshot and a block index share, checked."""
     if not isinstance(header, dict):
         raise DataLoss(f"snapshot: the header is a JSON {type(header).__name__}, not an object")
-    _check_keys(header, keys, "snapshot")
+    _check_keys(header, keys, "snapshot", optional=OPTIONAL_KEYS)
     settings, schema = _settings(header["settings"]), _schema(header["schema"])
+    limiter = _limiter(header.get("limiter"), settings)
     device_type = header["device_type"]
     if device_type not in ((None,) if schema is None else DEVICE_TYPES):
         raise DataLoss(f"snapshot.device_type: {device_type!r:.50} does not fit a buffer "
@@ -139,7 +147,7 @@ def _parse_state(header: object, keys: frozenset[str]) -> BufferState:
         writer={"cursor": _int(writer["cursor"], "snapshot.writer.cursor"),
                 "episodes": _episodes(writer["episodes"]),
                 "evicted": _int(writer["evicted"], "snapshot.writer.evicted")},
-        tensors={})
+        tensors={}, limiter=limiter)
 
 
 def check_tensors(state: BufferState) -> None:
@@ -166,8 +174,9 @@ def check_tensors(state: BufferState) -> None:
                        f"{int(expected[slot])}")
 
 
-def _check_keys(value: dict, expected: frozenset[str], where: str) -> None:
-    missing, extra = sorted(expected - set(value)), sorted(str(k) for k in set(value) - expected)
+def _check_keys(value: dict, expected: frozenset[str], where: str, optional: frozenset[str] = frozenset()) -> None:
+    missing = sorted(expected - set(value))
+    extra = sorted(str(k) for k in set(value) - expected - optional)
     if missing or extra:
         raise DataLoss(f"{where}: missing key(s) {missing}, unexpected key(s) {extra}"[:300])
 
@@ -179,16 +188,41 @@ def _int(value: object, where: str, *, minimum: int = 0, maximum: int = INT64_MA
 
 
 def _settings(value: object) -> BufferSettings:
-    names = frozenset(f.name for f in fields(BufferSettings))
     if not isinstance(value, dict):
         raise DataLoss("snapshot.settings: an object is expected")
-    _check_keys(value, names, "snapshot.settings")
-    for name in names:
+    _check_keys(value, SETTINGS_INTS, "snapshot.settings", optional=frozenset(LATER_SETTINGS))
+    for name in SETTINGS_INTS:
         _int(value[name], f"snapshot.settings.{name}")
+    for name, kind in LATER_SETTINGS.items():
+        if name in value and not _is(value[name], kind):
+            raise DataLoss(f"snapshot.settings.{name}: {value[name]!r:.50} is not {kind.__name__}")
     try:
         return BufferSettings(**value)
     except InvalidArgument as exc:
         raise DataLoss(f"snapshot.settings.{exc}") from None
+
+
+def _is(value: object, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _limiter(value: object, settings: BufferSettings) -> LimiterState | None:
+    """The rate limiter's counts, which must belong to the limiter the snapshot's settings describe."""
+    if value is None:
+        return None
+    try:
+        state = LimiterState.from_json(value)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise DataLoss("snapshot.limiter: not a rate limiter's settings and counts") from None
+    if state.inserts < 0 or state.samples < 0:
+        raise DataLoss(f"snapshot.limiter: negative counts ({state.inserts} inserts, {state.samples} samples)")
+    expected = settings.rate_limiter()
+    if state.settings != expected:
+        raise DataLoss(f"snapshot.limiter: settings {state.settings} do not match the snapshot's buffer settings "
+                       f"({expected})")
+    return state
 
 
 def _schema(value: object) -> EpisodeSchema | None:

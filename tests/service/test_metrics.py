@@ -84,7 +84,8 @@ def test_rpc_counters_move_by_the_calls_made_with_their_codes(buffers, tokens):
     with BufferClient(buffers.address, security=tokens.read, timeout=10) as reader:
         with pytest.raises(PermissionDenied):
             reader.add(episode(9, 60))
-        assert len(list(reader.batches(prefetch=1, num_batches=2))) == 2  # a response stream, counted at its end
+    with BufferClient(buffers.address, security=tokens.write, timeout=10) as writer:
+        assert len(list(writer.batches(prefetch=1, num_batches=2))) == 2  # a response stream, counted at its end
     after = Scrape(buffers.http_port, READ_TOKEN)
 
     def moved(method: str, code: str) -> float:

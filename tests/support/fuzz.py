@@ -928,6 +928,12 @@ class BufferWorld(World):
     def template_ResetBuffer(self, rng):
         return [buffer_pb2.ResetBufferRequest(buffer="victim", settings=self.SETTINGS)]
 
+    def template_SetRateLimiter(self, rng):
+        # On the victim, and paused: a limiter that held calls back would stall the fuzzer's later calls.
+        change = buffer_pb2.RateLimiterChange(settings=buffer_pb2.BufferSettings(
+            samples_per_insert=1.0, min_size_to_sample=10, error_buffer="600", inserts_wait=False), paused=True)
+        return [buffer_pb2.SetRateLimiterRequest(buffer="victim", change=change)]
+
     def template_DeleteBuffer(self, rng):
         return [buffer_pb2.DeleteBufferRequest(buffer="victim")]
 

@@ -8,16 +8,62 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BufferSettings(_message.Message):
-    __slots__ = ("buffer_size", "batch_size", "min_history", "horizon")
+    __slots__ = ("buffer_size", "batch_size", "min_history", "horizon", "max_episode_length", "samples_per_insert", "min_size_to_sample", "error_buffer", "inserts_wait")
     BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_HISTORY_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPISODE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_INSERT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_TO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_WAIT_FIELD_NUMBER: _ClassVar[int]
     buffer_size: int
     batch_size: int
     min_history: int
     horizon: int
-    def __init__(self, buffer_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ...) -> None: ...
+    max_episode_length: int
+    samples_per_insert: float
+    min_size_to_sample: int
+    error_buffer: str
+    inserts_wait: bool
+    def __init__(self, buffer_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., min_history: _Optional[int] = ..., horizon: _Optional[int] = ..., max_episode_length: _Optional[int] = ..., samples_per_insert: _Optional[float] = ..., min_size_to_sample: _Optional[int] = ..., error_buffer: _Optional[str] = ..., inserts_wait: _Optional[bool] = ...) -> None: ...
+
+class RateLimiterStats(_message.Message):
+    __slots__ = ("samples_per_insert", "min_size_to_sample", "min_diff", "max_diff", "inserts_wait", "paused", "inserts", "samples", "can_insert", "can_sample", "inserts_blocked_calls", "inserts_blocked_seconds", "samples_blocked_calls", "samples_blocked_seconds", "inserts_waiting", "samples_waiting")
+    SAMPLES_PER_INSERT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_TO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    MIN_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIFF_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_WAIT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CAN_INSERT_FIELD_NUMBER: _ClassVar[int]
+    CAN_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_BLOCKED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_BLOCKED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_BLOCKED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_BLOCKED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_WAITING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_WAITING_FIELD_NUMBER: _ClassVar[int]
+    samples_per_insert: float
+    min_size_to_sample: int
+    min_diff: float
+    max_diff: float
+    inserts_wait: bool
+    paused: bool
+    inserts: int
+    samples: int
+    can_insert: bool
+    can_sample: bool
+    inserts_blocked_calls: int
+    inserts_blocked_seconds: float
+    samples_blocked_calls: int
+    samples_blocked_seconds: float
+    inserts_waiting: int
+    samples_waiting: int
+    def __init__(self, samples_per_insert: _Optional[float] = ..., min_size_to_sample: _Optional[int] = ..., min_diff: _Optional[float] = ..., max_diff: _Optional[float] = ..., inserts_wait: _Optional[bool] = ..., paused: _Optional[bool] = ..., inserts: _Optional[int] = ..., samples: _Optional[int] = ..., can_insert: _Optional[bool] = ..., can_sample: _Optional[bool] = ..., inserts_blocked_calls: _Optional[int] = ..., inserts_blocked_seconds: _Optional[float] = ..., samples_blocked_calls: _Optional[int] = ..., samples_blocked_seconds: _Optional[float] = ..., inserts_waiting: _Optional[int] = ..., samples_waiting: _Optional[int] = ...) -> None: ...
 
 class FieldSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -30,7 +76,7 @@ class FieldSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BufferStats(_message.Message):
-    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema")
+    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +88,7 @@ class BufferStats(_message.Message):
     EPISODES_EVICTED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
     name: str
     settings: BufferSettings
     transitions: int
@@ -53,7 +100,8 @@ class BufferStats(_message.Message):
     episodes_evicted: int
     batches_sampled: int
     schema: _containers.RepeatedCompositeFieldContainer[FieldSpec]
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ...) -> None: ...
+    rate_limiter: RateLimiterStats
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ...) -> None: ...
 
 class Episode(_message.Message):
     __slots__ = ("fields",)
@@ -369,18 +417,42 @@ class UploadBlocksResponse(_message.Message):
     def __init__(self, needed: _Optional[_Union[BlocksNeeded, _Mapping]] = ..., uploaded: _Optional[_Union[BlockRef, _Mapping]] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("buffer", "chunk", "block", "fetch")
+    __slots__ = ("buffer", "chunk", "block", "fetch", "rate_limiter")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk: bytes
     block: BlockRef
     fetch: BlockGrant
-    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., fetch: _Optional[_Union[BlockGrant, _Mapping]] = ...) -> None: ...
+    rate_limiter: RateLimiterChange
+    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., fetch: _Optional[_Union[BlockGrant, _Mapping]] = ..., rate_limiter: _Optional[_Union[RateLimiterChange, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: BufferStats
+    def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
+
+class RateLimiterChange(_message.Message):
+    __slots__ = ("settings", "paused")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    settings: BufferSettings
+    paused: bool
+    def __init__(self, settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class SetRateLimiterRequest(_message.Message):
+    __slots__ = ("buffer", "change")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    change: RateLimiterChange
+    def __init__(self, buffer: _Optional[str] = ..., change: _Optional[_Union[RateLimiterChange, _Mapping]] = ...) -> None: ...
+
+class SetRateLimiterResponse(_message.Message):
     __slots__ = ("stats",)
     STATS_FIELD_NUMBER: _ClassVar[int]
     stats: BufferStats

@@ -5,7 +5,7 @@ import warnings
 
 from rewind.buffer.v1 import buffer_pb2 as rewind_dot_buffer_dot_v1_dot_buffer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -108,6 +108,11 @@ class BufferServiceStub:
                 '/rewind.buffer.v1.BufferService/Restore',
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreResponse.FromString,
+                _registered_method=True)
+        self.SetRateLimiter = channel.unary_unary(
+                '/rewind.buffer.v1.BufferService/SetRateLimiter',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.FromString,
                 _registered_method=True)
 
 
@@ -232,6 +237,17 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRateLimiter(self, request, context):
+        """SetRateLimiter changes a buffer's rate limiter at runtime: new settings,
+        or a pause (every call goes through, the counts go on) and its end.
+        New settings, and the end of a pause, start the counts again from the
+        transitions stored, as if they had come in at the ratio, so that data
+        preloaded or restored does not hold inserts back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BufferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -304,6 +320,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreResponse.SerializeToString,
+            ),
+            'SetRateLimiter': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimiter,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +710,33 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/Restore',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimiter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewind.buffer.v1.BufferService/SetRateLimiter',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.FromString,
             options,
             channel_credentials,
             insecure,

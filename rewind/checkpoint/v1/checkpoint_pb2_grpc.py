@@ -5,7 +5,7 @@ import warnings
 
 from rewind.checkpoint.v1 import checkpoint_pb2 as rewind_dot_checkpoint_dot_v1_dot_checkpoint__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
