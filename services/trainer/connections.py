@@ -102,8 +102,11 @@ def own_buffers(services: Services, settings: TrainSettings, cfg: AgentConfig, r
         services.ckpt.restore_buffers(resumed_from, [(b.address, b.buffer) for b in services.buffers])
     else:
         for client in services.buffers:
+            # inserts_wait off: this process both collects and learns, so an insert that waited for its
+            # own samples would wait for ever (as Acme does for single-process agents). A limiter the
+            # service gives its buffers then only holds samples back.
             _, dropped = client.reset(buffer_size=settings.buffer_size, batch_size=cfg.batch_size,
-                                      horizon=cfg.horizon, min_history=0)
+                                      horizon=cfg.horizon, min_history=0, inserts_wait=False)
             if dropped:
                 log.warning("buffer %r at %s held %d episodes that no checkpoint records: reset for this fresh run",
                             client.buffer, client.address, dropped)

@@ -295,3 +295,19 @@ def test_a_block_checkpoint_keeps_the_limiter_counts(limited, tmp_path):
         assert (state.inserts, state.samples, state.min_diff, state.max_diff) == (40, 4, -20.0, 40.0)
     finally:
         checkpoints.stop(grace_s=0.5)
+
+
+def test_the_trainer_owns_its_buffers_with_inserts_that_never_wait(limited):
+    # One process both collects and learns: an insert that waited for its own samples would wait for ever.
+    from types import SimpleNamespace
+
+    from rewind_trainer.connections import Services, own_buffers
+
+    host, client = limited
+    services = Services(buffer=client, test_buffer=client.using("test_buffer"), ckpt=None)
+    own_buffers(services, SimpleNamespace(buffer_size=5_000), SimpleNamespace(batch_size=4, horizon=1), "")
+    state = limiter(client)
+    assert state.samples_per_insert == 0.5 and not state.inserts_wait  # the service's ratio, inserts free
+    for i in range(30):  # 300 transitions with no sample: far past the window's 40
+        client.add(episode(i, LENGTH))
+    assert limiter(client).inserts_blocked_calls == 0
