@@ -1,7 +1,8 @@
 """Rewind: preemption-proof TD-MPC2 training over gRPC.
 
 The SDK: `BufferClient` speaks to the buffer service with TD-MPC2's buffer
-API; `CheckpointClient` saves, finds and downloads checkpoints through the
+API, and `ShardedBufferClient` to several that hold one buffer between
+them; `CheckpointClient` saves, finds and downloads checkpoints through the
 checkpoint service; `TrainerClient` talks to a running trainer; `rewind.errors`
 holds the exceptions every call may raise; `train()` runs or resumes training;
 `list_checkpoints()` lists a store's checkpoints with no service running.
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BatchStream": "rewind.buffer_client",
     "BufferClient": "rewind.buffer_client",
+    "ShardedBufferClient": "rewind.sharded_buffer_client",
     "CheckpointClient": "rewind.checkpoint_client",
     "buffer_source": "rewind.checkpoint_client",
     "TrainerClient": "rewind.trainer_client",
@@ -31,8 +33,8 @@ _EXPORTS = {
 }
 API_GROUP = "rewind.api"
 
-__all__ = ["BatchStream", "BufferClient", "CheckpointClient", "TrainerClient", "__version__", "buffer_source",
-           "errors", "list_checkpoints", "train"]
+__all__ = ["BatchStream", "BufferClient", "CheckpointClient", "ShardedBufferClient", "TrainerClient", "__version__",
+           "buffer_source", "errors", "list_checkpoints", "train"]
 
 
 def _provided(name: str) -> Any:

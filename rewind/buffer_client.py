@@ -68,6 +68,27 @@ def _episodes_of(data) -> list[Mapping[str, torch.Tensor]]:
     return list(data)
 
 
+class StatsView:
+    """The seed's read-outs (ready, capacity, num_eps), from whatever stats() a client has."""
+
+    def stats(self) -> buffer_pb2.BufferStats:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """True once the buffer holds min_history transitions."""
+        return self.stats().ready
+
+    @property
+    def capacity(self) -> int:
+        """Capacity in transitions."""
+        return self.stats().settings.buffer_size
+
+    @property
+    def num_eps(self) -> int:
+        """Episodes currently stored."""
+        return self.stats().episodes
+
+
 class BatchStream:
     """An iterator over streamed batches, decoded ahead in a background thread.
 
@@ -130,7 +151,7 @@ class BatchStream:
         self.close()
 
 
-class BufferClient(ServiceClient):
+class BufferClient(StatsView, ServiceClient):
     """Client of one named buffer in a buffer service, with TD-MPC2's API.
 
     Args:
@@ -169,23 +190,32 @@ class BufferClient(ServiceClient):
 
     # -- TD-MPC2's API -------------------------------------------------------
 
-    def add(self, td) -> int:
-        """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps."""
-        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer)
+    def add(self, td, routing: buffer_pb2.RoutingKey | None = None) -> int:
+        """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps.
+
+        Args:
+            routing: the key a sharded client routed it by (ShardedBufferClient sets it).
+        """
+        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing)
         _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
         return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
 
-    def load(self, td) -> int:
+    def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = ()) -> int:
         """Add many episodes at once: a (N, L, ...) TensorDict, or a sequence of episodes.
 
         All are validated before any is stored. Returns num_eps.
+
+        Args:
+            routing: the keys a sharded client routed them by, one per episode (ShardedBufferClient sets them).
         """
         episodes = _episodes_of(td)
-        requests = self._load_requests(episodes)
+        if routing and len(routing) != len(episodes):
+            raise InvalidArgument(f"routing: {len(routing)} keys for {len(episodes)} episodes")
+        requests = self._load_requests(episodes, list(routing))
         return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
-    def _load_requests(self, episodes: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
+    def _load_requests(self, episodes: list, routing: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
         # About LOAD_MESSAGE_BYTES per message: small enough that the service
         # decodes one while this side encodes the next, large enough that
         # per-message overhead stays small for short episodes.
@@ -198,27 +228,34 @@ class BufferClient(ServiceClient):
                 yield request
                 request, pending = buffer_pb2.LoadEpisodesRequest(), 0
             _buffer_messages().encode_episode(episode, request.episodes.add())
+            if routing:
+                request.routing.append(routing[i])
             pending += size
         yield request
 
     def sample(self) -> BatchTuple:
         """One batch: obs (H+1, B, ...), action (H, B, ...), reward (H, B, 1), done (H, B, 1)."""
-        response = self._call(self._stub.Sample, buffer_pb2.SampleRequest(buffer=self.buffer), timeout=self.timeout)
-        return _buffer_messages().decode_batch(response.batch)
+        return _buffer_messages().decode_batch(self.sample_message())
 
-    def ready(self) -> bool:
-        """True once the buffer holds min_history transitions."""
-        return self.stats().ready
+    def sample_message(self, sequences: int | None = None, timeout: float | None = None) -> buffer_pb2.Batch:
+        """One batch as sent, of `sequences` sequences (default batch_size), with what it was drawn from
+        (sampleable_starts, sampleable_episodes): a shard's share of a sharded batch."""
+        request = buffer_pb2.SampleRequest(buffer=self.buffer, sequences=sequences)
+        return self._call(self._stub.Sample, request, timeout=timeout or self.timeout).batch
 
-    @property
-    def capacity(self) -> int:
-        """Capacity in transitions."""
-        return self.stats().settings.buffer_size
+    def sample_sequences(self, counts: Iterable[int]):
+        """A SampleSequences stream: one Batch message per count, in order, as `counts` yields them.
 
-    @property
-    def num_eps(self) -> int:
-        """Episodes currently stored."""
-        return self.stats().episodes
+        Returns the call: iterate it for SampleSequencesResponse messages; cancel() ends it. Failures
+        raise grpc.RpcError (ShardedBufferClient turns them into shard losses).
+        """
+        def requests() -> Iterator[buffer_pb2.SampleSequencesRequest]:
+            first = True
+            for count in counts:
+                yield buffer_pb2.SampleSequencesRequest(buffer=self.buffer if first else "", sequences=count)
+                first = False
+
+        return self._stub.SampleSequences(requests())
 
     # -- beyond the seed -----------------------------------------------------
 
@@ -241,10 +278,11 @@ class BufferClient(ServiceClient):
     def __iter__(self) -> Iterator[BatchTuple]:
         return self.batches()
 
-    def stats(self) -> buffer_pb2.BufferStats:
-        """Capacity, transitions, episodes, readiness, device, bytes and counters."""
+    def stats(self, timeout: float | None = None) -> buffer_pb2.BufferStats:
+        """Capacity, transitions, episodes, readiness, device, bytes and counters (within `timeout`, default
+        the client's)."""
         request = buffer_pb2.GetStatsRequest(buffer=self.buffer)
-        return self._call(self._stub.GetStats, request, timeout=self.timeout).stats
+        return self._call(self._stub.GetStats, request, timeout=timeout or self.timeout).stats
 
     def list_buffers(self) -> list[buffer_pb2.BufferStats]:
         """Stats of every buffer in the service."""

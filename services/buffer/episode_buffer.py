@@ -8,10 +8,8 @@ class adds schema checks, the CUDA-or-CPU choice, counters and a lock.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -20,9 +18,7 @@ from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
 from rewind.errors import (
-    Cancelled,
     DataLoss,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -31,6 +27,7 @@ from rewind.errors import (
 from rewind_buffer import torchrl_adapter
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, Sealed, row_bytes
 from rewind_buffer.captures import RowCapture
+from rewind_buffer.limiter_gate import LimiterGate
 from rewind_buffer.rate_limiter import INSERT, NO_WAIT, SAMPLE, LimiterState, LimiterStats, RateLimiter, Wait
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
@@ -40,8 +37,6 @@ log = logging.getLogger(__name__)
 
 # The seed's heuristic: CUDA only when 2.5x the storage fits in free memory.
 CUDA_HEADROOM = 2.5
-# A call waiting for the rate limiter looks this often whether it was given up (cancelled, stream closed).
-WAIT_SLICE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,6 +48,8 @@ class Batch:
     reward: torch.Tensor  # (H, B, 1)
     done: torch.Tensor  # (H, B, 1)
     sequence_number: int
+    sampleable_starts: int = 0    # what the sample was drawn from (a sharded client weighs shards by it)
+    sampleable_episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,8 @@ class BufferStats:
     batches_sampled: int
     schema: EpisodeSchema | None
     limiter: LimiterStats | None = None
+    sampleable_starts: int = 0
+    sampleable_episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,12 +177,14 @@ class EpisodeBuffer:
         self.reserved_bytes = 0  # the storage the registry has counted for this buffer
         self.block_map: BlockMap | None = None  # which stored rows are already in blocks (from the storage on)
         limiter = settings.rate_limiter()
-        self.limiter: RateLimiter | None = RateLimiter(limiter) if limiter is not None else None
-        self._changed = threading.Condition(self.lock)  # wakes calls waiting for the limiter
-        self._closed: RewindError | None = None  # set once the buffer is replaced or the service stops
-        self._wait_ids = itertools.count()
+        self.gate = LimiterGate(self.lock, name, lambda: self.transitions,
+                                RateLimiter(limiter) if limiter is not None else None)
 
     # -- state ---------------------------------------------------------------
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self.gate.limiter
 
     @property
     def capacity(self) -> int:
@@ -204,6 +205,12 @@ class EpisodeBuffer:
     @property
     def storage_bytes(self) -> int:
         return 0 if self._rb is None else torchrl_adapter.storage_bytes(self._rb.storage)
+
+    @property
+    def sampleable(self) -> tuple[int, int]:
+        """(sequence starts, episodes) a sample draws from: every stored episode has horizon+1 steps or more,
+        and its last `horizon` steps start no sequence."""
+        return self.transitions - self.num_eps * self.settings.horizon, self.num_eps
 
     def ready(self) -> bool:
         """True once min_history transitions (and at least one episode) are stored."""
@@ -251,14 +258,12 @@ class EpisodeBuffer:
             count = sum(episode["obs"].shape[0] for episode in episodes)
             if self.limiter is not None:
                 self._check_insert_fits(count)
-                if self._await_limiter(INSERT, count, wait) and self.schema is not schema:
+                if self.gate.wait(INSERT, count, wait) and self.schema is not schema:
                     schema = self._validate(episodes, names)  # the first episode of another call set the schema
             if self._rb is None:
                 self._init_storage(schema)
             self._write(episodes)
-            if self.limiter is not None:
-                self.limiter.inserted(count)
-                self._changed.notify_all()
+            self.gate.counted(INSERT, count)
             return self.num_eps
 
     def _validate(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str]) -> EpisodeSchema | None:
@@ -284,65 +289,9 @@ class EpisodeBuffer:
                 "max_episode_length) that the rate limiter's window makes room for; load fewer episodes per "
                 "call, or pause the limiter while preloading (SetRateLimiter)")
 
-    def _await_limiter(self, side: str, count: int, wait: Wait) -> bool:
-        """Hold the caller, the lock released, until the limiter lets `count` through; True if it waited.
-
-        Raises:
-            DeadlineExceeded: still held back after wait.seconds (reason RATE_LIMITED, the limiter's state
-                in the error's metadata).
-            ResourceExhausted: the service's waiting calls are all taken (limiter_max_waiting).
-            Cancelled: the caller went away.
-            The buffer's closing error: it was replaced, or the service is stopping.
-        """
-        limiter = self.limiter
-        if limiter is None or limiter.allows(side, self.transitions, count):
-            return False
-        if wait.slots is not None and not wait.slots.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"limiter_max_waiting: every slot for calls waiting on a rate limiter is taken; this {side} of "
-                f"{count:,} was refused at once (retry later, or raise limiter_max_waiting)")
-        stats, token = limiter.side_stats(side), next(self._wait_ids)
-        stats.begin_wait(token)
-        deadline = time.monotonic() + wait.seconds
-        try:
-            while True:
-                if self._closed is not None:
-                    raise self._closed
-                if self.limiter is not limiter:  # changed meanwhile (SetRateLimiter): ask the new one
-                    limiter = self.limiter
-                    if limiter is None:
-                        return True
-                if limiter.allows(side, self.transitions, count):
-                    return True
-                if not wait.active():
-                    raise Cancelled(f"{side}: the call was given up while the rate limiter held it back")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._rate_limited(limiter, side, count, wait.seconds)
-                self._changed.wait(min(left, WAIT_SLICE_S))
-        finally:
-            stats.end_wait(token)
-            if wait.slots is not None:
-                wait.slots.release()
-
-    def _rate_limited(self, limiter: RateLimiter, side: str, count: int, waited: float) -> DeadlineExceeded:
-        s = limiter.settings
-        why = (f"the buffer holds {self.transitions:,} of min_size_to_sample {s.min_size_to_sample:,} transitions"
-               if side == SAMPLE and self.transitions < s.min_size_to_sample else
-               f"inserts x samples_per_insert - samples = {limiter.error():g} would leave the window "
-               f"[{s.min_diff:g}, {s.max_diff:g}]")
-        ahead = "samples have to catch up" if side == INSERT else "inserts have to catch up"
-        return DeadlineExceeded(
-            f"buffer {self.name!r}: the rate limiter held this {side} of {count:,} back for {waited:.1f} s: {why}; "
-            f"{ahead} (GetStats shows the limiter; SetRateLimiter changes or pauses it)",
-            reason="RATE_LIMITED", metadata={"buffer": self.name, "side": side, "count": str(count),
-                                             **limiter.describe(self.transitions)})
-
     def close(self, error: RewindError) -> None:
         """Wake every call waiting for the limiter with `error`: the buffer was replaced, or the service stops."""
-        with self.lock:
-            self._closed = error
-            self._changed.notify_all()
+        self.gate.close(error)
 
     def change_limiter(self, settings: BufferSettings | None, paused: bool | None) -> None:
         """New limiter settings (counts start again from the transitions stored) and/or a pause or its end.
@@ -356,15 +305,16 @@ class EpisodeBuffer:
                 limiter = settings.rate_limiter()
                 self.settings = settings
                 keep_paused = bool(paused) if paused is not None else bool(self.limiter and self.limiter.paused)
-                self.limiter = RateLimiter.rebased(limiter, self.transitions, keep_paused) if limiter else None
+                self.gate.replace(RateLimiter.rebased(limiter, self.transitions, keep_paused) if limiter else None)
             elif paused is not None:
                 if self.limiter is None:
                     raise FailedPrecondition(f"paused: buffer {self.name!r} has no rate limiter; give "
                                              "samples_per_insert or min_size_to_sample first")
-                if self.limiter.paused and not paused:  # what came in while paused must not hold inserts back
-                    self.limiter = RateLimiter.rebased(self.limiter.settings, self.transitions)
-                self.limiter.paused = paused
-            self._changed.notify_all()
+                limiter = self.limiter
+                if limiter.paused and not paused:  # what came in while paused must not hold inserts back
+                    limiter = RateLimiter.rebased(limiter.settings, self.transitions)
+                limiter.paused = paused
+                self.gate.replace(limiter)
 
     def _init_storage(self, schema: EpisodeSchema) -> None:
         """Allocate the storage for `schema`, or raise and leave the buffer empty and usable.
@@ -413,31 +363,32 @@ class EpisodeBuffer:
 
     # -- sampling ------------------------------------------------------------
 
-    def sample(self, wait: Wait = NO_WAIT) -> Batch:
-        """Sample batch_size sequences of horizon+1 steps.
+    def sample(self, wait: Wait = NO_WAIT, sequences: int | None = None) -> Batch:
+        """Sample batch_size (or `sequences`) sequences of horizon+1 steps.
 
         Args:
             wait: how long the rate limiter may hold the sample back (default: not at all).
+            sequences: how many (a shard's share of a sharded batch; 0: an empty batch that moves nothing).
 
         Raises:
             FailedPrecondition: fewer than min_history transitions are stored.
             DeadlineExceeded: the rate limiter held it back for all of `wait` (reason RATE_LIMITED).
         """
+        count = self.settings.batch_size if sequences is None else sequences
         with self.lock:
-            if self.limiter is not None:  # an empty buffer waits for min_size_to_sample, as Reverb's does
-                self._await_limiter(SAMPLE, self.settings.batch_size, wait)
+            if count == 0:
+                return self._empty_batch()
+            self.gate.wait(SAMPLE, count, wait)  # an empty buffer waits for min_size_to_sample, as Reverb's does
             self.require_ready()
             # The sampler picks the slices (torchrl's SliceSampler, strict
             # length); gathering them time-major straight from the storage
             # columns skips ReplayBuffer.sample's generic TensorDict path and
             # the transpose-then-copy that TD-MPC2 does after it.
-            index = torchrl_adapter.sample_index(self._rb)
+            index = torchrl_adapter.sample_index(self._rb, count)
             number = self.batches_sampled
             self.batches_sampled += 1
-            if self.limiter is not None:
-                self.limiter.sampled(self.settings.batch_size)
-                self._changed.notify_all()
-            steps = index.view(self.settings.batch_size, self.settings.horizon + 1).t()
+            self.gate.counted(SAMPLE, count)
+            steps = index.view(count, self.settings.horizon + 1).t()
             columns = torchrl_adapter.columns(self._rb.storage)
             after_first = steps[1:]
             return Batch(
@@ -445,8 +396,21 @@ class EpisodeBuffer:
                 action=columns.get("action")[after_first],
                 reward=columns.get("reward")[after_first].unsqueeze(-1),
                 done=columns.get("done")[after_first].unsqueeze(-1),
-                sequence_number=number,
+                sequence_number=number, sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps,
             )
+
+    def _empty_batch(self) -> Batch:
+        """A batch of no sequences, shaped as the schema's (or 0-wide before the first episode)."""
+        steps = torch.zeros((self.settings.horizon + 1, 0), dtype=torch.long)
+        if self._rb is None:
+            empty = torch.zeros((self.settings.horizon, 0, 1))
+            return Batch(obs=torch.zeros((self.settings.horizon + 1, 0, 0)), action=empty, reward=empty, done=empty,
+                         sequence_number=self.batches_sampled)
+        columns = torchrl_adapter.columns(self._rb.storage)
+        return Batch(obs=columns.get("obs")[steps], action=columns.get("action")[steps[1:]],
+                     reward=columns.get("reward")[steps[1:]].unsqueeze(-1),
+                     done=columns.get("done")[steps[1:]].unsqueeze(-1), sequence_number=self.batches_sampled,
+                     sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps)
 
     # -- snapshot support ----------------------------------------------------
 
@@ -531,8 +495,8 @@ class EpisodeBuffer:
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
         if state.limiter is not None:  # the counts go on where the snapshot left them
-            buffer.limiter = RateLimiter(state.limiter.settings, state.limiter.inserts, state.limiter.samples,
-                                         state.limiter.paused)
+            buffer.gate.replace(RateLimiter(state.limiter.settings, state.limiter.inserts, state.limiter.samples,
+                                            state.limiter.paused))
         if state.schema is not None:
             buffer._init_storage(state.schema)
         return buffer
@@ -579,7 +543,8 @@ class EpisodeBuffer:
                 bytes=self.storage_bytes, episodes_added=self.episodes_added,
                 episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema,
                 limiter=(self.limiter.stats(self.transitions, self.settings.batch_size)
-                         if self.limiter is not None else None))
+                         if self.limiter is not None else None),
+                sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps)
 
 
 def _example_row(schema: EpisodeSchema) -> TensorDict:

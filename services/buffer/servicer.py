@@ -50,7 +50,7 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
     out.name = stats.name
     out.settings.CopyFrom(buffer_pb2.BufferSettings(**asdict(stats.settings)))
     for key in ("transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted",
-                "batches_sampled"):
+                "batches_sampled", "sampleable_starts", "sampleable_episodes"):
         setattr(out, key, getattr(stats, key))
     if stats.schema is not None:
         stats.schema.to_proto(out.schema)
@@ -145,6 +145,8 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def AddEpisode(self, request, context):
         buffer = self.registry.get(request.buffer)
+        if request.HasField("routing"):
+            _check_routing(request.routing, "routing")
         episode = decode_episode(request.episode, "episode")
         with buffer.lock:  # the id must be this add's, not a concurrent one's
             num = buffer.add(episode, self._wait(context))
@@ -160,6 +162,11 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 raise InvalidArgument(
                     f"buffer: message names {request.buffer!r} but the stream started with {buffer.name!r}"
                 )
+            if request.routing and len(request.routing) != len(request.episodes):
+                raise InvalidArgument(f"routing: {len(request.routing)} keys for the message's "
+                                      f"{len(request.episodes)} episodes; give one per episode, or none")
+            for i, key in enumerate(request.routing):
+                _check_routing(key, f"routing[{i}]")
             for msg in request.episodes:
                 episode = decode_episode(msg, f"episodes[{len(episodes)}]")
                 obs = episode.get("obs")
@@ -177,10 +184,26 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
 
     def Sample(self, request, context):
-        batch = self.registry.get(request.buffer).sample(self._wait(context))
+        buffer = self.registry.get(request.buffer)
+        sequences = _sequences(request.sequences, "sequences") if request.HasField("sequences") else None
         response = buffer_pb2.SampleResponse()
-        encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
+        _encode(buffer.sample(self._wait(context), sequences), response.batch)
         return response
+
+    def SampleSequences(self, request_iterator, context):
+        buffer = None
+        for index, request in enumerate(_until_gone(request_iterator)):
+            if buffer is None:
+                buffer = self.registry.get(request.buffer)
+            elif request.buffer and request.buffer != buffer.name:
+                raise InvalidArgument(f"buffer: message {index} names {request.buffer!r} but the stream "
+                                      f"started with {buffer.name!r}")
+            sequences = _sequences(request.sequences, f"sequences (message {index})")
+            # A stream carries no deadline to go by: a limiter's wait is bounded by limiter_max_wait_s.
+            wait = Wait(self.limiter_max_wait_s, context.is_active)
+            response = buffer_pb2.SampleSequencesResponse()
+            _encode(buffer.sample(wait, sequences), response.batch)
+            yield response
 
     def SampleStream(self, request, context):
         buffer = self.registry.get(request.buffer)
@@ -487,9 +510,8 @@ def _stream_batches(
         try:
             sent = 0
             while num_batches == 0 or sent < num_batches:
-                batch = buffer.sample(wait)
                 response = buffer_pb2.SampleStreamResponse()
-                encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, response.batch)
+                _encode(buffer.sample(wait), response.batch)
                 if not offer(response):
                     return
                 sent += 1
@@ -542,3 +564,35 @@ def _change_limiter(buffer: EpisodeBuffer, change: buffer_pb2.RateLimiterChange,
     except InvalidArgument as exc:
         raise InvalidArgument(f"{field}.settings.{exc.message}") from None
     buffer.change_limiter(settings, change.paused if change.HasField("paused") else None)
+
+
+MAX_SEQUENCES = 65_536  # as batch_size's bound: a batch gathered at once
+
+
+def _sequences(value: int, field: str) -> int:
+    if not 0 <= value <= MAX_SEQUENCES:
+        raise InvalidArgument(f"{field}: {value} is outside 0..{MAX_SEQUENCES:,}")
+    return value
+
+
+def _encode(batch, out: buffer_pb2.Batch) -> None:
+    encode_batch(batch.obs, batch.action, batch.reward, batch.done, batch.sequence_number, out)
+    out.sampleable_starts, out.sampleable_episodes = batch.sampleable_starts, batch.sampleable_episodes
+
+
+def _check_routing(key: buffer_pb2.RoutingKey, field: str) -> None:
+    """A routing key names its writer and a non-negative episode index."""
+    if not key.writer:
+        raise InvalidArgument(f"{field}.writer: empty; a routing key names the writer that routed the episode")
+    if len(key.writer) > 256:
+        raise InvalidArgument(f"{field}.writer: {len(key.writer)} characters, more than 256")
+    if key.index < 0:
+        raise InvalidArgument(f"{field}.index: {key.index} is negative")
+
+
+def _until_gone(requests: Iterator) -> Iterator:
+    """A client stream's requests, ending quietly when the client cancels (reading then raises RpcError)."""
+    try:
+        yield from requests
+    except grpc.RpcError:
+        return

@@ -78,10 +78,15 @@ class EpisodeSliceSampler(SliceSampler):
 
 def replay_buffer(capacity: int, device: torch.device, *, num_slices: int, slice_len: int, traj_key: str,
                   writer: Writer, generator: torch.Generator) -> ReplayBuffer:
-    """A ReplayBuffer that samples `num_slices` whole-episode slices of `slice_len` steps (strict length)."""
+    """A ReplayBuffer that samples `num_slices` whole-episode slices of `slice_len` steps (strict length).
+
+    The sampler is given the slice length, not the number of slices, so that one call may ask for any
+    number of slices (sample_index's `sequences`: a shard's share of a sharded batch); for `num_slices`
+    it draws exactly what a sampler given num_slices would.
+    """
     return ReplayBuffer(
         storage=LazyTensorStorage(capacity, device=device),
-        sampler=EpisodeSliceSampler(num_slices=num_slices, traj_key=traj_key, end_key=None, truncated_key=None,
+        sampler=EpisodeSliceSampler(slice_len=slice_len, traj_key=traj_key, end_key=None, truncated_key=None,
                                     strict_length=True, cache_values=True),
         writer=writer,
         batch_size=num_slices * slice_len,
@@ -94,9 +99,11 @@ def allocate(storage: Storage, row: TensorDictBase) -> None:
     storage._init(row)
 
 
-def sample_index(rb: ReplayBuffer) -> torch.Tensor:
-    """The storage indices of one batch, slice after slice, drawn by the sampler alone."""
-    (index,), _ = rb.sampler.sample(rb.storage, rb.batch_size)
+def sample_index(rb: ReplayBuffer, sequences: int | None = None) -> torch.Tensor:
+    """The storage indices of one batch (of `sequences` slices; default the buffer's), slice after slice,
+    drawn by the sampler alone."""
+    size = rb.batch_size if sequences is None else sequences * rb.sampler.slice_len
+    (index,), _ = rb.sampler.sample(rb.storage, size)
     return index
 
 

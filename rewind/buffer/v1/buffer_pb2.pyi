@@ -76,7 +76,7 @@ class FieldSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BufferStats(_message.Message):
-    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter")
+    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter", "sampleable_starts", "sampleable_episodes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class BufferStats(_message.Message):
     BATCHES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLEABLE_STARTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLEABLE_EPISODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     settings: BufferSettings
     transitions: int
@@ -101,7 +103,9 @@ class BufferStats(_message.Message):
     batches_sampled: int
     schema: _containers.RepeatedCompositeFieldContainer[FieldSpec]
     rate_limiter: RateLimiterStats
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ...) -> None: ...
+    sampleable_starts: int
+    sampleable_episodes: int
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ...) -> None: ...
 
 class Episode(_message.Message):
     __slots__ = ("fields",)
@@ -117,18 +121,32 @@ class Episode(_message.Message):
     def __init__(self, fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("obs", "action", "reward", "done", "sequence_number")
+    __slots__ = ("obs", "action", "reward", "done", "sequence_number", "sampleable_starts", "sampleable_episodes")
     OBS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLEABLE_STARTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLEABLE_EPISODES_FIELD_NUMBER: _ClassVar[int]
     obs: _tensor_pb2.Tensor
     action: _tensor_pb2.Tensor
     reward: _tensor_pb2.Tensor
     done: _tensor_pb2.Tensor
     sequence_number: int
-    def __init__(self, obs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., reward: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., done: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sequence_number: _Optional[int] = ...) -> None: ...
+    sampleable_starts: int
+    sampleable_episodes: int
+    def __init__(self, obs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., reward: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., done: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sequence_number: _Optional[int] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ...) -> None: ...
+
+class RoutingKey(_message.Message):
+    __slots__ = ("seed", "writer", "index")
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    writer: str
+    index: int
+    def __init__(self, seed: _Optional[int] = ..., writer: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ListBuffersRequest(_message.Message):
     __slots__ = ()
@@ -204,12 +222,14 @@ class GetStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
 
 class AddEpisodeRequest(_message.Message):
-    __slots__ = ("buffer", "episode")
+    __slots__ = ("buffer", "episode", "routing")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episode: Episode
-    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ...) -> None: ...
+    routing: RoutingKey
+    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ..., routing: _Optional[_Union[RoutingKey, _Mapping]] = ...) -> None: ...
 
 class AddEpisodeResponse(_message.Message):
     __slots__ = ("num_episodes", "episode_id")
@@ -220,12 +240,14 @@ class AddEpisodeResponse(_message.Message):
     def __init__(self, num_episodes: _Optional[int] = ..., episode_id: _Optional[int] = ...) -> None: ...
 
 class LoadEpisodesRequest(_message.Message):
-    __slots__ = ("buffer", "episodes")
+    __slots__ = ("buffer", "episodes", "routing")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episodes: _containers.RepeatedCompositeFieldContainer[Episode]
-    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ...) -> None: ...
+    routing: _containers.RepeatedCompositeFieldContainer[RoutingKey]
+    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., routing: _Optional[_Iterable[_Union[RoutingKey, _Mapping]]] = ...) -> None: ...
 
 class LoadEpisodesResponse(_message.Message):
     __slots__ = ("num_episodes", "episodes_loaded")
@@ -236,10 +258,12 @@ class LoadEpisodesResponse(_message.Message):
     def __init__(self, num_episodes: _Optional[int] = ..., episodes_loaded: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("buffer",)
+    __slots__ = ("buffer", "sequences")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     buffer: str
-    def __init__(self, buffer: _Optional[str] = ...) -> None: ...
+    sequences: int
+    def __init__(self, buffer: _Optional[str] = ..., sequences: _Optional[int] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("batch",)
@@ -258,6 +282,20 @@ class SampleStreamRequest(_message.Message):
     def __init__(self, buffer: _Optional[str] = ..., prefetch: _Optional[int] = ..., num_batches: _Optional[int] = ...) -> None: ...
 
 class SampleStreamResponse(_message.Message):
+    __slots__ = ("batch",)
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    batch: Batch
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class SampleSequencesRequest(_message.Message):
+    __slots__ = ("buffer", "sequences")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    buffer: str
+    sequences: int
+    def __init__(self, buffer: _Optional[str] = ..., sequences: _Optional[int] = ...) -> None: ...
+
+class SampleSequencesResponse(_message.Message):
     __slots__ = ("batch",)
     BATCH_FIELD_NUMBER: _ClassVar[int]
     batch: Batch

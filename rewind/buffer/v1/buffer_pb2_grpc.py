@@ -114,6 +114,11 @@ class BufferServiceStub:
                 request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.SerializeToString,
                 response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.FromString,
                 _registered_method=True)
+        self.SampleSequences = channel.stream_stream(
+                '/rewind.buffer.v1.BufferService/SampleSequences',
+                request_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesRequest.SerializeToString,
+                response_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesResponse.FromString,
+                _registered_method=True)
 
 
 class BufferServiceServicer:
@@ -248,6 +253,17 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SampleSequences(self, request_iterator, context):
+        """SampleSequences samples exactly the number of sequences each request
+        asks for, one batch per request, in order. A sharded client
+        (rewind.ShardedBufferClient) draws how many sequences of each batch come
+        from each shard and sends those counts ahead of time, `prefetch` batches
+        deep, so that each shard samples its share before the learner asks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BufferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +341,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.SetRateLimiter,
                     request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.FromString,
                     response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.SerializeToString,
+            ),
+            'SampleSequences': grpc.stream_stream_rpc_method_handler(
+                    servicer.SampleSequences,
+                    request_deserializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesRequest.FromString,
+                    response_serializer=rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -737,6 +758,33 @@ class BufferService:
             '/rewind.buffer.v1.BufferService/SetRateLimiter',
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterRequest.SerializeToString,
             rewind_dot_buffer_dot_v1_dot_buffer__pb2.SetRateLimiterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleSequences(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rewind.buffer.v1.BufferService/SampleSequences',
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesRequest.SerializeToString,
+            rewind_dot_buffer_dot_v1_dot_buffer__pb2.SampleSequencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,487 @@
+"""ShardedBufferClient: the shards of one replay buffer behind BufferClient's surface.
+
+    from rewind import ShardedBufferClient
+    buffer = ShardedBufferClient(["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"], writer="collector-0")
+    buffer.add(episode)                                 # to one shard, picked by a rendezvous hash
+    obs, action, reward, done = buffer.sample()         # uniform over every shard's episodes
+    for obs, action, reward, done in buffer.batches(prefetch=4):
+        ...                                             # one prefetching stream per shard
+
+Routing. An episode is inserted whole into one shard. Its routing key is (the run's routing seed, this
+writer's id, this writer's episode index); the live shard with the highest hash of (key, shard address)
+takes it (rendezvous hashing), so the same key always picks the same shard among the same live shards,
+and a lost shard moves only its own share.
+
+Sampling. Each shard's sampler draws episodes uniformly, then a start in the episode (TD-MPC2's
+SliceSampler). So that a batch is a uniform sample of the union, as if one buffer held every shard's
+episodes, the sequences of a batch are split among the shards by a multinomial draw weighted by each
+shard's sampleable episodes, as every reply reports them; each shard then samples exactly its share
+(SampleSequences, asked `prefetch` batches ahead). The draws come from a seeded generator that
+state_dict() saves. Reverb instead reads each sample stream from one server, so a small shard's items
+are oversampled.
+
+Shard loss. A shard that fails a call, or lets a streamed share wait longer than `shard_timeout_s`,
+gets weight 0 at once: its share of the batch in hand is drawn again from the others, and inserts go
+to the others. It is probed with growing backoff; once it answers it is "answering" but still not a
+shard of the run, since a restarted shard is empty: it gets weight again only when readmit() says
+that it was restored (the trainer restores it from the last cut, then readmits it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rewind.buffer.v1 import buffer_pb2
+from rewind.buffer_client import DEFAULT_TIMEOUT_S, BufferClient, StatsView, _episodes_of
+from rewind.channel import DEFAULT_MAX_MESSAGE_BYTES
+from rewind.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    RewindError,
+    Unavailable,
+    from_rpc_error,
+)
+from rewind.security import ClientSecurity
+
+if TYPE_CHECKING:
+    from rewind.buffer_messages import BatchTuple
+
+LIVE, DOWN, ANSWERING = "live", "down", "answering"
+# A lost shard is first probed this long after it was lost, then with doubling backoff (at most 30 s).
+PROBE_FIRST_S, PROBE_TICK_S = 0.25, 0.1
+# Errors that say the shard (not the request) is the problem.
+SHARD_LOST = (Unavailable, DeadlineExceeded)
+
+
+@dataclass
+class Shard:
+    """One shard: its client, whether it is a shard of the run now, and what it last said it holds."""
+
+    address: str
+    client: BufferClient
+    state: str = LIVE
+    episodes: int = 0              # sampleable episodes, as its last reply said
+    starts: int = 0                # sampleable sequence starts, likewise
+    failures: int = 0              # consecutive failed probes
+    next_probe: float = 0.0
+    lost: list[str] = field(default_factory=list)  # why it was dropped, newest last
+
+
+def resolve(addresses: Sequence[str] | str) -> list[str]:
+    """host:port entries, or a "dns:///name:port" whose every address is a shard (sorted, so stable)."""
+    if isinstance(addresses, str):
+        if not addresses.startswith("dns:///"):
+            return [a.strip() for a in addresses.split(",") if a.strip()]
+        host, _, port = addresses.removeprefix("dns:///").rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"addresses: {addresses!r} is not dns:///NAME:PORT")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise Unavailable(f"addresses: {host} does not resolve ({exc})") from None
+        return sorted({f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos})
+    return list(addresses)
+
+
+def rendezvous_score(seed: int, writer: str, index: int, address: str) -> int:
+    """The weight of `address` for the key (seed, writer, index): the highest among live shards wins."""
+    digest = hashlib.blake2b(f"{seed}\0{writer}\0{index}\0{address}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class ShardedBufferClient(StatsView):
+    """BufferClient's surface over N buffer services that hold one buffer between them.
+
+    Args:
+        addresses: the shards' host:port (a list, a comma-separated string, or "dns:///name:port").
+        buffer: the buffer's name on every shard.
+        writer: this writer's id in routing keys (a collector's name); default: host name and pid.
+        routing_seed: the run's routing seed (the same for every writer of the run).
+        seed: seeds the generator that splits batches among shards (saved by state_dict()).
+        shard_timeout_s: how long a streamed share may keep the batch waiting before its shard is dropped.
+        timeout, max_message_bytes, security: as BufferClient's, for every shard.
+    """
+
+    def __init__(self, addresses: Sequence[str] | str, buffer: str = "buffer", *, writer: str = "",
+                 routing_seed: int = 0, seed: int = 0, shard_timeout_s: float = 1.0,
+                 timeout: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 security: ClientSecurity | None = None) -> None:
+        import torch
+
+        found = resolve(addresses)
+        if not found:
+            raise InvalidArgument("addresses: no shard given")
+        if len(set(found)) != len(found):
+            raise InvalidArgument(f"addresses: a shard is named twice in {found}")
+        self.buffer, self.writer = buffer, writer or f"{socket.gethostname()}-{os.getpid()}"
+        self.routing_seed, self.shard_timeout_s, self.timeout = routing_seed, shard_timeout_s, timeout
+        self.shards = [Shard(a, BufferClient(a, buffer, timeout=timeout, max_message_bytes=max_message_bytes,
+                                             security=security)) for a in found]
+        self._generator = torch.Generator().manual_seed(seed)
+        self._episode_index = 0
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="rewind-shards")
+        self._batch_size: int | None = None
+        self.on_answering: Callable[[str], None] | None = None  # told when a lost shard answers again
+        self._prober: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # -- shards --------------------------------------------------------------
+
+    @property
+    def live(self) -> list[Shard]:
+        with self._lock:
+            return [s for s in self.shards if s.state == LIVE]
+
+    @property
+    def shards_available(self) -> int:
+        return len(self.live)
+
+    def drop(self, shard: Shard, why: str) -> None:
+        """Give `shard` weight 0 and route nothing to it until readmit(); a background thread probes it."""
+        with self._lock:
+            if shard.state != LIVE:
+                return
+            shard.state, shard.failures, shard.next_probe = DOWN, 0, time.monotonic() + PROBE_FIRST_S
+            shard.lost.append(why)
+            if self._prober is None or not self._prober.is_alive():
+                self._prober = threading.Thread(target=self._probe_while_down, name="rewind-shard-probe",
+                                                daemon=True)
+                self._prober.start()
+
+    def _probe_while_down(self) -> None:
+        """Probe lost shards off the data path, until none is lost (or the client closes)."""
+        while not self._closed.wait(PROBE_TICK_S):
+            self.probe()
+            with self._lock:
+                if not any(s.state == DOWN for s in self.shards):
+                    return
+
+    def readmit(self, address: str) -> None:
+        """Make a shard that was restored (from the run's last cut) a shard of the run again."""
+        shard = self._shard(address)
+        stats = shard.client.stats()  # it must answer
+        with self._lock:
+            shard.state, shard.episodes, shard.starts = LIVE, stats.sampleable_episodes, stats.sampleable_starts
+
+    def probe(self) -> list[str]:
+        """Ask every lost shard whose backoff has passed whether it answers; returns those that newly do."""
+        back = []
+        for shard in [s for s in self.shards if s.state == DOWN and s.next_probe <= time.monotonic()]:
+            try:
+                shard.client.stats(timeout=max(self.shard_timeout_s, 1.0))
+            except RewindError:
+                with self._lock:
+                    shard.failures += 1
+                    shard.next_probe = time.monotonic() + min(0.25 * 2 ** shard.failures, 30.0)
+                continue
+            with self._lock:
+                shard.state = ANSWERING
+            back.append(shard.address)
+            if self.on_answering is not None:
+                self.on_answering(shard.address)
+        return back
+
+    def _shard(self, address: str) -> Shard:
+        for shard in self.shards:
+            if shard.address == address:
+                return shard
+        raise InvalidArgument(f"address: {address!r} is not one of the shards {[s.address for s in self.shards]}")
+
+    def _require_live(self) -> list[Shard]:
+        live = self.live
+        if not live:
+            why = "; ".join(f"{s.address}: {s.lost[-1] if s.lost else s.state}" for s in self.shards)
+            raise Unavailable(f"buffer {self.buffer!r}: none of the {len(self.shards)} shards is available ({why})")
+        return live
+
+    # -- inserts -------------------------------------------------------------
+
+    def route(self, index: int, live: Sequence[Shard] | None = None) -> Shard:
+        """The live shard that takes this writer's episode `index`."""
+        candidates = live if live is not None else self._require_live()
+        return max(candidates, key=lambda s: rendezvous_score(self.routing_seed, self.writer, index, s.address))
+
+    def _key(self, index: int) -> buffer_pb2.RoutingKey:
+        return buffer_pb2.RoutingKey(seed=self.routing_seed, writer=self.writer, index=index)
+
+    def add(self, td) -> int:
+        """Add one episode to the shard its routing key picks; returns the episodes stored on all live shards."""
+        with self._lock:
+            index, self._episode_index = self._episode_index, self._episode_index + 1
+        while True:
+            shard = self.route(index)
+            try:
+                shard.client.add(td, routing=self._key(index))
+                break
+            except SHARD_LOST as exc:
+                self.drop(shard, f"add: {exc.message}")
+        return self.num_eps
+
+    def load(self, td) -> int:
+        """Add many episodes, each to the shard its routing key picks (one LoadEpisodes per shard)."""
+        episodes = _episodes_of(td)
+        with self._lock:
+            first, self._episode_index = self._episode_index, self._episode_index + len(episodes)
+        pending = list(range(first, first + len(episodes)))
+        while pending:
+            live = self._require_live()
+            groups: dict[str, list[int]] = {}
+            for index in pending:
+                groups.setdefault(self.route(index, live).address, []).append(index)
+            pending = []
+            for address, indices in groups.items():
+                shard = self._shard(address)
+                try:
+                    shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices])
+                except SHARD_LOST as exc:
+                    self.drop(shard, f"load: {exc.message}")
+                    pending += indices
+        return self.num_eps
+
+    # -- sampling ------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        if self._batch_size is None:
+            self._batch_size = int(self._require_live()[0].client.stats().settings.batch_size)
+        return self._batch_size
+
+    def draw(self, live: Sequence[Shard], sequences: int) -> list[int]:
+        """Split `sequences` among `live` by a multinomial weighted by their sampleable episodes."""
+        import torch
+
+        weights = torch.tensor([float(s.episodes) for s in live], dtype=torch.float64)
+        if not weights.sum() > 0:
+            self.refresh()
+            weights = torch.tensor([float(s.episodes) for s in live], dtype=torch.float64)
+            if not weights.sum() > 0:
+                raise FailedPrecondition(f"buffer {self.buffer!r}: no shard holds an episode yet; add episodes first")
+        with self._lock:
+            picks = torch.multinomial(weights, sequences, replacement=True, generator=self._generator)
+        return torch.bincount(picks, minlength=len(live)).tolist()
+
+    def refresh(self) -> None:
+        """Read every live shard's sampleable counts (GetStats)."""
+        for shard in self.live:
+            try:
+                stats = shard.client.stats()
+            except SHARD_LOST as exc:
+                self.drop(shard, f"stats: {exc.message}")
+                continue
+            self._seen(shard, stats.sampleable_episodes, stats.sampleable_starts)
+
+    def _seen(self, shard: Shard, episodes: int, starts: int) -> None:
+        with self._lock:
+            shard.episodes, shard.starts = episodes, starts
+
+    def sample(self) -> BatchTuple:
+        """One batch, uniform over the episodes of every live shard: obs (H+1, B, ...), action, reward, done."""
+        return _join(self._sample_parts(self.batch_size))
+
+    def _sample_parts(self, sequences: int) -> list[BatchTuple]:
+        """`sequences` sequences drawn across the live shards, a part per shard; a lost shard's share is
+        drawn again from the others."""
+        from rewind.buffer_messages import decode_batch
+
+        parts: list[BatchTuple] = []
+        while sequences:
+            live = self._require_live()
+            counts = self.draw(live, sequences)
+            jobs = {self._pool.submit(s.client.sample_message, n): (s, n) for s, n in zip(live, counts, strict=True)
+                    if n}
+            sequences = 0
+            for job, (shard, n) in jobs.items():
+                try:
+                    batch = job.result()
+                except SHARD_LOST as exc:
+                    self.drop(shard, f"sample: {exc.message}")
+                    sequences += n
+                    continue
+                self._seen(shard, batch.sampleable_episodes, batch.sampleable_starts)
+                parts.append(decode_batch(batch))
+        return parts
+
+    def batches(self, prefetch: int = 4, num_batches: int = 0) -> ShardedBatchStream:
+        """Stream batches: one SampleSequences stream per shard, asked for each batch's share `prefetch` ahead."""
+        return ShardedBatchStream(self, prefetch, num_batches)
+
+    def __iter__(self) -> Iterator[BatchTuple]:
+        return self.batches()
+
+    # -- state ---------------------------------------------------------------
+
+    def stats(self) -> buffer_pb2.BufferStats:
+        """The live shards' stats summed (settings of the first, buffer_size the sum; ready when all are)."""
+        live = self._require_live()
+        each = [s.client.stats() for s in live]
+        total = buffer_pb2.BufferStats(name=self.buffer, settings=each[0].settings, ready=all(s.ready for s in each),
+                                       device=each[0].device)
+        total.settings.buffer_size = sum(s.settings.buffer_size for s in each)
+        for key in ("transitions", "episodes", "bytes", "episodes_added", "episodes_evicted", "batches_sampled",
+                    "sampleable_starts", "sampleable_episodes"):
+            setattr(total, key, sum(getattr(s, key) for s in each))
+        for shard, stats in zip(live, each, strict=True):
+            self._seen(shard, stats.sampleable_episodes, stats.sampleable_starts)
+        return total
+
+    def shard_stats(self) -> dict[str, buffer_pb2.BufferStats | str]:
+        """Each shard's own stats, or its state ("down", "answering") when it is not a shard of the run."""
+        return {s.address: (s.client.stats() if s.state == LIVE else s.state) for s in self.shards}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the draw generator, this writer's episode index, the routing seed."""
+        with self._lock:
+            return {"generator": self._generator.get_state(), "episode_index": self._episode_index,
+                    "routing_seed": self.routing_seed, "writer": self.writer}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self._lock:
+            self._generator.set_state(state["generator"])
+            self._episode_index = int(state["episode_index"])
+            self.routing_seed, self.writer = int(state["routing_seed"]), str(state["writer"])
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for shard in self.shards:
+            shard.client.close()
+
+    def __enter__(self) -> ShardedBufferClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _answers(shard: Shard, timeout: float) -> bool:
+    try:
+        shard.client.stats(timeout=timeout)
+    except RewindError:
+        return False
+    return True
+
+
+def _join(parts: list[BatchTuple]) -> BatchTuple:
+    """Batch parts (time-major, batch on dim 1) as one batch."""
+    import torch
+
+    return tuple(torch.cat([p[i] for p in parts], dim=1) for i in range(4))  # type: ignore[return-value]
+
+
+class _ShardStream:
+    """One shard's SampleSequences stream: counts go in through a queue, batches come out in order."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.counts: queue.Queue = queue.Queue()
+        self.replies: queue.Queue = queue.Queue()
+        self.call = shard.client.sample_sequences(iter(self.counts.get, None))
+        threading.Thread(target=self._read, name=f"rewind-shard-{shard.address}", daemon=True).start()
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for response in self.call:
+                self.replies.put(response.batch)
+        except grpc.RpcError as exc:
+            self.replies.put(exc)
+
+    def close(self) -> None:
+        self.counts.put(None)
+        self.call.cancel()
+
+
+class ShardedBatchStream:
+    """Batches assembled from every live shard's stream; a lost shard's share is drawn from the others."""
+
+    def __init__(self, client: ShardedBufferClient, prefetch: int, num_batches: int) -> None:
+        if not 1 <= prefetch <= 64:
+            raise InvalidArgument(f"prefetch: {prefetch} is outside 1..64")
+        self.client, self.prefetch, self.num_batches = client, prefetch, num_batches
+        self.streams = {s.address: _ShardStream(s) for s in client._require_live()}
+        self.asked: list[list[tuple[str, int]]] = []   # per batch in flight: (shard, sequences asked)
+        self.sent = self.delivered = 0
+        self.closed = False
+
+    def _ask(self) -> None:
+        """Draw the shares of the next batches and send them, until `prefetch` batches are in flight."""
+        while self.sent - self.delivered < self.prefetch and (not self.num_batches or self.sent < self.num_batches):
+            live = [s for s in self.client._require_live() if s.address in self.streams]
+            if not live:
+                raise Unavailable(f"buffer {self.client.buffer!r}: every shard this stream read from was lost")
+            counts = self.client.draw(live, self.client.batch_size)
+            for shard, n in zip(live, counts, strict=True):
+                self.streams[shard.address].counts.put(n)
+            self.asked.append([(s.address, n) for s, n in zip(live, counts, strict=True)])
+            self.sent += 1
+
+    def __iter__(self) -> ShardedBatchStream:
+        return self
+
+    def __next__(self) -> BatchTuple:
+        from rewind.buffer_messages import decode_batch
+
+        if self.closed or (self.num_batches and self.delivered >= self.num_batches):
+            raise StopIteration
+        self._ask()
+        parts, missing = [], 0
+        for address, n in self.asked.pop(0):
+            stream = self.streams.get(address)
+            reply = self._reply(stream) if stream is not None else None
+            if isinstance(reply, buffer_pb2.Batch):
+                self.client._seen(stream.shard, reply.sampleable_episodes, reply.sampleable_starts)
+                if n:
+                    parts.append(decode_batch(reply))
+            else:
+                missing += n
+        if missing:  # the lost shards' shares of this batch, drawn again from the others
+            parts += self.client._sample_parts(missing)
+        self.delivered += 1
+        return _join(parts)
+
+    def _reply(self, stream: _ShardStream) -> buffer_pb2.Batch | None:
+        """The shard's next reply, or None once it is lost: failed, or late by shard_timeout_s and not
+        answering a GetStats within it either (a shard whose rate limiter holds the share back answers)."""
+        client, waited = self.client, 0.0
+        while True:
+            try:
+                reply = stream.replies.get(timeout=client.shard_timeout_s)
+                break
+            except queue.Empty:
+                waited += client.shard_timeout_s
+                if waited >= client.timeout or not _answers(stream.shard, client.shard_timeout_s):
+                    reply = DeadlineExceeded(f"no reply for {waited:.1f} s, and it does not answer GetStats")
+                    break
+        if isinstance(reply, buffer_pb2.Batch):
+            return reply
+        error = reply if isinstance(reply, RewindError) else from_rpc_error(reply)
+        if not isinstance(error, SHARD_LOST):
+            self.close()
+            raise error  # the request, not the shard: e.g. the buffer is not ready yet
+        self.client.drop(stream.shard, f"stream: {error.message}")
+        stream.close()
+        del self.streams[stream.shard.address]
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        for stream in self.streams.values():
+            stream.close()
+
+    def __enter__(self) -> ShardedBatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
