@@ -190,36 +190,40 @@ class BufferClient(StatsView, ServiceClient):
 
     # -- TD-MPC2's API -------------------------------------------------------
 
-    def add(self, td, routing: buffer_pb2.RoutingKey | None = None) -> int:
+    def add(self, td, routing: buffer_pb2.RoutingKey | None = None, generation: int = 0) -> int:
         """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps.
 
         Args:
             routing: the key a sharded client routed it by (ShardedBufferClient sets it).
+            generation: the run generation this writer belongs to (0: unstamped). A buffer that a newer
+                generation wrote to refuses it with FailedPrecondition.
         """
-        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing)
+        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing, generation=generation)
         _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
         return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
 
-    def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = ()) -> int:
+    def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = (), generation: int = 0) -> int:
         """Add many episodes at once: a (N, L, ...) TensorDict, or a sequence of episodes.
 
         All are validated before any is stored. Returns num_eps.
 
         Args:
             routing: the keys a sharded client routed them by, one per episode (ShardedBufferClient sets them).
+            generation: as add()'s.
         """
         episodes = _episodes_of(td)
         if routing and len(routing) != len(episodes):
             raise InvalidArgument(f"routing: {len(routing)} keys for {len(episodes)} episodes")
-        requests = self._load_requests(episodes, list(routing))
+        requests = self._load_requests(episodes, list(routing), generation)
         return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
-    def _load_requests(self, episodes: list, routing: list) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
+    def _load_requests(self, episodes: list, routing: list, generation: int
+                       ) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
         # About LOAD_MESSAGE_BYTES per message: small enough that the service
         # decodes one while this side encodes the next, large enough that
         # per-message overhead stays small for short episodes.
-        request = buffer_pb2.LoadEpisodesRequest(buffer=self.buffer)
+        request = buffer_pb2.LoadEpisodesRequest(buffer=self.buffer, generation=generation)
         pending = 0
         for i, episode in enumerate(episodes):
             size = sum(t.numel() * t.element_size() for t in episode.values())
@@ -487,7 +491,7 @@ class BufferClient(StatsView, ServiceClient):
 
     def restore(self, src: str | os.PathLike | IO[bytes] | bytes | Iterable[bytes],
                 timeout: float = TRANSFER_TIMEOUT_S,
-                rate_limiter: Mapping[str, float | int | str | bool] | None = None):
+                rate_limiter: Mapping[str, float | int | str | bool] | None = None, generation: int = 0):
         """Replace (or create) this buffer from a snapshot; returns its new stats.
 
         Args:
@@ -496,8 +500,10 @@ class BufferClient(StatsView, ServiceClient):
                 the call is cancelled and the buffer stays as it was.
             rate_limiter: new rate limiter settings (as set_rate_limiter's); the counts then start
                 again from the transitions restored. None keeps the snapshot's limiter and counts.
+            generation: the run generation the restore starts (a resume's): from then on the buffer
+                refuses writes stamped older.
         """
-        first = buffer_pb2.RestoreRequest(buffer=self.buffer)
+        first = buffer_pb2.RestoreRequest(buffer=self.buffer, generation=generation)
         if rate_limiter is not None:
             first.rate_limiter.settings.CopyFrom(buffer_pb2.BufferSettings(**rate_limiter))
 

@@ -108,12 +108,14 @@ class ShardedBufferClient(StatsView):
         writer: this writer's id in routing keys (a collector's name); default: host name and pid.
         routing_seed: the run's routing seed (the same for every writer of the run).
         seed: seeds the generator that splits batches among shards (saved by state_dict()).
+        generation: the run generation every write is stamped with (0: unstamped); shards that a newer
+            generation wrote to refuse them (FailedPrecondition).
         shard_timeout_s: how long a streamed share may keep the batch waiting before its shard is dropped.
         timeout, max_message_bytes, security: as BufferClient's, for every shard.
     """
 
     def __init__(self, addresses: Sequence[str] | str, buffer: str = "buffer", *, writer: str = "",
-                 routing_seed: int = 0, seed: int = 0, shard_timeout_s: float = 1.0,
+                 routing_seed: int = 0, seed: int = 0, generation: int = 0, shard_timeout_s: float = 1.0,
                  timeout: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  security: ClientSecurity | None = None) -> None:
         import torch
@@ -125,6 +127,7 @@ class ShardedBufferClient(StatsView):
             raise InvalidArgument(f"addresses: a shard is named twice in {found}")
         self.buffer, self.writer = buffer, writer or f"{socket.gethostname()}-{os.getpid()}"
         self.routing_seed, self.shard_timeout_s, self.timeout = routing_seed, shard_timeout_s, timeout
+        self.generation = generation
         self.shards = [Shard(a, BufferClient(a, buffer, timeout=timeout, max_message_bytes=max_message_bytes,
                                              security=security)) for a in found]
         self._generator = torch.Generator().manual_seed(seed)
@@ -222,7 +225,7 @@ class ShardedBufferClient(StatsView):
         while True:
             shard = self.route(index)
             try:
-                shard.client.add(td, routing=self._key(index))
+                shard.client.add(td, routing=self._key(index), generation=self.generation)
                 break
             except SHARD_LOST as exc:
                 self.drop(shard, f"add: {exc.message}")
@@ -243,7 +246,8 @@ class ShardedBufferClient(StatsView):
             for address, indices in groups.items():
                 shard = self._shard(address)
                 try:
-                    shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices])
+                    shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices],
+                                      generation=self.generation)
                 except SHARD_LOST as exc:
                     self.drop(shard, f"load: {exc.message}")
                     pending += indices
@@ -322,11 +326,14 @@ class ShardedBufferClient(StatsView):
     # -- state ---------------------------------------------------------------
 
     def stats(self) -> buffer_pb2.BufferStats:
-        """The live shards' stats summed (settings of the first, buffer_size the sum; ready when all are)."""
+        """The live shards' stats summed (settings of the first, buffer_size the sum)."""
         live = self._require_live()
         each = [s.client.stats() for s in live]
-        total = buffer_pb2.BufferStats(name=self.buffer, settings=each[0].settings, ready=all(s.ready for s in each),
-                                       device=each[0].device)
+        # Ready when a batch can be drawn: some shard holds episodes, and every shard that does (the only
+        # ones a batch draws from) is ready itself.
+        holding = [s for s in each if s.episodes]
+        total = buffer_pb2.BufferStats(name=self.buffer, settings=each[0].settings, device=each[0].device,
+                                       ready=bool(holding) and all(s.ready for s in holding))
         total.settings.buffer_size = sum(s.settings.buffer_size for s in each)
         for key in ("transitions", "episodes", "bytes", "episodes_added", "episodes_evicted", "batches_sampled",
                     "sampleable_starts", "sampleable_episodes"):

@@ -70,6 +70,7 @@ class BufferStats:
     limiter: LimiterStats | None = None
     sampleable_starts: int = 0
     sampleable_episodes: int = 0
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class BufferState:
     writer: dict                   # EpisodeWriter.state_dict()
     tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
     limiter: LimiterState | None = None  # the rate limiter's settings and counts (None: no limiter)
+    generation: int = 0            # the newest run generation that wrote to it (the fence against older writers)
     rows: RowCapture | None = field(default=None, compare=False, repr=False)
     # The blocks of the capture point (None for a copy, or a buffer without storage): what SnapshotBlocks sends.
     blocks: Sealed | None = field(default=None, compare=False, repr=False)
@@ -109,7 +111,8 @@ class BufferState:
                 "schema": self.schema.to_json() if self.schema is not None else None,
                 "episodes_added": self.episodes_added, "batches_sampled": self.batches_sampled,
                 "transitions": self.transitions, "writer": self.writer,
-                "limiter": self.limiter.to_json() if self.limiter is not None else None}
+                "limiter": self.limiter.to_json() if self.limiter is not None else None,
+                "generation": self.generation}
 
 
 def storage_bytes_for(schema: EpisodeSchema, capacity: int) -> int:
@@ -177,6 +180,7 @@ class EpisodeBuffer:
         self.reserved_bytes = 0  # the storage the registry has counted for this buffer
         self.block_map: BlockMap | None = None  # which stored rows are already in blocks (from the storage on)
         limiter = settings.rate_limiter()
+        self.generation = 0
         self.gate = LimiterGate(self.lock, name, lambda: self.transitions,
                                 RateLimiter(limiter) if limiter is not None else None)
 
@@ -226,20 +230,23 @@ class EpisodeBuffer:
 
     # -- writing -------------------------------------------------------------
 
-    def add(self, episode: Mapping[str, torch.Tensor], wait: Wait = NO_WAIT) -> int:
+    def add(self, episode: Mapping[str, torch.Tensor], wait: Wait = NO_WAIT, generation: int = 0) -> int:
         """Validate and store one episode of shape (L, ...); returns num_eps.
 
         Args:
             wait: how long the rate limiter may hold the insert back (default: not at all).
+            generation: the run generation the writer belongs to (0: unstamped); see fence().
 
         Raises:
             InvalidArgument: the episode is malformed; nothing is stored then.
             ResourceExhausted: the first episode's storage cannot be had; the buffer stays empty.
             DeadlineExceeded: the rate limiter held it back for all of `wait` (reason RATE_LIMITED).
+            FailedPrecondition: the write is stamped with an older generation than the buffer's.
         """
-        return self._store([episode], ["episode"], wait)
+        return self._store([episode], ["episode"], wait, generation)
 
-    def load(self, episodes: Sequence[Mapping[str, torch.Tensor]], wait: Wait = NO_WAIT) -> int:
+    def load(self, episodes: Sequence[Mapping[str, torch.Tensor]], wait: Wait = NO_WAIT,
+             generation: int = 0) -> int:
         """Validate every episode first, then store them all; returns num_eps.
 
         Raises:
@@ -248,10 +255,30 @@ class EpisodeBuffer:
             FailedPrecondition: more transitions at once than the rate limiter could ever let in.
             DeadlineExceeded: the rate limiter held them back for all of `wait` (reason RATE_LIMITED).
         """
-        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))], wait)
+        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))], wait, generation)
 
-    def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait) -> int:
+    def fence(self, generation: int) -> None:
+        """Refuse a write stamped with an older run generation; a newer one becomes the buffer's.
+
+        Every resume starts a new generation, and its first stamped write (or its restore) raises the
+        buffer's: a writer that outlived the run it belonged to can then no longer add to the resumed
+        one. Unstamped writes (0) pass, as before generations existed.
+
+        Raises:
+            FailedPrecondition: naming both generations.
+        """
         with self.lock:
+            if generation and generation < self.generation:
+                raise FailedPrecondition(
+                    f"generation: this write is stamped with generation {generation}, but buffer {self.name!r} "
+                    f"belongs to generation {self.generation} (the run was resumed since); a writer of an older "
+                    "run must not add to it: restart it with the run's current generation")
+            self.generation = max(self.generation, generation)
+
+    def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait,
+               generation: int) -> int:
+        with self.lock:
+            self.fence(generation)
             schema = self._validate(episodes, names)
             if not episodes:
                 return self.num_eps
@@ -464,7 +491,7 @@ class EpisodeBuffer:
                 device_type=self.device.type if self.device is not None else None, schema=self.schema,
                 episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
                 transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows,
-                limiter=self.limiter.state if self.limiter is not None else None,
+                limiter=self.limiter.state if self.limiter is not None else None, generation=self.generation,
                 blocks=blocks, block_map=self.block_map)
 
     @classmethod
@@ -494,6 +521,7 @@ class EpisodeBuffer:
                      reserve_storage=reserve_storage)
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
+        buffer.generation = state.generation
         if state.limiter is not None:  # the counts go on where the snapshot left them
             buffer.gate.replace(RateLimiter(state.limiter.settings, state.limiter.inserts, state.limiter.samples,
                                             state.limiter.paused))
@@ -544,7 +572,7 @@ class EpisodeBuffer:
                 episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema,
                 limiter=(self.limiter.stats(self.transitions, self.settings.batch_size)
                          if self.limiter is not None else None),
-                sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps)
+                sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps, generation=self.generation)
 
 
 def _example_row(schema: EpisodeSchema) -> TensorDict:

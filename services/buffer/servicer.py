@@ -50,7 +50,7 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
     out.name = stats.name
     out.settings.CopyFrom(buffer_pb2.BufferSettings(**asdict(stats.settings)))
     for key in ("transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted",
-                "batches_sampled", "sampleable_starts", "sampleable_episodes"):
+                "batches_sampled", "sampleable_starts", "sampleable_episodes", "generation"):
         setattr(out, key, getattr(stats, key))
     if stats.schema is not None:
         stats.schema.to_proto(out.schema)
@@ -149,15 +149,17 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
             _check_routing(request.routing, "routing")
         episode = decode_episode(request.episode, "episode")
         with buffer.lock:  # the id must be this add's, not a concurrent one's
-            num = buffer.add(episode, self._wait(context))
+            num = buffer.add(episode, self._wait(context), _generation(request.generation))
             return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
 
     def LoadEpisodes(self, request_iterator, context):
-        buffer, episodes, first, transitions = None, [], None, 0
+        buffer, episodes, first, transitions, generation = None, [], None, 0, 0
         for request in request_iterator:
             if first is None:
                 first = request
                 buffer = self.registry.get(request.buffer)
+                generation = _generation(request.generation)
+                buffer.fence(generation)  # before the episodes are received: an old writer learns it at once
             elif request.buffer and request.buffer != buffer.name:
                 raise InvalidArgument(
                     f"buffer: message names {request.buffer!r} but the stream started with {buffer.name!r}"
@@ -180,7 +182,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 episodes.append(episode)
         if not episodes:
             raise InvalidArgument("episodes: the stream carried no episodes")
-        num = buffer.load(episodes, self._wait(context))
+        num = buffer.load(episodes, self._wait(context), generation)
         return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
 
     def Sample(self, request, context):
@@ -295,7 +297,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         requests = iter(request_iterator)
         restored = None
         try:
-            name, first_block, change = _receive_snapshot(requests, reader, self._admit_snapshot)
+            name, first_block, change, generation = _receive_snapshot(requests, reader, self._admit_snapshot)
             _, tensors = reader.finish()
             if isinstance(reader.checked, snapshot_check.BlockIndex):
                 index = reader.checked
@@ -311,6 +313,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 restored = _rebuild(name, state, self.registry)
             if change is not None:
                 _change_limiter(restored, change, self._limiter_settings, "rate_limiter")
+            restored.fence(generation)
             self.registry.put(restored)  # only now: a failed restore leaves the old buffer as it was
         except BaseException:
             reader.close()  # first: only unreferenced bytes can be given back
@@ -345,29 +348,30 @@ def _chunk_bytes(requested: int) -> int:
 
 def _receive_snapshot(requests: Iterator[buffer_pb2.RestoreRequest], reader: snapshot.SnapshotReader,
                       admit: Callable[[str, dict], object]
-                      ) -> tuple[str, buffer_pb2.RestoreRequest | None, buffer_pb2.RateLimiterChange | None]:
+                      ) -> tuple[str, buffer_pb2.RestoreRequest | None, buffer_pb2.RateLimiterChange | None, int]:
     """Feed a Restore stream to `reader` up to its first block, if any.
 
     Returns:
-        The buffer's name and the rate limiter change (both from the first message), and the message that
-        opens the first block (or None).
+        The buffer's name, the message that opens the first block (or None), and the rate limiter change
+        and generation (from the first message).
     """
-    name, change = None, None
+    name, change, generation = None, None, 0
     for request in requests:
         if name is None:
             name = check_buffer_name(request.buffer)
             reader.check_header = functools.partial(admit, name)
             change = request.rate_limiter if request.HasField("rate_limiter") else None
+            generation = _generation(request.generation)
         else:
             _check_same_buffer(request, name)
             if request.HasField("rate_limiter"):
                 raise InvalidArgument("rate_limiter: only the first message of a Restore may carry it")
         if request.HasField("block"):
-            return name, request, change
+            return name, request, change, generation
         reader.feed(request.chunk)
     if name is None:
         raise InvalidArgument("request: the stream carried no messages")
-    return name, None, change
+    return name, None, change, generation
 
 
 def _restore_blocks(name: str, index: snapshot_check.BlockIndex, state: BufferState,
@@ -596,3 +600,9 @@ def _until_gone(requests: Iterator) -> Iterator:
         yield from requests
     except grpc.RpcError:
         return
+
+
+def _generation(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument(f"generation: {value} is negative (0: unstamped)")
+    return value

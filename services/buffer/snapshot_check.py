@@ -30,7 +30,7 @@ HEADER_KEYS = frozenset({"name", "settings", "seed", "storage_device", "device_t
                          "batches_sampled", "transitions", "writer", "format_version", "tensors"})
 INDEX_KEYS = HEADER_KEYS | {"rows", "blocks", "extents"}
 # Keys a header may lack: snapshots written before Rewind had a rate limiter.
-OPTIONAL_KEYS = frozenset({"limiter"})
+OPTIONAL_KEYS = frozenset({"limiter", "generation"})
 # The buffer settings every snapshot has (integers), and those added later, with their types.
 SETTINGS_INTS = frozenset({"buffer_size", "batch_size", "min_history", "horizon"})
 LATER_SETTINGS = {"max_episode_length": int, "samples_per_insert": float, "min_size_to_sample": int,
@@ -147,7 +147,7 @@ def _parse_state(header: object, keys: frozenset[str]) -> BufferState:
         writer={"cursor": _int(writer["cursor"], "snapshot.writer.cursor"),
                 "episodes": _episodes(writer["episodes"]),
                 "evicted": _int(writer["evicted"], "snapshot.writer.evicted")},
-        tensors={}, limiter=limiter)
+        tensors={}, limiter=limiter, generation=_int(header.get("generation", 0), "snapshot.generation"))
 
 
 def check_tensors(state: BufferState) -> None:

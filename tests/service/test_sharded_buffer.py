@@ -184,3 +184,33 @@ def test_sample_sequences_samples_exactly_the_counts_asked(shards):
         assert torch.equal(torch.tensor(decode_batch(client.sample_message(2))[0].shape), torch.tensor([4, 2, 3]))
         with pytest.raises(InvalidArgument, match="sequences: 70000 is outside"):
             client.sample_message(70_000)
+
+
+def test_a_write_from_an_older_generation_is_refused_and_changes_nothing(shards, tmp_path):
+    from rewind.errors import FailedPrecondition
+
+    with BufferClient(shards[0].address) as client:
+        client.add(episode(0, STEPS), generation=3)
+        assert client.stats().generation == 3
+        client.add(episode(1, STEPS))  # unstamped writes pass, as before generations existed
+        client.snapshot(tmp_path / "gen3.snapshot")
+        client.add(episode(2, STEPS), generation=4)  # a resumed run's first write raises the fence
+        before = client.stats()
+        with pytest.raises(FailedPrecondition, match="stamped with generation 3, but buffer 'buffer' belongs to "
+                                                     "generation 4"):
+            client.add(episode(3, STEPS), generation=3)
+        with pytest.raises(FailedPrecondition, match="generation 3, but .* generation 4"):
+            client.load([episode(4, STEPS), episode(5, STEPS)], generation=3)
+        after = client.stats()
+        assert (after.episodes, after.episodes_added, after.generation) == (3, 3, 4) == (
+            before.episodes, before.episodes_added, before.generation)
+        # A restore keeps the snapshot's generation, or starts the one it is given (a resume's).
+        assert client.restore(tmp_path / "gen3.snapshot").generation == 3
+        assert client.restore(tmp_path / "gen3.snapshot", generation=5).generation == 5
+        with pytest.raises(FailedPrecondition, match="generation 4, but .* generation 5"):
+            client.add(episode(6, STEPS), generation=4)
+    # The sharded client stamps every write with its generation.
+    with ShardedBufferClient([shards[0].address], writer="old", generation=4) as old:
+        with pytest.raises(FailedPrecondition, match="generation 4"):
+            old.add(episode(7, STEPS))
+        assert old.shards_available == 1  # a refused write is the writer's problem, not a lost shard

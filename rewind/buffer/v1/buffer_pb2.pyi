@@ -76,7 +76,7 @@ class FieldSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BufferStats(_message.Message):
-    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter", "sampleable_starts", "sampleable_episodes")
+    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter", "sampleable_starts", "sampleable_episodes", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class BufferStats(_message.Message):
     RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
     SAMPLEABLE_STARTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLEABLE_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     settings: BufferSettings
     transitions: int
@@ -105,7 +106,8 @@ class BufferStats(_message.Message):
     rate_limiter: RateLimiterStats
     sampleable_starts: int
     sampleable_episodes: int
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Episode(_message.Message):
     __slots__ = ("fields",)
@@ -222,14 +224,16 @@ class GetStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
 
 class AddEpisodeRequest(_message.Message):
-    __slots__ = ("buffer", "episode", "routing")
+    __slots__ = ("buffer", "episode", "routing", "generation")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episode: Episode
     routing: RoutingKey
-    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ..., routing: _Optional[_Union[RoutingKey, _Mapping]] = ...) -> None: ...
+    generation: int
+    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ..., routing: _Optional[_Union[RoutingKey, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class AddEpisodeResponse(_message.Message):
     __slots__ = ("num_episodes", "episode_id")
@@ -240,14 +244,16 @@ class AddEpisodeResponse(_message.Message):
     def __init__(self, num_episodes: _Optional[int] = ..., episode_id: _Optional[int] = ...) -> None: ...
 
 class LoadEpisodesRequest(_message.Message):
-    __slots__ = ("buffer", "episodes", "routing")
+    __slots__ = ("buffer", "episodes", "routing", "generation")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episodes: _containers.RepeatedCompositeFieldContainer[Episode]
     routing: _containers.RepeatedCompositeFieldContainer[RoutingKey]
-    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., routing: _Optional[_Iterable[_Union[RoutingKey, _Mapping]]] = ...) -> None: ...
+    generation: int
+    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., routing: _Optional[_Iterable[_Union[RoutingKey, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class LoadEpisodesResponse(_message.Message):
     __slots__ = ("num_episodes", "episodes_loaded")
@@ -455,18 +461,20 @@ class UploadBlocksResponse(_message.Message):
     def __init__(self, needed: _Optional[_Union[BlocksNeeded, _Mapping]] = ..., uploaded: _Optional[_Union[BlockRef, _Mapping]] = ..., index: _Optional[_Union[BlockIndexStart, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("buffer", "chunk", "block", "fetch", "rate_limiter")
+    __slots__ = ("buffer", "chunk", "block", "fetch", "rate_limiter", "generation")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     chunk: bytes
     block: BlockRef
     fetch: BlockGrant
     rate_limiter: RateLimiterChange
-    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., fetch: _Optional[_Union[BlockGrant, _Mapping]] = ..., rate_limiter: _Optional[_Union[RateLimiterChange, _Mapping]] = ...) -> None: ...
+    generation: int
+    def __init__(self, buffer: _Optional[str] = ..., chunk: _Optional[bytes] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., fetch: _Optional[_Union[BlockGrant, _Mapping]] = ..., rate_limiter: _Optional[_Union[RateLimiterChange, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("stats",)
