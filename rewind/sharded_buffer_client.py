@@ -442,7 +442,11 @@ class ShardedBatchStream:
 
         if self.closed or (self.num_batches and self.delivered >= self.num_batches):
             raise StopIteration
-        self._ask()
+        try:
+            self._ask()
+        except RewindError:
+            self.close()  # the shards' streams end with it
+            raise
         parts, missing = [], 0
         for address, n in self.asked.pop(0):
             stream = self.streams.get(address)
