@@ -381,9 +381,20 @@ def _answers(shard: Shard, timeout: float) -> bool:
 
 def _join(parts: list[BatchTuple]) -> BatchTuple:
     """Batch parts (time-major, batch on dim 1) as one batch."""
+    if len(parts) == 1:
+        return parts[0]  # one shard gave the whole batch: no copy
     import torch
 
     return tuple(torch.cat([p[i] for p in parts], dim=1) for i in range(4))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A shard's streamed share of a batch, decoded (None when it was asked for none), and its counts."""
+
+    parts: BatchTuple | None
+    episodes: int
+    starts: int
 
 
 class _ShardStream:
@@ -397,11 +408,16 @@ class _ShardStream:
         threading.Thread(target=self._read, name=f"rewind-shard-{shard.address}", daemon=True).start()
 
     def _read(self) -> None:
+        """Decode each reply here, off the learner's thread, as BufferClient's stream does."""
         import grpc
+
+        from rewind.buffer_messages import decode_batch
 
         try:
             for response in self.call:
-                self.replies.put(response.batch)
+                batch = response.batch
+                parts = decode_batch(batch) if batch.obs.shape and batch.obs.shape[1] else None
+                self.replies.put(Reply(parts, batch.sampleable_episodes, batch.sampleable_starts))
         except grpc.RpcError as exc:
             self.replies.put(exc)
 
@@ -438,8 +454,6 @@ class ShardedBatchStream:
         return self
 
     def __next__(self) -> BatchTuple:
-        from rewind.buffer_messages import decode_batch
-
         if self.closed or (self.num_batches and self.delivered >= self.num_batches):
             raise StopIteration
         try:
@@ -451,18 +465,18 @@ class ShardedBatchStream:
         for address, n in self.asked.pop(0):
             stream = self.streams.get(address)
             reply = self._reply(stream) if stream is not None else None
-            if isinstance(reply, buffer_pb2.Batch):
-                self.client._seen(stream.shard, reply.sampleable_episodes, reply.sampleable_starts)
-                if n:
-                    parts.append(decode_batch(reply))
-            else:
+            if reply is None:
                 missing += n
+                continue
+            self.client._seen(stream.shard, reply.episodes, reply.starts)
+            if reply.parts is not None:
+                parts.append(reply.parts)
         if missing:  # the lost shards' shares of this batch, drawn again from the others
             parts += self.client._sample_parts(missing)
         self.delivered += 1
         return _join(parts)
 
-    def _reply(self, stream: _ShardStream) -> buffer_pb2.Batch | None:
+    def _reply(self, stream: _ShardStream) -> Reply | None:
         """The shard's next reply, or None once it is lost: failed, or late by shard_timeout_s and not
         answering a GetStats within it either (a shard whose rate limiter holds the share back answers)."""
         client, waited = self.client, 0.0
@@ -475,7 +489,7 @@ class ShardedBatchStream:
                 if waited >= client.timeout or not _answers(stream.shard, client.shard_timeout_s):
                     reply = DeadlineExceeded(f"no reply for {waited:.1f} s, and it does not answer GetStats")
                     break
-        if isinstance(reply, buffer_pb2.Batch):
+        if isinstance(reply, Reply):
             return reply
         error = reply if isinstance(reply, RewindError) else from_rpc_error(reply)
         if not isinstance(error, SHARD_LOST):
