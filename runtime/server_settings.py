@@ -40,10 +40,10 @@ class ServerSettings(Settings):
     max_streams: int = setting(0, "streams open at once; more get RESOURCE_EXHAUSTED (0: half the workers, so "
                                   "health and unary calls keep threads)", minimum=0)
     # Who may call (see rewind_runtime.auth); empty files mean no authentication.
-    read_tokens_file: str = setting("", "file of tokens that may read (stats, list, lookup, download, sample, "
-                                        "status), one per line")
-    write_tokens_file: str = setting("", "file of tokens that may also write (add, save, delete, restore, stop, "
-                                         "...), one per line")
+    read_tokens_file: str = setting("", "file of tokens that may read (stats, list, lookup, download, status), "
+                                        "one per line")
+    write_tokens_file: str = setting("", "file of tokens that may also write (add, sample, save, delete, restore, "
+                                         "stop, ...), one per line")
     allow_unauthenticated: bool = setting(False, "serve with no tokens on an interface other than loopback "
                                                  "(only on a network you trust)")
     tls_cert_file: str = setting("", "TLS certificate (PEM, e.g. a Secret's tls.crt); with tls_key_file turns TLS on")

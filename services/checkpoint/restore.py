@@ -33,9 +33,11 @@ def _targets(manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
     if not targets:
         if not recorded:
             raise NotFound(f"targets: {manifest.key} holds no buffer snapshots")
+        # Keyed by where it came from: the shards of one buffer (same name, other services) all go back.
+        sources = {(b.address, b.buffer): b for b in manifest.buffers}
         defaults = []
         for i, b in enumerate(manifest.buffers):
-            if recorded[b.buffer] is not b:
+            if sources[(b.address, b.buffer)] is not b:
                 continue  # a buffer recorded twice goes back once, as before
             # A recorded address was allowed when it was saved; the setting may have changed since.
             field = f"targets: the checkpoint's buffers[{i}].address"
