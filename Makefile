@@ -88,7 +88,7 @@ venv: $(DEV_STAMP)
 docs: $(DEV_STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
-# Debian's chromium and chromium-driver, for the history pages' browser tests (apt, as root).
+# Debian's chromium and chromium-driver (the history pages' browser tests) and iproute2 (network namespaces), from apt, as root.
 browser:
 	bash scripts/install_browser.sh
 
