@@ -382,9 +382,13 @@ class EpisodeBuffer:
     def _write(self, episodes: Sequence[Mapping[str, torch.Tensor]]) -> None:
         # One extend for the lot: the writer places them and batches the copies.
         lengths = [episode["obs"].shape[0] for episode in episodes]
-        data = {k: torch.cat([episode[k] for episode in episodes]) for k in FIELDS}
-        ids = torch.arange(self.episodes_added, self.episodes_added + len(episodes))
-        data[TRAJ_KEY] = torch.repeat_interleave(ids, torch.tensor(lengths))
+        if len(episodes) == 1:  # the storage write is the one copy: no concatenation first
+            data = {k: episodes[0][k] for k in FIELDS}
+            data[TRAJ_KEY] = torch.full((lengths[0],), self.episodes_added, dtype=torch.int64)
+        else:
+            data = {k: torch.cat([episode[k] for episode in episodes]) for k in FIELDS}
+            ids = torch.arange(self.episodes_added, self.episodes_added + len(episodes))
+            data[TRAJ_KEY] = torch.repeat_interleave(ids, torch.tensor(lengths))
         self._rb.extend(TensorDict(data, batch_size=[sum(lengths)]))
         self.episodes_added += len(episodes)
 

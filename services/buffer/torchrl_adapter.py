@@ -8,7 +8,9 @@ below their public contract, for speed and for exact snapshots:
 - sampling calls `sampler.sample(storage, n)` directly and gathers batches
   time-major from the storage's columns, skipping ReplayBuffer.sample;
 - snapshots and the writer read and write the storage's column TensorDict
-  (`storage._storage`), and a block restore sets its used length (`_len`).
+  (`storage._storage`), a block restore sets its used length (`_len`), and the
+  writer's slice writes keep set()'s cursor and length bookkeeping
+  (`_set_last_cursor`, `_get_new_len`, `_bump_mutation_revision`).
 
 torchrl is pinned to the minor release these are tested with (pyproject.toml),
 and `check_hooks()` (run by the test suite) fails with a clear message when
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # The keyword arguments torchrl 0.14's SliceSampler._finalize_index takes.
 FINALIZE_INDEX_PARAMS = ("index", "num_slices", "seq_length", "target_seq_length", "mask_flat", "storage")
+# The bookkeeping LazyTensorStorage.set does, which write_range repeats around its slice copies.
+STORAGE_HOOKS = ("_set_last_cursor", "_get_new_len", "_bump_mutation_revision")
 
 
 def check_hooks() -> None:
@@ -38,6 +42,10 @@ def check_hooks() -> None:
     if not isinstance(getattr(LazyTensorStorage, "_len", None), property):
         raise RuntimeError("torchrl: LazyTensorStorage._len is no longer a property; set_length() in "
                            "rewind_buffer/torchrl_adapter.py must be updated for this torchrl")
+    for hook in STORAGE_HOOKS:
+        if not callable(getattr(LazyTensorStorage, hook, None)):
+            raise RuntimeError(f"torchrl: LazyTensorStorage.{hook} is gone; write_range() in "
+                               "rewind_buffer/torchrl_adapter.py must be updated for this torchrl")
     found = tuple(p for p in inspect.signature(SliceSampler._finalize_index).parameters if p != "self")
     if found != FINALIZE_INDEX_PARAMS:
         import torchrl
@@ -136,6 +144,22 @@ def live_columns(storage: Storage, keys: tuple[str, ...]) -> tuple[dict[str, tor
 def set_length(storage: Storage, rows: int) -> None:
     """Make the storage's used length `rows`, after a restore wrote them straight into its columns."""
     storage._len = rows
+
+
+def write_range(storage: Storage, index: torch.Tensor, data: TensorDictBase) -> None:
+    """Write `data` into the consecutive rows `index` (an arange): what `storage.set(index, data)` does, the
+    cursor and length bookkeeping included (the sampler reads both), but with a slice copy per column where
+    set() scatters row by row through an index tensor (twice the time of an episode's insert)."""
+    if not storage.initialized:
+        storage.set(index, data)  # allocates the columns first
+        return
+    storage._set_last_cursor(index)
+    storage._get_new_len(data, index)
+    start, end = int(index[0]), int(index[-1]) + 1
+    target = columns(storage)
+    for key, value in data.items():
+        target.get(key)[start:end].copy_(value)
+    storage._bump_mutation_revision()  # as set() does: caches derived from the contents are stale
 
 
 def write_rows(storage: Storage, tensors: dict[str, torch.Tensor]) -> None:

@@ -79,7 +79,7 @@ class EpisodeWriter(Writer):
             self._evict_overlapping(start, end)
             index = torch.arange(start, end)
             self._before_overwrite(start, end)
-            self._storage.set(index, data[offset : offset + end - start])
+            torchrl_adapter.write_range(self._storage, index, data[offset : offset + end - start])
             slot = start
             for eid, length in zip(ids[first:last], lengths[first:last], strict=True):
                 self._episodes.append((eid, slot, length))

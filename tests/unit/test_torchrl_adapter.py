@@ -24,3 +24,37 @@ def test_a_changed_hook_signature_fails_with_a_message_that_says_what_to_do(monk
     assert "SliceSampler._finalize_index takes ('index', 'num_slices', 'seq_length', 'storage', 'new_argument')" \
         in message
     assert "rewind_buffer/torchrl_adapter.py must be updated" in message and "pin torchrl" in message
+
+
+def test_write_range_leaves_the_storage_as_set_would():
+    # The writer's slice copies must keep set()'s cursor and length bookkeeping, which the sampler reads
+    # (with a wrong length or cursor, sequences crossed episodes after the storage wrapped around).
+    import torch
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage
+
+    def rows(first: int, count: int) -> TensorDict:
+        values = torch.arange(first, first + count, dtype=torch.float32)
+        return TensorDict({"obs": values.unsqueeze(-1).repeat(1, 3), "episode": values.long()}, batch_size=[count])
+
+    by_set, by_range = LazyTensorStorage(10), LazyTensorStorage(10)
+    written = 0  # rows 0..written-1 were written; the rest hold whatever the allocation left
+    for start, count in [(0, 4), (4, 5), (0, 3), (3, 2)]:  # the last two wrap around, as the writer does
+        index = torch.arange(start, start + count)
+        by_set.set(index, rows(100 * start + count, count))
+        torchrl_adapter.write_range(by_range, index, rows(100 * start + count, count))
+        assert len(by_range) == len(by_set)
+        assert by_range._last_cursor_index == by_set._last_cursor_index
+        assert by_range._is_full == by_set._is_full
+        written = max(written, start + count)
+        for key in ("obs", "episode"):
+            assert torch.equal(by_range._storage[key][:written], by_set._storage[key][:written])
+    assert by_range._mutation_revision == by_set._mutation_revision
+
+
+def test_a_missing_storage_hook_fails_with_a_message_that_says_what_to_do(monkeypatch):
+    from torchrl.data import LazyTensorStorage
+
+    monkeypatch.setattr(LazyTensorStorage, "_get_new_len", None)  # as if a torchrl release dropped it
+    with pytest.raises(RuntimeError, match=r"LazyTensorStorage\._get_new_len is gone; write_range\(\)"):
+        torchrl_adapter.check_hooks()
