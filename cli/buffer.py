@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   rewind buffer stats --address 127.0.0.1:50051 --buffer test_buffer
   rewind buffer snapshot --buffer buffer --out buffer.snap
   rewind buffer restore --buffer buffer --in buffer.snap
+  rewind buffer rate-limiter --buffer buffer                     # show it
+  rewind buffer rate-limiter --samples-per-insert 4 --min-size-to-sample 10000 --error-buffer 20000
+  rewind buffer rate-limiter --pause                             # preload freely, then --resume
   rewind buffer demo
 """
 
@@ -56,6 +59,23 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
             p.add_argument("--out", required=True, help="file to write")
         else:
             p.add_argument("--in", dest="src", required=True, help="snapshot file to read")
+
+    limiter = commands.add_parser("rate-limiter", help="show or change a buffer's rate limiter",
+                                  description="Show a buffer's rate limiter, or change it (new settings, "
+                                              "or a pause and its end; both start the counts again).")
+    limiter.add_argument("--address", default=addresses.BUFFER_ADDRESS, help="host:port of the buffer service")
+    limiter.add_argument("--buffer", default="buffer", help="buffer name (default: buffer)")
+    limiter.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    limiter.add_argument("--samples-per-insert", type=float, help="sequences sampled per transition inserted "
+                         "(0, with --min-size-to-sample 0: no limiter)")
+    limiter.add_argument("--min-size-to-sample", type=int, help="transitions stored before a sample may go")
+    limiter.add_argument("--error-buffer", help="X (a window of +-X) or MIN,MAX")
+    limiter.add_argument("--inserts-wait", action=argparse.BooleanOptionalAction, default=None,
+                         help="whether inserts wait when ahead of samples")
+    paused = limiter.add_mutually_exclusive_group()
+    paused.add_argument("--pause", dest="paused", action="store_const", const=True, help="let every call through")
+    paused.add_argument("--resume", dest="paused", action="store_const", const=False, help="end a pause")
+    limiter.set_defaults(func=rate_limiter)
 
     demo_parser = commands.add_parser("demo", help="start a buffer service, exercise it with a short client, stop it")
     demo_parser.add_argument("--address", help="use a running service instead of starting one")
@@ -99,7 +119,35 @@ def stats(args: argparse.Namespace) -> int:
     print(f"  storage {s.bytes / 2**20:,.1f} MiB   batches sampled {s.batches_sampled:,}")
     for spec in s.schema:
         print(f"  field {spec.name}: {spec.dtype} per-step shape {list(spec.shape)}")
+    print(f"  {describe_limiter(s)}")
     return 0
+
+
+def rate_limiter(args: argparse.Namespace) -> int:
+    changes = {name: getattr(args, name) for name in ("samples_per_insert", "min_size_to_sample", "error_buffer",
+                                                      "inserts_wait") if getattr(args, name) is not None}
+    with _client(args) as client:
+        if changes or args.paused is not None:
+            s = client.set_rate_limiter(paused=args.paused, **changes)
+        else:
+            s = client.stats()
+    print(f"buffer {s.name!r}: {describe_limiter(s)}")
+    return 0
+
+
+def describe_limiter(s) -> str:
+    """One line on a buffer's rate limiter (BufferStats)."""
+    if not s.HasField("rate_limiter"):
+        return "no rate limiter"
+    r = s.rate_limiter
+    kind = (f"samples wait for {r.min_size_to_sample:,} transitions" if r.min_diff == float("-inf") else
+            f"{r.samples_per_insert:g} sequences per transition after {r.min_size_to_sample:,}, window "
+            f"[{r.min_diff:g}, {r.max_diff:g}]" + ("" if r.inserts_wait else ", inserts never wait"))
+    state = "paused; " if r.paused else ""
+    return (f"rate limiter: {kind}; {state}{r.inserts:,} in, {r.samples:,} out; "
+            f"can insert {'yes' if r.can_insert else 'no'}, can sample {'yes' if r.can_sample else 'no'}; "
+            f"held back: inserts {r.inserts_blocked_calls:,} calls {r.inserts_blocked_seconds:.1f} s, "
+            f"samples {r.samples_blocked_calls:,} calls {r.samples_blocked_seconds:.1f} s")
 
 
 def snapshot(args: argparse.Namespace) -> int:

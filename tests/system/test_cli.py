@@ -80,3 +80,35 @@ def test_stats_snapshot_restore_commands(tmp_path):
         assert result.returncode == 0 and "1 episodes, 50 transitions" in result.stdout
     finally:
         proc.stop()
+
+
+def test_rate_limiter_command_shows_changes_pauses_and_refuses_in_one_line(tmp_path):
+    from rewind import BufferClient
+    from tests.support.episodes import episode
+    from tests.support.processes import ServiceProcess
+
+    proc = ServiceProcess(tmp_path, "--min-history", "0", "--buffer-size", "1000", "--batch-size", "4",
+                          "--max-episode-length", "50")
+    address = ("--address", proc.address)
+    try:
+        shown = rewind("buffer", "rate-limiter", *address)
+        assert shown.returncode == 0 and shown.stdout.strip() == "buffer 'buffer': no rate limiter"
+        set_ = rewind("buffer", "rate-limiter", *address, "--samples-per-insert", "2", "--min-size-to-sample", "100",
+                      "--error-buffer", "300")
+        assert set_.returncode == 0, set_.stderr
+        assert "2 sequences per transition after 100, window [-100, 500]; 0 in, 0 out" in set_.stdout
+        with BufferClient(proc.address) as client:
+            client.add(episode(0, 50))
+        stats = rewind("buffer", "stats", *address)
+        assert "rate limiter: 2 sequences per transition after 100" in stats.stdout and "50 in, 0 out" in stats.stdout
+        assert "can sample no" in stats.stdout  # 50 of the 100 it waits for
+        paused = rewind("buffer", "rate-limiter", *address, "--pause")
+        assert "paused; 50 in" in paused.stdout and "can sample yes" in paused.stdout
+        refused = rewind("buffer", "rate-limiter", *address, "--error-buffer", "2")
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 1 and len(lines) == 1
+        assert lines[0].startswith("rewind: error: change.settings.error_buffer: the window")
+        both = rewind("buffer", "rate-limiter", *address, "--pause", "--resume")
+        assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    finally:
+        proc.stop()
