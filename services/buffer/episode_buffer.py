@@ -268,17 +268,25 @@ class EpisodeBuffer:
             FailedPrecondition: naming both generations.
         """
         with self.lock:
-            if generation and generation < self.generation:
-                raise FailedPrecondition(
-                    f"generation: this write is stamped with generation {generation}, but buffer {self.name!r} "
-                    f"belongs to generation {self.generation} (the run was resumed since); a writer of an older "
-                    "run must not add to it: restart it with the run's current generation")
+            self.check_generation(generation)
             self.generation = max(self.generation, generation)
+
+    def check_generation(self, generation: int) -> None:
+        """fence() without taking the generation on: a write that may yet be refused changes nothing.
+
+        Raises:
+            FailedPrecondition: naming both generations.
+        """
+        if generation and generation < self.generation:
+            raise FailedPrecondition(
+                f"generation: this write is stamped with generation {generation}, but buffer {self.name!r} "
+                f"belongs to generation {self.generation} (the run was resumed since); a writer of an older "
+                "run must not add to it: restart it with the run's current generation")
 
     def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait,
                generation: int) -> int:
         with self.lock:
-            self.fence(generation)
+            self.check_generation(generation)
             schema = self._validate(episodes, names)
             if not episodes:
                 return self.num_eps
@@ -289,7 +297,9 @@ class EpisodeBuffer:
                     schema = self._validate(episodes, names)  # the first episode of another call set the schema
             if self._rb is None:
                 self._init_storage(schema)
+            self.check_generation(generation)  # a newer writer may have come while this one waited
             self._write(episodes)
+            self.fence(generation)  # stored: the generation is the buffer's now
             self.gate.counted(INSERT, count)
             return self.num_eps
 

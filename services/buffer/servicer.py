@@ -159,7 +159,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 first = request
                 buffer = self.registry.get(request.buffer)
                 generation = _generation(request.generation)
-                buffer.fence(generation)  # before the episodes are received: an old writer learns it at once
+                buffer.check_generation(generation)  # before the episodes arrive: an old writer learns it at once
             elif request.buffer and request.buffer != buffer.name:
                 raise InvalidArgument(
                     f"buffer: message names {request.buffer!r} but the stream started with {buffer.name!r}"

@@ -201,6 +201,8 @@ def test_a_write_from_an_older_generation_is_refused_and_changes_nothing(shards,
             client.add(episode(3, STEPS), generation=3)
         with pytest.raises(FailedPrecondition, match="generation 3, but .* generation 4"):
             client.load([episode(4, STEPS), episode(5, STEPS)], generation=3)
+        with pytest.raises(InvalidArgument):
+            client.add(episode(8, 2), generation=9)  # too short: refused, and the generation stays 4
         after = client.stats()
         assert (after.episodes, after.episodes_added, after.generation) == (3, 3, 4) == (
             before.episodes, before.episodes_added, before.generation)
