@@ -16,7 +16,7 @@ from typing import Protocol
 from rewind.errors import Internal
 from rewind_buffer import blocks as block_format
 from rewind_buffer import snapshot
-from rewind_buffer.episode_buffer import BufferState
+from rewind_buffer.buffer_state import BufferState
 
 
 @dataclass(frozen=True)

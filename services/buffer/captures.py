@@ -41,7 +41,7 @@ from rewind.errors import Internal, NotFound, ResourceExhausted
 from rewind_buffer import row_ranges
 
 if TYPE_CHECKING:
-    from rewind_buffer.episode_buffer import BufferState
+    from rewind_buffer.buffer_state import BufferState
 
 MAX_CAPTURES = 2       # per buffer
 TTL_S = 600.0          # longer than a checkpoint takes to start streaming what it captured

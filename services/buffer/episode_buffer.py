@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from tensordict import TensorDict
@@ -25,10 +24,11 @@ from rewind.errors import (
     RewindError,
 )
 from rewind_buffer import torchrl_adapter
-from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, Sealed, row_bytes
+from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, row_bytes
+from rewind_buffer.buffer_state import Batch, BufferState, BufferStats
 from rewind_buffer.captures import RowCapture
 from rewind_buffer.limiter_gate import LimiterGate
-from rewind_buffer.rate_limiter import INSERT, NO_WAIT, SAMPLE, LimiterState, LimiterStats, RateLimiter, Wait
+from rewind_buffer.rate_limiter import INSERT, NO_WAIT, SAMPLE, RateLimiter, Wait
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
 from rewind_buffer.writer import TRAJ_KEY, EpisodeWriter
@@ -37,82 +37,6 @@ log = logging.getLogger(__name__)
 
 # The seed's heuristic: CUDA only when 2.5x the storage fits in free memory.
 CUDA_HEADROOM = 2.5
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A batch in TD-MPC2's layout (time-major)."""
-
-    obs: torch.Tensor  # (H+1, B, *obs_shape)
-    action: torch.Tensor  # (H, B, *action_shape)
-    reward: torch.Tensor  # (H, B, 1)
-    done: torch.Tensor  # (H, B, 1)
-    sequence_number: int
-    sampleable_starts: int = 0    # what the sample was drawn from (a sharded client weighs shards by it)
-    sampleable_episodes: int = 0
-
-
-@dataclass(frozen=True)
-class BufferStats:
-    """What GetStats reports about one buffer."""
-
-    name: str
-    settings: BufferSettings
-    transitions: int
-    episodes: int
-    ready: bool
-    device: str                    # "" until the first episode allocates the storage
-    bytes: int
-    episodes_added: int
-    episodes_evicted: int
-    batches_sampled: int
-    schema: EpisodeSchema | None
-    limiter: LimiterStats | None = None
-    sampleable_starts: int = 0
-    sampleable_episodes: int = 0
-    generation: int = 0
-
-
-@dataclass(frozen=True)
-class BufferState:
-    """A consistent copy of a buffer: its description (JSON in a snapshot's header) and its tensors.
-
-    From export_state() without copy=True, the storage columns are CapturedColumns of `rows` (a RowCapture),
-    read as snapshot.encode streams them; release() (or streaming them to the end) lets the buffer forget it.
-    """
-
-    name: str
-    settings: BufferSettings
-    seed: int
-    storage_device: str            # the preference: auto, cpu or cuda
-    device_type: str | None        # where the storage was (None: never allocated)
-    schema: EpisodeSchema | None
-    episodes_added: int
-    batches_sampled: int
-    transitions: int
-    writer: dict                   # EpisodeWriter.state_dict()
-    tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
-    limiter: LimiterState | None = None  # the rate limiter's settings and counts (None: no limiter)
-    generation: int = 0            # the newest run generation that wrote to it (the fence against older writers)
-    rows: RowCapture | None = field(default=None, compare=False, repr=False)
-    # The blocks of the capture point (None for a copy, or a buffer without storage): what SnapshotBlocks sends.
-    blocks: Sealed | None = field(default=None, compare=False, repr=False)
-    block_map: BlockMap | None = field(default=None, compare=False, repr=False)
-
-    def release(self) -> None:
-        """Stop the copy-before-overwrite of a capture not to be streamed (streaming it to the end does this too)."""
-        if self.rows is not None:
-            self.rows.release()
-
-    def header(self) -> dict:
-        """The JSON-able description (everything but the tensors)."""
-        return {"name": self.name, "settings": asdict(self.settings), "seed": self.seed,
-                "storage_device": self.storage_device, "device_type": self.device_type,
-                "schema": self.schema.to_json() if self.schema is not None else None,
-                "episodes_added": self.episodes_added, "batches_sampled": self.batches_sampled,
-                "transitions": self.transitions, "writer": self.writer,
-                "limiter": self.limiter.to_json() if self.limiter is not None else None,
-                "generation": self.generation}
 
 
 def storage_bytes_for(schema: EpisodeSchema, capacity: int) -> int:

@@ -22,8 +22,9 @@ from rewind.versions import SNAPSHOT_FORMATS, current
 from rewind_buffer import block_stream, snapshot, snapshot_check
 from rewind_buffer.block_upload import BlockFetcher, GrantedUploads
 from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, BlockMap, columns_of, row_bytes
+from rewind_buffer.buffer_state import BufferState
 from rewind_buffer.captures import Capture, CaptureStore
-from rewind_buffer.episode_buffer import BufferState, EpisodeBuffer, storage_bytes_for
+from rewind_buffer.episode_buffer import EpisodeBuffer, storage_bytes_for
 from rewind_buffer.rate_limiter import LimiterStats, Wait
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.settings import BufferSettings, check_buffer_name

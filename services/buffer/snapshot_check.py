@@ -19,7 +19,8 @@ from rewind.codec import dtype_name
 from rewind.errors import DataLoss, InvalidArgument
 from rewind_buffer import snapshot
 from rewind_buffer.blocks import DIGEST
-from rewind_buffer.episode_buffer import BufferState
+from rewind_buffer.buffer_state import LATER_SETTINGS as LATER_DEFAULTS
+from rewind_buffer.buffer_state import BufferState
 from rewind_buffer.rate_limiter import LimiterState
 from rewind_buffer.schema import FIELDS, SCALAR_FIELDS, EpisodeSchema, FieldSpec
 from rewind_buffer.settings import STORAGE_DEVICES, BufferSettings
@@ -33,8 +34,7 @@ INDEX_KEYS = HEADER_KEYS | {"rows", "blocks", "extents"}
 OPTIONAL_KEYS = frozenset({"limiter", "generation"})
 # The buffer settings every snapshot has (integers), and those added later, with their types.
 SETTINGS_INTS = frozenset({"buffer_size", "batch_size", "min_history", "horizon"})
-LATER_SETTINGS = {"max_episode_length": int, "samples_per_insert": float, "min_size_to_sample": int,
-                  "error_buffer": str, "inserts_wait": bool}
+LATER_SETTINGS = {name: type(default) for name, default in LATER_DEFAULTS.items()}
 WRITER_KEYS = frozenset({"cursor", "episodes", "evicted"})
 DEVICE_TYPES = ("cpu", "cuda")
 INT64_MAX = 2**63 - 1
