@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from rewind.errors import RewindError
 from rewind_cli import security
+from rewind_runtime.local import stop_with_parent_from_env
 
 # The command groups, one module each, in the order --help lists them.
 GROUPS = ("buffer", "checkpoint", "train", "sweep", "trainer", "health", "secrets")
@@ -70,6 +71,7 @@ def _configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_with_parent_from_env()  # a service LocalService started stops when its parent dies
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv = security.take(argv)

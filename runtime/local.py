@@ -20,13 +20,27 @@ from typing import IO
 from rewind.errors import Unavailable
 from rewind_runtime.settings import without_settings
 
+# Set for a child LocalService starts: the pid of the parent whose death must stop it (read by the child).
+STOP_WITH_PARENT = "_REWIND_STOP_WITH_PARENT"  # not REWIND_*: those are settings, and an unknown one is an error
 
-def _stop_with_parent() -> None:
-    """In the child (Linux): SIGTERM when the parent dies, so a killed parent leaves no service behind."""
+
+def stop_with_parent_from_env() -> None:
+    """In a child LocalService started (Linux): SIGTERM when the parent dies, so a killed parent leaves no
+    service behind.
+
+    The child asks for it itself, first thing, instead of the parent running a preexec_fn between fork
+    and exec: a preexec_fn forces fork() over vfork(), and fork() runs gRPC's fork handlers in a parent
+    that holds channels and servers, which could hang the parent for good.
+    """
+    parent = os.environ.pop(STOP_WITH_PARENT, "")
+    if not parent.isdigit() or sys.platform != "linux":
+        return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class LocalService:
@@ -67,10 +81,10 @@ class LocalService:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
-            env={**without_settings(os.environ), **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env={**without_settings(os.environ), **(env or {}), "PYTHONUNBUFFERED": "1",
+                 STOP_WITH_PARENT: str(os.getpid())},
             # Its own session: a Ctrl-C meant for the parent must not stop the service mid-checkpoint.
             start_new_session=True,
-            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
         )
         self._port_file, self._timeout, self._args = port_file, timeout, args
         self.port, self.address = 0, ""
