@@ -227,15 +227,24 @@ class ServiceHost:
 
     def _add_port(self) -> int:
         """Bind the gRPC port: the one asked for, or a free one when it is taken and may fall back."""
-        target = f"{self.host}:{self.requested_port}"
-        port, error = _bind(self._server, target, self.tls)
-        if port == 0 and self.requested_port > 0 and "port" in self.fallback_ports:
-            port, _ = _bind(self._server, f"{self.host}:0", self.tls)
+        return self._listen(self._server, "port", self.requested_port, self.tls, "serving gRPC")
+
+    def _listen(self, server: grpc.Server, setting: str, requested: int, tls: ServerTLS | None,
+                serving: str) -> int:
+        """Bind `setting`'s port on `server`; when taken, a free one if the setting may fall back.
+
+        Raises:
+            Unavailable: the port cannot be bound (naming the setting).
+        """
+        target = f"{self.host}:{requested}"
+        port, error = _bind(server, target, tls)
+        if port == 0 and requested > 0 and setting in self.fallback_ports:
+            port, _ = _bind(server, f"{self.host}:0", tls)
             if port:
-                log.warning("port %d is taken; serving gRPC on port %d instead (give port to insist on one)",
-                            self.requested_port, port)
+                log.warning("%s %d is taken; %s on port %d instead (give %s to insist on one)",
+                            setting, requested, serving, port, setting)
         if port == 0:
-            raise Unavailable(f"cannot listen on {target} (port){error}; is another server using the port?")
+            raise Unavailable(f"cannot listen on {target} ({setting}){error}; is another server using the port?")
         return port
 
     def _check_exposure(self) -> None:
@@ -254,16 +263,8 @@ class ServiceHost:
             raise
 
     def _start_health_server(self) -> None:
-        target = f"{self.host}:{self.health_port}"
-        port, error = _bind(self._health_server, target, None)
-        if port == 0 and self.health_port > 0 and "health_port" in self.fallback_ports:
-            port, _ = _bind(self._health_server, f"{self.host}:0", None)
-            if port:
-                log.warning("health_port %d is taken; answering health checks on port %d instead (give "
-                            "health_port to insist on one)", self.health_port, port)
-        if port == 0:
-            raise Unavailable(f"cannot listen on {target} (health_port){error}; is another server using the port?")
-        self.health_port = port
+        self.health_port = self._listen(self._health_server, "health_port", self.health_port, None,
+                                        "answering health checks")
         self._health_server.start()
 
     @property

@@ -223,7 +223,7 @@ class EpisodeBuffer:
                 self._init_storage(schema)
             self.check_generation(generation)  # a newer writer may have come while this one waited
             self._write(episodes)
-            self.fence(generation)  # stored: the generation is the buffer's now
+            self.generation = max(self.generation, generation)  # stored: the generation is the buffer's now
             self.gate.counted(INSERT, count)
             return self.num_eps
 

@@ -121,8 +121,9 @@ class LimiterSettings:
 
     @classmethod
     def from_json(cls, data: dict) -> LimiterSettings:
+        # float() reads the "inf" and "-inf" that to_json writes for an unbounded window.
         return cls(float(data["samples_per_insert"]), int(data["min_size_to_sample"]),
-                   _number(data["min_diff"]), _number(data["max_diff"]), bool(data.get("inserts_wait", True)))
+                   float(data["min_diff"]), float(data["max_diff"]), bool(data.get("inserts_wait", True)))
 
 
 @dataclass
@@ -290,7 +291,3 @@ def _finite_or_name(value: float) -> float | str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return value
-
-
-def _number(value: float | str) -> float:
-    return float(value)

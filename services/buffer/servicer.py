@@ -126,7 +126,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         invalid, keeps the base's."""
         return (base or self.registry.defaults).replace(
             buffer_size=s.buffer_size or None, batch_size=s.batch_size or None, horizon=s.horizon or None,
-            **{name: getattr(s, name) if s.HasField(name) else None for name in OPTIONAL_SETTINGS})
+            **_given(s, OPTIONAL_SETTINGS))
 
     def SetRateLimiter(self, request, context):
         buffer = self.registry.get(request.buffer)
@@ -137,7 +137,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
 
     def _limiter_settings(self, s: buffer_pb2.BufferSettings, base: BufferSettings) -> BufferSettings:
         """The limiter fields of `s` over `base` (the buffer's own settings); the others are not read."""
-        return base.replace(**{name: getattr(s, name) if s.HasField(name) else None for name in LIMITER_SETTINGS})
+        return base.replace(**_given(s, LIMITER_SETTINGS))
 
     def GetStats(self, request, context):
         response = buffer_pb2.GetStatsResponse()
@@ -572,6 +572,11 @@ def _change_limiter(buffer: EpisodeBuffer, change: buffer_pb2.RateLimiterChange,
 
 
 MAX_SEQUENCES = 65_536  # as batch_size's bound: a batch gathered at once
+
+
+def _given(s: buffer_pb2.BufferSettings, names: tuple[str, ...]) -> dict[str, object]:
+    """The fields of `s` among `names`, None where unset (Settings.replace keeps those)."""
+    return {name: getattr(s, name) if s.HasField(name) else None for name in names}
 
 
 def _sequences(value: int, field: str) -> int:
