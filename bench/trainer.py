@@ -31,7 +31,8 @@ import torch
 from rewind import BufferClient, CheckpointClient
 from rewind_runtime.local import LocalService
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.checkpointer import Checkpointer
+from rewind_trainer.checkpointer import Checkpointer, Cut
+from rewind_trainer.connections import parts_of
 from rewind_trainer.hparams import AgentConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,8 +122,9 @@ def blocking(args) -> dict:
                 test_buffer = buffer.using("test_buffer")
                 test_buffer.load(data[:10])
                 ckpt = CheckpointClient(ckpt_service.address)
-                checkpointer = Checkpointer(ckpt, "bench", f"blocking-{transitions}", buffer, test_buffer,
-                                            {"keep_last": 1})
+                checkpointer = Checkpointer(ckpt, "bench", f"blocking-{transitions}",
+                                            parts_of([buffer], test_buffer, transitions + 10 * EPISODE),
+                                            {"keep_last": 1}, Cut(routing_seed=1, generation=1))
                 times = []
                 for i in range(args.rounds):
                     job = checkpointer.start(i + 1, 0, lambda: {"agent": agent.state_dict()}, {}, {}, {}, {})

@@ -161,6 +161,7 @@ class BufferClient(StatsView, ServiceClient):
         max_message_bytes: message limit; keep it equal to the service's.
         on_close: called by close() (see ServiceClient).
         security: token and TLS (default: from REWIND_TOKEN_FILE and REWIND_TLS_*).
+        generation: the run generation every write is stamped with (0: unstamped); see add().
 
     Every call has a deadline; calls are retried only when the service is
     UNAVAILABLE. Failures raise rewind.errors classes (NotFound, ...).
@@ -177,16 +178,18 @@ class BufferClient(StatsView, ServiceClient):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_close: Callable[[], None] | None = None,
         security: ClientSecurity | None = None,
+        generation: int = 0,
     ) -> None:
         super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, on_close=on_close,
                          security=security)
         self.buffer = buffer
+        self.generation = generation
         self._stub = buffer_pb2_grpc.BufferServiceStub(self._channel)
 
     def using(self, buffer: str) -> BufferClient:
         """A client for another named buffer of the same service (shares nothing)."""
         return BufferClient(self.address, buffer, timeout=self.timeout, max_message_bytes=self.max_message_bytes,
-                            security=self.security)
+                            security=self.security, generation=self.generation)
 
     # -- TD-MPC2's API -------------------------------------------------------
 
@@ -195,10 +198,11 @@ class BufferClient(StatsView, ServiceClient):
 
         Args:
             routing: the key a sharded client routed it by (ShardedBufferClient sets it).
-            generation: the run generation this writer belongs to (0: unstamped). A buffer that a newer
-                generation wrote to refuses it with FailedPrecondition.
+            generation: the run generation this writer belongs to (0: the client's `generation`). A buffer
+                that a newer generation wrote to refuses it with FailedPrecondition.
         """
-        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing, generation=generation)
+        request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing,
+                                               generation=generation or self.generation)
         _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
         return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
@@ -215,7 +219,7 @@ class BufferClient(StatsView, ServiceClient):
         episodes = _episodes_of(td)
         if routing and len(routing) != len(episodes):
             raise InvalidArgument(f"routing: {len(routing)} keys for {len(episodes)} episodes")
-        requests = self._load_requests(episodes, list(routing), generation)
+        requests = self._load_requests(episodes, list(routing), generation or self.generation)
         return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
     def _load_requests(self, episodes: list, routing: list, generation: int
@@ -461,7 +465,7 @@ class BufferClient(StatsView, ServiceClient):
 
     def restore_blocks(self, index: Iterable[bytes],
                        blocks: Iterable[tuple[str, int, Iterable[bytes] | buffer_pb2.BlockGrant]],
-                       timeout: float | None = TRANSFER_TIMEOUT_S):
+                       timeout: float | None = TRANSFER_TIMEOUT_S, generation: int = 0):
         """Replace (or create) this buffer from a block index and its blocks; returns its new stats.
 
         The service writes each block into the new storage as it arrives and
@@ -472,10 +476,11 @@ class BufferClient(StatsView, ServiceClient):
             index: the index's consecutive chunks.
             blocks: (sha256, size, chunks) of every block the index references, in its order; instead
                 of chunks, a BlockGrant (a presigned GET) makes the service download the block itself.
+            generation: as restore()'s.
         """
 
         def requests() -> Iterator[buffer_pb2.RestoreRequest]:
-            yield buffer_pb2.RestoreRequest(buffer=self.buffer)
+            yield buffer_pb2.RestoreRequest(buffer=self.buffer, generation=generation)
             for chunk in index:
                 yield buffer_pb2.RestoreRequest(chunk=chunk)
             for sha256, size, chunks in blocks:

@@ -480,13 +480,16 @@ class CheckpointClient(ServiceClient):
                     yield response.grant.name, data
 
     def restore_buffers(self, ref: RefLike, targets: Sequence[checkpoint_pb2.BufferTarget | tuple[str, str]] = (),
-                        timeout: float = TRANSFER_TIMEOUT_S) -> list[checkpoint_pb2.RestoredBuffer]:
+                        timeout: float = TRANSFER_TIMEOUT_S,
+                        generation: int = 0) -> list[checkpoint_pb2.RestoredBuffer]:
         """Have the service push the checkpoint's buffer snapshots into buffer services.
 
         Args:
             ref: the checkpoint.
             targets: (address, buffer) pairs or BufferTargets; empty means every
                 buffer the checkpoint holds, back to the address it came from.
+            generation: the run generation the restored buffers start (a resume's): from then on they
+                refuse writes stamped older. 0 keeps each snapshot's.
 
         Raises:
             DataLoss: a snapshot failed its checksum (that buffer is unchanged).
@@ -494,7 +497,7 @@ class CheckpointClient(ServiceClient):
         """
         request = checkpoint_pb2.RestoreBuffersRequest(ref=make_ref(ref), targets=[
             t if isinstance(t, checkpoint_pb2.BufferTarget) else checkpoint_pb2.BufferTarget(address=t[0], buffer=t[1])
-            for t in targets])
+            for t in targets], generation=generation)
         return list(self._call(self._stub.RestoreBuffers, request, timeout).buffers)
 
     # -- managing ------------------------------------------------------------

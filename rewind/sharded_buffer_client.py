@@ -151,9 +151,12 @@ class ShardedBufferClient(StatsView):
         return len(self.live)
 
     def drop(self, shard: Shard, why: str) -> None:
-        """Give `shard` weight 0 and route nothing to it until readmit(); a background thread probes it."""
+        """Give `shard` weight 0 and route nothing to it until readmit(); a background thread probes it.
+
+        A shard that answers again but could not be restored is dropped again, and probed again.
+        """
         with self._lock:
-            if shard.state != LIVE:
+            if shard.state == DOWN:
                 return
             shard.state, shard.failures, shard.next_probe = DOWN, 0, time.monotonic() + PROBE_FIRST_S
             shard.lost.append(why)
@@ -172,7 +175,7 @@ class ShardedBufferClient(StatsView):
 
     def readmit(self, address: str) -> None:
         """Make a shard that was restored (from the run's last cut) a shard of the run again."""
-        shard = self._shard(address)
+        shard = self.shard(address)
         stats = shard.client.stats()  # it must answer
         with self._lock:
             shard.state, shard.episodes, shard.starts = LIVE, stats.sampleable_episodes, stats.sampleable_starts
@@ -195,7 +198,7 @@ class ShardedBufferClient(StatsView):
                 self.on_answering(shard.address)
         return back
 
-    def _shard(self, address: str) -> Shard:
+    def shard(self, address: str) -> Shard:
         for shard in self.shards:
             if shard.address == address:
                 return shard
@@ -244,7 +247,7 @@ class ShardedBufferClient(StatsView):
                 groups.setdefault(self.route(index, live).address, []).append(index)
             pending = []
             for address, indices in groups.items():
-                shard = self._shard(address)
+                shard = self.shard(address)
                 try:
                     shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices],
                                       generation=self.generation)

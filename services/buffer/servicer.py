@@ -288,8 +288,14 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         buffer = self.registry.get(request.buffer)
         state = buffer.export_state(request.expect_episodes_added, block_bytes=self.block_bytes)
         capture_id = self.captures.put(Capture(buffer.name, state))
-        return buffer_pb2.CaptureResponse(capture_id=capture_id, episodes_added=state.episodes_added,
-                                          batches_sampled=state.batches_sampled, transitions=state.transitions)
+        response = buffer_pb2.CaptureResponse(capture_id=capture_id, episodes_added=state.episodes_added,
+                                              batches_sampled=state.batches_sampled, transitions=state.transitions,
+                                              generation=state.generation)
+        if state.limiter is not None:
+            limiter = state.limiter
+            response.rate_limiter.MergeFrom(buffer_pb2.RateLimiterStats(
+                **asdict(limiter.settings), inserts=limiter.inserts, samples=limiter.samples, paused=limiter.paused))
+        return response
 
     def Restore(self, request_iterator, context):
         header_cap, stream_cap = snapshot.restore_caps(self.registry.limits.max_transitions,

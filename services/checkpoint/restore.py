@@ -90,7 +90,7 @@ def _block_grants(catalog: Catalog, manifest: Manifest, entry: BufferEntry,
 
 def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[checkpoint_pb2.BufferTarget],
                     timeout_s: float, buffer_addresses: tuple[str, ...] = DEFAULT_BUFFER_ADDRESSES,
-                    direct: bool = False) -> list[checkpoint_pb2.RestoredBuffer]:
+                    direct: bool = False, generation: int = 0) -> list[checkpoint_pb2.RestoredBuffer]:
     """Stream each snapshot file into its buffer service, in order; a "blocks" snapshot goes as its
     index, then each block it needs (read from the run's blocks/, checked against its name).
 
@@ -101,6 +101,7 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
         timeout_s: deadline of each restore call.
         buffer_addresses: the buffer services it may dial (see dials.py).
         direct: where the store presigns (S3), let each buffer service download its blocks itself.
+        generation: the run generation the restored buffers start (0: each snapshot's own).
 
     Raises:
         PermissionDenied: an address outside buffer_addresses (nothing is restored).
@@ -108,6 +109,9 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
             buffer is left as it was).
         Unavailable: a buffer service or the store is down.
     """
+    if generation < 0:
+        raise InvalidArgument(f"generation: {generation} is negative; give a run generation (1 or more), or 0 to "
+                              "keep each snapshot's")
     restored = []
     for field, target in _targets(manifest, targets, buffer_addresses):
         failure: list[RewindError] = []
@@ -120,9 +124,9 @@ def restore_buffers(catalog: Catalog, manifest: Manifest, targets: Sequence[chec
                 if entry is not None and entry.format == "blocks":
                     blocks = (_block_grants(catalog, manifest, entry, timeout_s) if direct and catalog.store.presigns
                               else _blocks(catalog, manifest, entry, failure))
-                    stats = client.restore_blocks(chunks, blocks, timeout=timeout_s)
+                    stats = client.restore_blocks(chunks, blocks, timeout=timeout_s, generation=generation)
                 else:
-                    stats = client.restore(chunks, timeout=timeout_s)
+                    stats = client.restore(chunks, timeout=timeout_s, generation=generation)
             except RewindError as exc:
                 raise (failure[0] if failure else dial_failure(exc, target.address, field)) from None
         restored.append(checkpoint_pb2.RestoredBuffer(

@@ -146,7 +146,7 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         ref = request.ref
         manifest = self.catalog.manifest(self.catalog.resolve(ref.agent_id, ref.run_id, ref.step, ref.path))
         restored = restore_buffers(self.catalog, manifest, request.targets, self.buffer_timeout_s,
-                                   self.buffer_addresses, direct=self.direct_uploads)
+                                   self.buffer_addresses, direct=self.direct_uploads, generation=request.generation)
         return checkpoint_pb2.RestoreBuffersResponse(buffers=restored)
 
     def DeleteCheckpoint(self, request, context):

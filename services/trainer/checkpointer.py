@@ -14,10 +14,17 @@ A checkpoint holds:
 - trainer.pt: agent (model, both optimisers, Q-scale, its generator, the plan),
   loop state with the partial episode, every RNG, the env state;
 - policy.safetensors: the tensors acting needs, for evaluation and deployment;
-- buffer.snapshot and test_buffer.snapshot, pulled by the checkpoint service:
-  block indexes, whose content-addressed blocks the run's blocks/ folder
-  holds once for every checkpoint (only blocks the store lacks are uploaded);
-- in the manifest: the settings and agent config, metrics, the overrides.
+- buffer.snapshot (a sharded run: buffer.shard-<i>.snapshot for each shard) and
+  test_buffer.snapshot, pulled by the checkpoint service: block indexes, whose
+  content-addressed blocks the run's blocks/ folder holds once for every
+  checkpoint (only blocks the store lacks are uploaded);
+- in the manifest: the settings and agent config, metrics, the overrides, and
+  the cut (`extra.cut`): the shard count, routing seed and generation, and what
+  each buffer held when it was captured (episodes, transitions, limiter counts).
+
+A cut of a sharded run captures every shard at the same boundary (no batch
+stream open, no episode being added), in parallel, so the shards' snapshots
+are of one moment of the run.
 """
 
 from __future__ import annotations
@@ -27,16 +34,18 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
-from rewind.buffer_client import BufferClient
+from rewind.buffer.v1 import buffer_pb2
 from rewind.checkpoint_client import CheckpointClient, buffer_source
-from rewind.errors import RewindError
+from rewind.errors import RewindError, Unavailable
+from rewind.sharded_buffer_client import LIVE, ShardedBufferClient
 from rewind_trainer.agent import policy_tensors
+from rewind_trainer.connections import BufferPart
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ class SaveJob:
     step: int
     episode: int
     state: dict
-    captures: dict[str, str]             # buffer name -> capture id
+    captures: dict[str, str]             # snapshot file -> capture id
     metrics: dict[str, float]
     config: dict
     extra: dict
@@ -114,6 +123,14 @@ def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What a sharded run's checkpoint must record besides its buffers' snapshots."""
+
+    routing_seed: int
+    generation: int
+
+
 class Checkpointer:
     """Saves checkpoints of one run on a background thread, one at a time.
 
@@ -121,23 +138,27 @@ class Checkpointer:
         client: the checkpoint service's client.
         agent_id: the agent.
         run_id: the run.
-        buffer: client of the `buffer` buffer (its service is where captures live).
-        test_buffer: client of the `test_buffer` buffer.
+        parts: the buffers a checkpoint captures (each shard of `buffer`, and `test_buffer`).
         retention: the run's retention policy, sent with every save.
+        cut: the routing seed and generation every checkpoint records.
+        replay: the sharded client of a sharded run: no cut is taken while one of its shards is lost.
         resumed_from: path of the checkpoint this run resumed from (its last committed one, until the next).
         resumed_at: the step of that checkpoint.
     """
 
-    def __init__(self, client: CheckpointClient, agent_id: str, run_id: str, buffer: BufferClient,
-                 test_buffer: BufferClient, retention: dict, resumed_from: str = "", resumed_at: int = -1) -> None:
+    def __init__(self, client: CheckpointClient, agent_id: str, run_id: str, parts: Sequence[BufferPart],
+                 retention: dict, cut: Cut, replay: ShardedBufferClient | None = None, resumed_from: str = "",
+                 resumed_at: int = -1) -> None:
         self.client = client
         self.agent_id, self.run_id = agent_id, run_id
-        self.buffers = {"buffer": buffer, "test_buffer": test_buffer}
-        self.retention = retention
+        self.parts = {part.file: part for part in parts}
+        self.retention, self.cut, self.replay = retention, cut, replay
         self.resumed_from = resumed_from
         self.status = CheckpointStatus(path=resumed_from, step=resumed_at if resumed_from else -1)
         self._current: SaveJob | None = None
         self._lock = threading.Lock()
+        # Captures go out in parallel: a cut's stall is one capture's round trip, not one per shard.
+        self._pool = ThreadPoolExecutor(max_workers=len(self.parts), thread_name_prefix="rewind-capture")
         # The run's history (history.RunHistory): uploaded before each Save, so the store's metrics cover every
         # row up to the checkpoint's step, and its status after each commit. Neither may raise.
         self.before_save: Callable[[], object] = lambda: None
@@ -150,29 +171,75 @@ class Checkpointer:
 
     def start(self, step: int, episode: int, state_fn: Callable[[], dict], expected: dict[str, int],
               metrics: dict[str, float], config: dict, extra: dict) -> SaveJob:
-        """Capture both buffers and the trainer's state now, and upload them in the background.
+        """Capture every buffer and the trainer's state now, and upload them in the background.
 
         Args:
             step: the step the checkpoint holds.
             episode: the episode counter.
             state_fn: returns the trainer's state, copied.
-            expected: episodes each buffer must have seen (checked by the buffer service).
+            expected: episodes each buffer must have seen (checked by the buffer service; not per shard,
+                since a shard restored after its loss has lost the episodes it took since the last cut).
             metrics, config, extra: for the manifest.
 
         Raises:
-            RewindError: a capture failed (nothing was started).
+            RewindError: a capture failed, or a shard is lost (nothing was started).
         """
         started = time.perf_counter()
-        captures = {}
-        for name, client in self.buffers.items():
-            captures[name] = client.capture(expect_episodes_added=expected.get(name, 0)).capture_id
+        self._check_shards()
+        captured = self._capture(expected)
         state = state_fn()
         blocking_ms = (time.perf_counter() - started) * 1000
-        job = SaveJob(step, episode, state, captures, metrics, config, extra, blocking_ms)
+        extra = {**extra, "cut": self._record(captured)}
+        job = SaveJob(step, episode, state, {f: c.capture_id for f, c in captured.items()}, metrics, config, extra,
+                      blocking_ms)
         with self._lock:
             self._current = job
         threading.Thread(target=self._save, args=(job,), name=f"checkpoint-{step}", daemon=True).start()
         return job
+
+    def _check_shards(self) -> None:
+        if self.replay is None:
+            return
+        lost = [f"{s.address} ({s.state}: {s.lost[-1] if s.lost else ''})" for s in self.replay.shards
+                if s.state != LIVE]
+        if lost:
+            raise Unavailable(f"cut: shard {', '.join(lost)} is not a shard of the run now; a cut needs every "
+                              "shard, and is taken again once the lost one is restored")
+
+    def _capture(self, expected: dict[str, int]) -> dict[str, buffer_pb2.CaptureResponse]:
+        """Capture every part at once; if one fails, the others' captures are released and it is raised."""
+        named = {}
+        for part in self.parts.values():
+            named[part.name] = named.get(part.name, 0) + 1
+        jobs = {file: self._pool.submit(part.client.capture,
+                                        expected.get(part.name, 0) if named[part.name] == 1 else 0)
+                for file, part in self.parts.items()}
+        captured, failure = {}, None
+        for file, job in jobs.items():
+            try:
+                captured[file] = job.result()
+            except RewindError as exc:
+                failure = failure or exc
+        if failure is not None:
+            self._release(captured)
+            raise failure
+        return captured
+
+    def _record(self, captured: dict[str, buffer_pb2.CaptureResponse]) -> dict:
+        """The cut as the manifest records it (extra.cut)."""
+        buffers = []
+        for file, capture in captured.items():
+            part = self.parts[file]
+            entry = {"buffer": part.name, "file": file, "address": part.client.address,
+                     "episodes_added": capture.episodes_added, "transitions": capture.transitions}
+            if capture.HasField("rate_limiter"):
+                limiter = capture.rate_limiter
+                entry["rate_limiter"] = {"inserts": limiter.inserts, "samples": limiter.samples,
+                                         "paused": limiter.paused}
+            buffers.append(entry)
+        shards = sum(part.name == "buffer" for part in self.parts.values())
+        return {"shards": shards, "routing_seed": self.cut.routing_seed, "generation": self.cut.generation,
+                "buffers": buffers}
 
     def report_error(self, message: str) -> None:
         """Show a failure to start a checkpoint in the status (the next interval retries)."""
@@ -191,8 +258,8 @@ class Checkpointer:
                      POLICY_FILE: encode_policy(job.state["agent"]["model"], job.config.get("agent_config", {}))}
             # As blocks: the store keeps each block once per run, so a save uploads the episodes added since
             # the last one, not the buffers.
-            buffers = [buffer_source(client.address, name, capture_id=job.captures[name], blocks=True)
-                       for name, client in self.buffers.items()]
+            buffers = [buffer_source(part.client.address, part.name, file=file, capture_id=job.captures[file],
+                                     blocks=True) for file, part in self.parts.items()]
             saved = self.client.save(self.agent_id, self.run_id, job.step, files, episode=job.episode,
                                      metrics=job.metrics, config=job.config, extra=job.extra,
                                      resumed_from=self.resumed_from, buffers=buffers, retention=self.retention)
@@ -216,13 +283,16 @@ class Checkpointer:
         job.done.set_result(path)
 
     def _release_captures(self, job: SaveJob) -> None:
-        """Take away captures the failed save did not take, so they do not fill the buffer service.
+        self._release({file: buffer_pb2.CaptureResponse(capture_id=c) for file, c in job.captures.items()})
+
+    def _release(self, captured: dict[str, buffer_pb2.CaptureResponse]) -> None:
+        """Take away captures no save took, so they do not fill the buffer services.
 
         The first message of a capture's stream takes it; dropping the stream then releases it.
         """
-        for name, capture_id in job.captures.items():
+        for file, capture in captured.items():
             try:
-                for _ in self.buffers[name].snapshot_stream(capture_id=capture_id, timeout=600):
+                for _ in self.parts[file].client.snapshot_stream(capture_id=capture.capture_id, timeout=600):
                     break
             except RewindError:
                 pass  # already taken by the checkpoint service, or expired: either way it is gone

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from rewind.buffer_client import BatchStream, BufferClient
+from rewind.sharded_buffer_client import ShardedBufferClient
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.envs import Env, make_env
 from rewind_trainer.metrics import MetricsLog
@@ -63,8 +64,8 @@ class Trainer:
         settings: the run's settings (seed_steps already resolved).
         env: the training environment.
         agent: the TD-MPC2 agent.
-        buffer: client of the buffer service's `buffer`.
-        test_buffer: client of its `test_buffer`.
+        buffer: client of the buffer service's `buffer`, or of its shards.
+        test_buffer: client of its `test_buffer` (a sharded run's first shard).
         metrics: where rows go.
         on_boundary: called at every boundary (no batch stream open); it may
             checkpoint, and raises Stopped to end the loop there.
@@ -72,7 +73,7 @@ class Trainer:
         progress: show a progress bar.
     """
 
-    def __init__(self, settings: TrainSettings, env: Env, agent: TDMPC2, buffer: BufferClient,
+    def __init__(self, settings: TrainSettings, env: Env, agent: TDMPC2, buffer: BufferClient | ShardedBufferClient,
                  test_buffer: BufferClient, metrics: MetricsLog, *,
                  on_boundary: Callable[[Trainer], None] | None = None, interrupt: threading.Event | None = None,
                  progress: bool = True) -> None:
@@ -311,6 +312,9 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "rngs": capture_rngs() | {"random_actions": self.random_actions.get_state()},
             "env_json": json.dumps(self.env.get_state()),
+            # A sharded replay's split generator and episode index: where the next batch's shares and the
+            # next episode's shard come from.
+            "replay": self.buffer.state_dict() if isinstance(self.buffer, ShardedBufferClient) else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -322,3 +326,5 @@ class Trainer:
         restore_rngs(state["rngs"])
         self.random_actions.set_state(state["rngs"]["random_actions"])
         self.env.set_state(json.loads(state["env_json"]))
+        if state.get("replay") is not None:
+            self.buffer.load_state_dict(state["replay"])

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import json_format
+
 from rewind import versions
 from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.checkpoint_paths import SELECTORS, locate_checkpoint
@@ -32,6 +34,7 @@ class Resume:
 
     path: str
     state: dict                                   # trainer.pt's contents
+    cut: dict                                     # the manifest's extra.cut (older checkpoints: {})
     overrides: dict[str, dict[str, Any]]          # {name: {"from": old, "to": new}} applied now
     history: list = field(default_factory=list)   # the overrides of every resume, this one included
 
@@ -48,6 +51,11 @@ class Plan:
     @property
     def resumed_from(self) -> str:
         return self.resume.path if self.resume else ""
+
+    @property
+    def generation(self) -> int:
+        """The run generation: 1 for a fresh run, one more than the checkpoint's for each resume."""
+        return int(self.resume.cut.get("generation", 0)) + 1 if self.resume else 1
 
 
 def prepare(settings: TrainSettings, explicit: set[str], services: Services) -> Plan:
@@ -108,13 +116,29 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
     if found.skipped:
         log.warning("resume_from_checkpoint: resuming from %s, the newest checkpoint before it that verifies",
                     where)
+    cut = json_format.MessageToDict(found.checkpoint.extra).get("cut", {})
+    check_shards(cut, settings.shard_count, where)
     check_versions(found.checkpoint, services)  # before trainer.pt is even read: another torch may not load it
     state = decode_trainer_state(services.ckpt.read(where, TRAINER_FILE), where)
     merged, overrides = merge_settings(state["settings"], settings, explicit, where)
     history = list(state.get("overrides", []))
     if overrides:
         history.append({"step": state["loop"]["step"], "changes": overrides})
-    return merged, Resume(where, state, overrides, history)
+    return merged, Resume(where, state, cut, overrides, history)
+
+
+def check_shards(cut: dict, shards: int, where: str) -> None:
+    """A cut goes back into as many shards as it was taken from: routing and sampling depend on the count.
+
+    Raises:
+        FailedPrecondition: naming both counts.
+    """
+    saved = int(cut.get("shards", 1))  # checkpoints from before sharding: one buffer service
+    if saved != shards:
+        raise FailedPrecondition(
+            f"resume_from_checkpoint: {where} was cut from {saved} shard{'s' * (saved != 1)}, and this run has "
+            f"{shards}; resume it with {saved} (--shards {saved} with --local-services, or {saved} "
+            "--buffer-addresses)")
 
 
 def check_versions(checkpoint: checkpoint_pb2.Checkpoint, services: Services) -> None:
@@ -128,10 +152,10 @@ def check_versions(checkpoint: checkpoint_pb2.Checkpoint, services: Services) ->
     """
     running = {**versions.current(), "checkpoint_format": versions.CHECKPOINT_FORMAT}
     incompatible, different = versions.compare(dict(checkpoint.versions), running, "this trainer")
-    targets = {client.buffer: client for client in services.buffers}
+    targets = {part.file: part.client for part in services.parts}
     reported: dict[str, dict[str, str]] = {}  # one ListBuffers per buffer service
     for entry in checkpoint.buffers:
-        client = targets.get(entry.buffer)
+        client = targets.get(entry.file)
         if client is None:
             continue  # not restored by this trainer
         if client.address not in reported:

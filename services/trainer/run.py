@@ -23,7 +23,7 @@ from rewind_runtime.host import ServiceHost
 from rewind_runtime.threads import configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus
+from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus, Cut
 from rewind_trainer.connections import connect, own_buffers
 from rewind_trainer.history import Progress, RunHistory, recover_metrics
 from rewind_trainer.loop import Stopped, Trainer
@@ -33,6 +33,7 @@ from rewind_trainer.plot import plot_learning_curve
 from rewind_trainer.prometheus import TrainerCollector
 from rewind_trainer.schedule import CheckpointSchedule
 from rewind_trainer.settings import TrainSettings
+from rewind_trainer.shard_recovery import ShardRecovery
 from rewind_trainer.tensorboard import TensorBoardLog, check_installed
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,14 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         plan = prepare(settings, explicit, services)
         settings = plan.settings
         threads = configure_torch_threads(settings.torch_threads, "trainer")  # once checked, before any work
-        own_buffers(services, settings, plan.agent_config, plan.resumed_from)
+        own_buffers(services, plan.agent_config, plan.resumed_from, plan.generation)
         agent = TDMPC2(plan.agent_config, seed=settings.seed, device=settings.device)
         metrics, board = _metrics_logs(settings, plan)
-        checkpointer = Checkpointer(services.ckpt, settings.agent_id, settings.run, services.buffer,
-                                    services.test_buffer, _retention(settings), plan.resumed_from,
-                                    _resumed_at(plan))
+        checkpointer = Checkpointer(services.ckpt, settings.agent_id, settings.run, services.parts,
+                                    _retention(settings), Cut(settings.seed, plan.generation), services.sharded,
+                                    plan.resumed_from, _resumed_at(plan))
+        if services.sharded is not None:
+            ShardRecovery(services, plan.agent_config, checkpointer, plan.generation).attach()
         schedule = CheckpointSchedule(checkpointer, control, plan.agent_config,
                                       plan.resume.history if plan.resume else [])
         trainer = Trainer(settings, plan.env, agent, services.buffer, services.test_buffer, metrics,

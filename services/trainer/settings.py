@@ -28,9 +28,9 @@ SAFE_ON_RESUME = frozenset({
 # Where and how the run happens, not what it learns: free to differ on resume, and not recorded.
 # Every server setting (address, limits, tokens, TLS) is one of them.
 PLACEMENT = frozenset({
-    "buffer_address", "checkpoint_address", "out_dir", "prefetch", "torch_threads", "resume_from_checkpoint",
-    "agent_id", "run_id", "wait_for_services_s", "local_services", "store", "checkpoint_dir", "progress",
-    "heartbeat_interval_s", "tensorboard", "store_endpoints",
+    "buffer_address", "buffer_addresses", "shards", "checkpoint_address", "out_dir", "prefetch", "torch_threads",
+    "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s", "local_services", "store",
+    "checkpoint_dir", "progress", "heartbeat_interval_s", "tensorboard", "store_endpoints",
     *(f.name for f in fields(ServerSettings)),
 })
 # AgentConfig fields that have settings of their own (or come from the task).
@@ -65,6 +65,13 @@ class TrainSettings(ServerSettings):
 
     # services
     buffer_address: str = setting(addresses.BUFFER_ADDRESS, "host:port of the buffer service")
+    buffer_addresses: tuple[str, ...] = setting(
+        (), "host:port of each buffer service holding a shard of the replay (a,b,c): training episodes are "
+        "split among them and every batch is drawn from all of them; test_buffer stays whole on the first. "
+        "Replaces --buffer-address; a resume needs as many shards as the checkpoint's cut")
+    shards: int = setting(1, "with --local-services: buffer services to start, each holding buffer_size / N "
+                             "transitions of the replay (test_buffer whole on the first); a resume needs as many "
+                             "shards as the checkpoint's cut", minimum=1, maximum=64)
     checkpoint_address: str = setting(addresses.CHECKPOINT_ADDRESS, "host:port of the checkpoint service")
     local_services: bool = setting(False, "start a buffer and a checkpoint service on free loopback ports for "
                                           "this run")
@@ -120,6 +127,21 @@ class TrainSettings(ServerSettings):
             if name not in known:
                 raise InvalidArgument(f"agent.{name}: not a hyperparameter of the agent; known: "
                                       f"{', '.join(sorted(known))}")
+        if len(set(self.buffer_addresses)) != len(self.buffer_addresses):
+            raise InvalidArgument(f"buffer_addresses: a shard is named twice in {list(self.buffer_addresses)}")
+        if self.buffer_addresses and self.shards not in (1, len(self.buffer_addresses)):
+            raise InvalidArgument(f"shards: {self.shards}, but buffer_addresses names {len(self.buffer_addresses)} "
+                                  "shards; give one of them (--shards is for --local-services)")
+
+    @property
+    def shard_count(self) -> int:
+        """The shards of the replay: one per buffer address, or --shards."""
+        return len(self.buffer_addresses) or self.shards
+
+    @property
+    def shard_addresses(self) -> tuple[str, ...]:
+        """Where the replay's shards are."""
+        return self.buffer_addresses or (self.buffer_address,)
 
     @property
     def run(self) -> str:

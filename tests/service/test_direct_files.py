@@ -28,8 +28,8 @@ from rewind.errors import DataLoss, InvalidArgument, NotFound, PermissionDenied
 from rewind_checkpoint.layout import CheckpointKey, RunKey
 from rewind_checkpoint.upload import Upload
 from rewind_cli.main import main as cli_main
-from rewind_trainer.checkpointer import TRAINER_FILE, Checkpointer
-from rewind_trainer.connections import connect
+from rewind_trainer.checkpointer import TRAINER_FILE, Checkpointer, Cut
+from rewind_trainer.connections import connect, parts_of
 from rewind_trainer.settings import TrainSettings
 from tests.support.processes import wait_for
 
@@ -379,7 +379,8 @@ def test_the_trainers_checkpoint_puts_trainer_pt_straight_to_s3(ckpt, ckpt_host,
         test_buffer = buffer.using("test_buffer")
         for client in (buffer, test_buffer):
             client.reset(buffer_size=1000, batch_size=8, horizon=3, min_history=0)
-        checkpointer = Checkpointer(ckpt, "agent", "run-1", buffer, test_buffer, retention={"keep_last": 0})
+        checkpointer = Checkpointer(ckpt, "agent", "run-1", parts_of([buffer], test_buffer, 1000),
+                                    retention={"keep_last": 0}, cut=Cut(routing_seed=1, generation=1))
         weights = {"encoder.weight": torch.arange(2 * MiB // 4, dtype=torch.float32)}  # ~2 MiB of model
         job = checkpointer.start(1, 0, lambda: {"agent": {"model": weights}, "loop": {"step": 1}}, {}, {}, {}, {})
         path = job.done.result(timeout=60)

@@ -301,11 +301,13 @@ def test_the_trainer_owns_its_buffers_with_inserts_that_never_wait(limited):
     # One process both collects and learns: an insert that waited for its own samples would wait for ever.
     from types import SimpleNamespace
 
-    from rewind_trainer.connections import Services, own_buffers
+    from rewind_trainer.connections import Services, own_buffers, parts_of
 
     host, client = limited
-    services = Services(buffer=client, test_buffer=client.using("test_buffer"), ckpt=None)
-    own_buffers(services, SimpleNamespace(buffer_size=5_000), SimpleNamespace(batch_size=4, horizon=1), "")
+    test_buffer = client.using("test_buffer")
+    services = Services(buffer=client, test_buffer=test_buffer, ckpt=None,
+                        parts=parts_of([client], test_buffer, 5_000))
+    own_buffers(services, SimpleNamespace(batch_size=4, horizon=1), "", generation=1)
     state = limiter(client)
     assert state.samples_per_insert == 0.5 and not state.inserts_wait  # the service's ratio, inserts free
     for i in range(30):  # 300 transitions with no sample: far past the window's 40

@@ -328,16 +328,20 @@ class CaptureRequest(_message.Message):
     def __init__(self, buffer: _Optional[str] = ..., expect_episodes_added: _Optional[int] = ...) -> None: ...
 
 class CaptureResponse(_message.Message):
-    __slots__ = ("capture_id", "episodes_added", "batches_sampled", "transitions")
+    __slots__ = ("capture_id", "episodes_added", "batches_sampled", "transitions", "rate_limiter", "generation")
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     capture_id: str
     episodes_added: int
     batches_sampled: int
     transitions: int
-    def __init__(self, capture_id: _Optional[str] = ..., episodes_added: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., transitions: _Optional[int] = ...) -> None: ...
+    rate_limiter: RateLimiterStats
+    generation: int
+    def __init__(self, capture_id: _Optional[str] = ..., episodes_added: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., transitions: _Optional[int] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("chunk", "offset", "total_bytes", "episodes_added", "versions")

@@ -388,12 +388,14 @@ class BufferTarget(_message.Message):
     def __init__(self, address: _Optional[str] = ..., buffer: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
 
 class RestoreBuffersRequest(_message.Message):
-    __slots__ = ("ref", "targets")
+    __slots__ = ("ref", "targets", "generation")
     REF_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     ref: CheckpointRef
     targets: _containers.RepeatedCompositeFieldContainer[BufferTarget]
-    def __init__(self, ref: _Optional[_Union[CheckpointRef, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[BufferTarget, _Mapping]]] = ...) -> None: ...
+    generation: int
+    def __init__(self, ref: _Optional[_Union[CheckpointRef, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[BufferTarget, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RestoredBuffer(_message.Message):
     __slots__ = ("address", "buffer", "file", "episodes", "transitions", "episodes_added")
