@@ -8,9 +8,10 @@
         ...                                             # one prefetching stream per shard
 
 Routing. An episode is inserted whole into one shard. Its routing key is (the run's routing seed, this
-writer's id, this writer's episode index); the live shard with the highest hash of (key, shard address)
+writer's id, this writer's episode index); the live shard with the highest hash of (key, shard number)
 takes it (rendezvous hashing), so the same key always picks the same shard among the same live shards,
-and a lost shard moves only its own share.
+and a lost shard moves only its own share. A shard is known by its place in the list of addresses, not
+by its address, so a run resumed on other hosts or ports routes as it did.
 
 Sampling. Each shard's sampler draws episodes uniformly, then a start in the episode (TD-MPC2's
 SliceSampler). So that a batch is a uniform sample of the union, as if one buffer held every shard's
@@ -47,6 +48,7 @@ from rewind.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     RewindError,
     Unavailable,
     from_rpc_error,
@@ -69,6 +71,7 @@ class Shard:
 
     address: str
     client: BufferClient
+    index: int = 0                 # its place in the list: what routing knows it by
     state: str = LIVE
     episodes: int = 0              # sampleable episodes, as its last reply said
     starts: int = 0                # sampleable sequence starts, likewise
@@ -93,9 +96,9 @@ def resolve(addresses: Sequence[str] | str) -> list[str]:
     return list(addresses)
 
 
-def rendezvous_score(seed: int, writer: str, index: int, address: str) -> int:
-    """The weight of `address` for the key (seed, writer, index): the highest among live shards wins."""
-    digest = hashlib.blake2b(f"{seed}\0{writer}\0{index}\0{address}".encode(), digest_size=8).digest()
+def rendezvous_score(seed: int, writer: str, index: int, shard: int) -> int:
+    """The weight of shard number `shard` for the key (seed, writer, index): the highest among live shards wins."""
+    digest = hashlib.blake2b(f"{seed}\0{writer}\0{index}\0{shard}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -129,10 +132,11 @@ class ShardedBufferClient(StatsView):
         self.routing_seed, self.shard_timeout_s, self.timeout = routing_seed, shard_timeout_s, timeout
         self.generation = generation
         self.shards = [Shard(a, BufferClient(a, buffer, timeout=timeout, max_message_bytes=max_message_bytes,
-                                             security=security)) for a in found]
+                                             security=security), i) for i, a in enumerate(found)]
         self._generator = torch.Generator().manual_seed(seed)
         self._episode_index = 0
         self._lock = threading.RLock()
+        self._readmitted = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="rewind-shards")
         self._batch_size: int | None = None
         self.on_answering: Callable[[str], None] | None = None  # told when a lost shard answers again
@@ -179,6 +183,7 @@ class ShardedBufferClient(StatsView):
         stats = shard.client.stats()  # it must answer
         with self._lock:
             shard.state, shard.episodes, shard.starts = LIVE, stats.sampleable_episodes, stats.sampleable_starts
+            self._readmitted.notify_all()
 
     def probe(self) -> list[str]:
         """Ask every lost shard whose backoff has passed whether it answers; returns those that newly do."""
@@ -186,6 +191,8 @@ class ShardedBufferClient(StatsView):
         for shard in [s for s in self.shards if s.state == DOWN and s.next_probe <= time.monotonic()]:
             try:
                 shard.client.stats(timeout=max(self.shard_timeout_s, 1.0))
+            except NotFound:
+                pass  # it answers: a restarted service, without the buffer until it is restored
             except RewindError:
                 with self._lock:
                     shard.failures += 1
@@ -216,7 +223,7 @@ class ShardedBufferClient(StatsView):
     def route(self, index: int, live: Sequence[Shard] | None = None) -> Shard:
         """The live shard that takes this writer's episode `index`."""
         candidates = live if live is not None else self._require_live()
-        return max(candidates, key=lambda s: rendezvous_score(self.routing_seed, self.writer, index, s.address))
+        return max(candidates, key=lambda s: rendezvous_score(self.routing_seed, self.writer, index, s.index))
 
     def _key(self, index: int) -> buffer_pb2.RoutingKey:
         return buffer_pb2.RoutingKey(seed=self.routing_seed, writer=self.writer, index=index)
@@ -264,6 +271,35 @@ class ShardedBufferClient(StatsView):
             self._batch_size = int(self._require_live()[0].client.stats().settings.batch_size)
         return self._batch_size
 
+    def sampleable(self) -> list[Shard]:
+        """The live shards, once one of them holds an episode.
+
+        While none does but a lost shard may come back with some (restored from the run's last cut), this
+        waits for a readmission, at most `timeout` seconds: the learner pauses rather than fails.
+
+        Raises:
+            FailedPrecondition: no shard holds an episode, and none is lost.
+            Unavailable: the wait ended, naming the lost shards.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            live = self.live
+            if not any(s.episodes for s in live):
+                self.refresh()
+                live = self.live
+            if any(s.episodes for s in live):
+                return live
+            lost = [s for s in self.shards if s.state != LIVE]
+            if not lost:
+                raise FailedPrecondition(f"buffer {self.buffer!r}: no shard holds an episode yet; add episodes first")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                why = "; ".join(f"{s.address} ({s.state}: {s.lost[-1] if s.lost else ''})" for s in lost)
+                raise Unavailable(f"buffer {self.buffer!r}: the live shards hold no episode, and the lost ones did "
+                                  f"not come back within {self.timeout:.0f} s: {why}")
+            with self._readmitted:
+                self._readmitted.wait(min(remaining, 1.0))
+
     def draw(self, live: Sequence[Shard], sequences: int) -> list[int]:
         """Split `sequences` among `live` by a multinomial weighted by their sampleable episodes."""
         import torch
@@ -303,7 +339,7 @@ class ShardedBufferClient(StatsView):
 
         parts: list[BatchTuple] = []
         while sequences:
-            live = self._require_live()
+            live = self.sampleable()
             counts = self.draw(live, sequences)
             jobs = {self._pool.submit(s.client.sample_message, n): (s, n) for s, n in zip(live, counts, strict=True)
                     if n}
@@ -444,9 +480,16 @@ class ShardedBatchStream:
     def _ask(self) -> None:
         """Draw the shares of the next batches and send them, until `prefetch` batches are in flight."""
         while self.sent - self.delivered < self.prefetch and (not self.num_batches or self.sent < self.num_batches):
-            live = [s for s in self.client._require_live() if s.address in self.streams]
-            if not live:
-                raise Unavailable(f"buffer {self.client.buffer!r}: every shard this stream read from was lost")
+            live = [s for s in self.client.live if s.address in self.streams]
+            if not any(s.episodes for s in live):
+                self.client.refresh()
+                live = [s for s in self.client.live if s.address in self.streams]
+            if not any(s.episodes for s in live):
+                # This stream's shards hold nothing now (the ones with episodes were lost): the whole batch is
+                # drawn when it is due, from the shards that hold episodes then (a readmitted one included).
+                self.asked.append([("", self.client.batch_size)])
+                self.sent += 1
+                continue
             counts = self.client.draw(live, self.client.batch_size)
             for shard, n in zip(live, counts, strict=True):
                 self.streams[shard.address].counts.put(n)

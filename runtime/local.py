@@ -58,6 +58,7 @@ class LocalService:
         timeout: seconds to wait for it to serve.
         wait: wait until it serves (False: start it and call wait_until_serving() later,
             so that several services start side by side).
+        port: the port to listen on (0: a free one); a service restarted where its clients look for it.
 
     Raises:
         Unavailable: the service exited or did not serve in time.
@@ -72,10 +73,11 @@ class LocalService:
         env: dict[str, str] | None = None,
         timeout: float = 60.0,
         wait: bool = True,
+        port: int = 0,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="rewind-service-")
         port_file = Path(self._dir.name) / "port"
-        listen = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+        listen = ["--host", "127.0.0.1", "--port", str(port), "--port-file", str(port_file)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rewind_cli", *args, *listen],
             stdout=stdout,

@@ -15,6 +15,7 @@ Every sample carries the run's `agent_id` and `run_id` labels.
     rewind_trainer_checkpoint_age_seconds      seconds since the last checkpoint of this process committed
     rewind_trainer_checkpoint_saves_total      checkpoints committed by this process
     rewind_trainer_checkpoint_failures_total   checkpoints that failed (training went on)
+    rewind_trainer_replay_shards{state}        a sharded run's shards: live, down, answering (not yet restored)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rewind.sharded_buffer_client import ANSWERING, DOWN, LIVE
 from rewind_trainer.service import TrainerServicer
 
 
@@ -86,6 +88,14 @@ class TrainerCollector(Collector):
         for name, documentation, value in gauges:
             yield _one(GaugeMetricFamily(f"rewind_trainer_{name}", documentation, labels=["agent_id", "run_id"]),
                        labels, value)
+        shards = getattr(trainer.buffer, "shards", None)  # a sharded run's replay
+        if shards is not None:
+            family = GaugeMetricFamily("rewind_trainer_replay_shards", "Shards of the replay by state: live (sampled "
+                                       "and written), down (lost, probed), answering (back, not yet restored)",
+                                       labels=["agent_id", "run_id", "state"])
+            for state in (LIVE, DOWN, ANSWERING):
+                family.add_metric([*labels, state], float(sum(shard.state == state for shard in shards)))
+            yield family
         for name, documentation, value in (
                 ("updates", "Gradient updates since the run began", updates),
                 ("checkpoint_saves", "Checkpoints committed by this process", c.saves),

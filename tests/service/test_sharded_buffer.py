@@ -85,8 +85,12 @@ def test_routing_spreads_episodes_evenly_and_reproducibly(shards):
             sharded.load([episode(e, 4) for e in range(start, start + 200)])
         held = [BufferClient(a).stats().episodes for a in addresses]
         assert held == [picks[:1200].count(a) for a in addresses]  # each episode where its key routes it
-        same = ShardedBufferClient(list(reversed(addresses)), writer="collector-3", routing_seed=11)
-        assert [same.route(i).address for i in range(300)] == [sharded.route(i).address for i in range(300)]
+        # A shard is known by its place in the list: the same run on other hosts routes alike.
+        same = ShardedBufferClient([f"10.255.0.{i}:50051" for i in range(3)], writer="collector-3", routing_seed=11)
+        assert [same.route(i).index for i in range(300)] == [sharded.route(i).index for i in range(300)]
+        other = ShardedBufferClient(addresses, writer="collector-3", routing_seed=12)
+        assert [other.route(i).index for i in range(300)] != [sharded.route(i).index for i in range(300)]
+        other.close()
         # Losing a shard moves only its own episodes: the others keep theirs (rendezvous hashing).
         before = [sharded.route(i).address for i in range(300)]
         sharded.drop(sharded.shards[0], "test")
@@ -102,7 +106,7 @@ def test_each_episode_carries_its_routing_key(shards):
     with ShardedBufferClient(addresses, writer="w", routing_seed=5) as sharded:
         for e in range(30):
             sharded.add(episode(e, 4))
-    picked = [max(addresses, key=lambda a, e=e: rendezvous_score(5, "w", e, a)) for e in range(30)]
+    picked = [addresses[max(range(3), key=lambda i, e=e: rendezvous_score(5, "w", e, i))] for e in range(30)]
     for address in addresses:
         with BufferClient(address) as shard:
             held = {int(b) for b in episode_ids(decode_batch(shard.sample_message(400)))} if shard.num_eps else set()
@@ -220,3 +224,36 @@ def test_a_write_from_an_older_generation_is_refused_and_changes_nothing(shards,
         with pytest.raises(FailedPrecondition, match="generation 4"):
             old.add(episode(7, STEPS))
         assert old.shards_available == 1  # a refused write is the writer's problem, not a lost shard
+
+
+def test_sampling_waits_for_a_lost_shard_that_held_every_episode_until_it_is_readmitted(shards, tmp_path):
+    import threading
+
+    from rewind.errors import Unavailable
+
+    port = free_port()
+    victim = serve(SHARD.replace(port=port))
+    with BufferClient(victim.address) as direct:
+        direct.load([episode(e, STEPS) for e in range(5)])  # only the victim holds episodes
+        direct.snapshot(tmp_path / "victim.snapshot")
+    with ShardedBufferClient([shards[0].address, victim.address], writer="w", seed=1, timeout=30) as sharded, \
+            ShardedBufferClient([shards[0].address, victim.address], writer="w", seed=1, timeout=1) as impatient:
+        sharded.refresh()
+        impatient.refresh()
+        victim.stop(grace_s=0)
+        # A learner with a short timeout is told which shard it waits for.
+        with pytest.raises(Unavailable, match=f"did not come back within 1 s: {victim.address}"):
+            impatient.sample()
+        got: list = []
+        sampler = threading.Thread(target=lambda: got.append(sharded.sample()), daemon=True)
+        sampler.start()
+        wait_for(lambda: sharded.shards[1].state != LIVE, "the lost shard to be dropped")
+        victim = serve(SHARD.replace(port=port))  # back, but empty
+        wait_for(lambda: sharded.shards[1].state == ANSWERING, "the restarted shard to answer a probe")
+        assert got == []  # answering is not enough: the learner still waits
+        with BufferClient(victim.address) as direct:
+            direct.restore(tmp_path / "victim.snapshot")
+        sharded.readmit(victim.address)
+        sampler.join(timeout=30)
+        assert len(got) == 1 and set(episode_ids(got[0])) <= set(range(5)) and got[0][0].shape == (4, 8, 3)
+    victim.stop(grace_s=0)

@@ -15,9 +15,10 @@ from rewind_runtime.local import LocalService
 class ServiceProcess(LocalService):
     """`rewind <group> serve <args>` in a subprocess, its output in tmp_path/<group>.log."""
 
-    def __init__(self, tmp_path: Path, *args: str, group: str = "buffer", env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, *args: str, group: str = "buffer", env: dict[str, str] | None = None,
+                 port: int = 0) -> None:
         self.log = open(tmp_path / f"{group}.log", "ab")  # closed in stop()
-        super().__init__([group, "serve", *args], stdout=self.log, cwd=tmp_path, env=env)
+        super().__init__([group, "serve", *args], stdout=self.log, cwd=tmp_path, env=env, port=port)
 
     def stop(self) -> None:
         self.kill()

@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from rewind import TrainerClient
 from rewind.security import ClientSecurity
+from rewind_trainer.settings import TrainSettings
 from tests.support.processes import free_port
 
 AGENT = {"batch_size": 8, "num_samples": 32, "num_elites": 4, "num_pi_trajs": 2, "iterations": 2}
@@ -55,3 +58,20 @@ class TrainerProcess:
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
+
+
+def tiny(**changes) -> TrainSettings:
+    base = dict(model_size="tiny", seed_steps=200, eval_freq=400, eval_episodes=1, agent=AGENT, port=-1,
+                checkpoint_interval_episodes=0, progress=False, buffer_size=20_000,
+                torch_threads=1)  # as TrainerProcess runs: float sums depend on the thread count
+    return TrainSettings(**{**base, **changes})
+
+
+def params(agent) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in agent.model.state_dict().items()}
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"parameters differ: {different[:5]}"

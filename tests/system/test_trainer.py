@@ -30,26 +30,9 @@ from rewind_trainer.settings import TrainSettings
 from tests.support.configs import checkpoint_config
 from tests.support.processes import ServiceProcess, wait_for
 from tests.support.shared import computed_once
-from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess
+from tests.support.trainer import AGENT, BUFFER_FLAGS, TrainerProcess, assert_identical, params, tiny
 
 BUFFERS = BufferServiceSettings(buffer_size=20_000, batch_size=8, min_history=0, horizon=3, port=0)
-
-
-def tiny(**changes) -> TrainSettings:
-    base = dict(model_size="tiny", seed_steps=200, eval_freq=400, eval_episodes=1, agent=AGENT, port=-1,
-                checkpoint_interval_episodes=0, progress=False, buffer_size=20_000,
-                torch_threads=1)  # as TrainerProcess runs: float sums depend on the thread count
-    return TrainSettings(**{**base, **changes})
-
-
-def params(agent) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in agent.model.state_dict().items()}
-
-
-def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"parameters differ: {different[:5]}"
 
 
 class Trio:
