@@ -40,16 +40,21 @@ def resume_command(settings: Mapping[str, Any], path: str) -> str:
 
     Returns:
         A shell-quoted `rewind train` command line: with local services on the
-        run's store, or with the service addresses the run used when they are
-        not the defaults.
+        run's store (and its --shards), or with the service addresses the run
+        used when they are not the defaults (a sharded run's --buffer-addresses).
     """
     parts = ["rewind", "train"]
+    shards = int(settings.get("shards") or 1)
     if settings.get("local_services"):
         parts += ["--local-services", "--store", store_url(settings)]
+        parts += ["--shards", str(shards)] if shards > 1 else []
     else:
+        sharded = list(settings.get("buffer_addresses") or ())
+        if len(sharded) > 1:  # a sharded run resumes with as many shards, in the same order
+            parts += ["--buffer-addresses", ",".join(sharded)]
         for name, default in PLACE_FLAGS.items():
             value = settings.get(name) or default
-            if value != default:
+            if value != default and not (sharded and name == "buffer_address"):
                 parts += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join([*parts, "--resume-from-checkpoint", path])
 

@@ -68,7 +68,8 @@ def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
     """Where the run's services come from, decided before anything is started or written.
 
     - A store named (--store, or --checkpoint-dir as seed 000's checkpoint_dir=) means local services on it.
-    - Services named (--buffer-address, --checkpoint-address) are used as they are.
+    - Services named (--buffer-address or --buffer-addresses, --checkpoint-address) are used as they are;
+      --shards N (N > 1) alone starts N buffer services, as --local-services --shards N does.
     - With neither, the checkpoint service at the default address is used if one answers;
       if none does (or with --local-services), the run starts its own services, as seeds 000, 001
       and 003 run with nothing but their command. Their store is the one the resume path lies in
@@ -82,10 +83,14 @@ def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:
     if {"store", "checkpoint_dir"} & explicit:
         return settings.replace(local_services=True)
     if not settings.local_services:
-        if {"buffer_address", "checkpoint_address"} & explicit or answers(settings.checkpoint_address):
+        if settings.shards > 1 and not settings.buffer_addresses:
+            log.info("--shards %d and no --buffer-addresses: starting the shards for this run", settings.shards)
+        elif {"buffer_address", "buffer_addresses", "checkpoint_address"} & explicit or \
+                answers(settings.checkpoint_address):
             return settings
-        log.info("no checkpoint service answers at %s: starting a buffer and a checkpoint service for this run "
-                 "(name running ones with --buffer-address and --checkpoint-address)", settings.checkpoint_address)
+        else:
+            log.info("no checkpoint service answers at %s: starting a buffer and a checkpoint service for this run "
+                     "(name running ones with --buffer-address and --checkpoint-address)", settings.checkpoint_address)
     if location is not None:
         return settings.replace(local_services=True, store=location.store)
     if "out_dir" in explicit:

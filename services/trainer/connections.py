@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rewind import BufferClient, CheckpointClient, ShardedBufferClient
 from rewind.checkpoint.v1.checkpoint_pb2 import BufferTarget
-from rewind.errors import FailedPrecondition, RewindError, Unavailable
+from rewind.errors import FailedPrecondition, InvalidArgument, RewindError, Unavailable
 from rewind_runtime.local import LocalService
 from rewind_trainer.hparams import AgentConfig
 from rewind_trainer.settings import TrainSettings
@@ -82,7 +82,14 @@ def parts_of(shards: list[BufferClient], test_buffer: BufferClient, buffer_size:
 
 
 def open_services(settings: TrainSettings) -> Services:
-    """Clients of the run's buffer(s) and checkpoint service (nothing is called yet)."""
+    """Clients of the run's buffer(s) and checkpoint service (nothing is called yet).
+
+    Raises:
+        InvalidArgument: --shards N without the N addresses (or --local-services, which starts them).
+    """
+    if settings.shards > 1 and not settings.buffer_addresses:
+        raise InvalidArgument(f"shards: {settings.shards} shards need --local-services, which starts them, or "
+                              "--buffer-addresses naming them")
     addresses = settings.shard_addresses
     ckpt = CheckpointClient(settings.checkpoint_address, store_endpoints=settings.store_endpoints)
     if len(addresses) == 1:

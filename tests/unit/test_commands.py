@@ -31,6 +31,13 @@ PATH = "file:///data/rewind/tdmpc2/pendulum-v1-seed1/step-0000004000"
     (TrainSettings(local_services=True, store="file:///d", buffer_address="127.0.0.1:40001",
                    checkpoint_address="127.0.0.1:40002"),
      f"rewind train --local-services --store file:///d --resume-from-checkpoint {PATH}"),
+    # a sharded run: as many shards again, started for it or named in their order
+    (TrainSettings(local_services=True, store="file:///d", shards=3,
+                   buffer_addresses=("127.0.0.1:40001", "127.0.0.1:40003", "127.0.0.1:40005")),
+     f"rewind train --local-services --store file:///d --shards 3 --resume-from-checkpoint {PATH}"),
+    (TrainSettings(buffer_addresses=("10.0.0.1:50051", "10.0.0.2:50051"), checkpoint_address="10.0.0.8:50052"),
+     "rewind train --buffer-addresses 10.0.0.1:50051,10.0.0.2:50051 --checkpoint-address 10.0.0.8:50052 "
+     f"--resume-from-checkpoint {PATH}"),
 ])
 def test_the_command_from_a_manifests_settings(settings, expected):
     as_recorded = settings.to_dict()  # what a manifest's config["settings"] holds

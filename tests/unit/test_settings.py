@@ -211,3 +211,24 @@ def test_every_alias_is_a_flag_a_file_key_and_a_keyword(tmp_path):
         "out_dir": "o", "steps": 5}
     args = build_parser().parse_args(["train", "--output_dir", "o", "--total_timesteps", "5"])
     assert mechanism.flags(TrainSettings, args) == {"out_dir": "o", "steps": 5}
+
+
+def test_shard_settings_are_checked_and_decide_where_the_shards_come_from(monkeypatch):
+    from rewind_trainer.api import placement
+    from rewind_trainer.connections import open_services
+
+    args = parse(["train", "--buffer-addresses", "10.0.0.1:50051,10.0.0.2:50051"], {}, monkeypatch)
+    settings, explicit = settings_from_args(args)
+    assert settings.buffer_addresses == ("10.0.0.1:50051", "10.0.0.2:50051") and settings.shard_count == 2
+    assert placement(settings, explicit) == settings  # named shards are used as they are
+    for changes, message in [
+            ({"buffer_addresses": ("a:1", "a:1")}, "buffer_addresses: a shard is named twice"),
+            ({"buffer_addresses": ("a:1", "b:1"), "shards": 3}, "shards: 3, but buffer_addresses names 2"),
+            ({"shards": 0}, "shards"), ({"shards": 65}, "shards")]:
+        with pytest.raises(InvalidArgument, match=message):
+            TrainSettings(**changes)
+    # --shards N alone starts the N shards (and a checkpoint service) for the run.
+    assert placement(TrainSettings(shards=3), {"shards"}).local_services
+    with pytest.raises(InvalidArgument, match="shards: 3 shards need --local-services, which starts them, or "
+                                              "--buffer-addresses naming them"):
+        open_services(TrainSettings(shards=3))
