@@ -319,6 +319,12 @@ class EpisodeBuffer:
         if len(episodes) == 1:  # the storage write is the one copy: no concatenation first
             data = {k: episodes[0][k] for k in FIELDS}
             data[TRAJ_KEY] = torch.full((lengths[0],), self.episodes_added, dtype=torch.int64)
+        elif self._rb.storage.initialized:  # each episode straight into its rows: no concatenation either
+            ids = range(self.episodes_added, self.episodes_added + len(episodes))
+            only = [{k: episode[k] for k in FIELDS} for episode in episodes]
+            torchrl_adapter.extend_in_place(self._rb, lambda: self._writer.extend_episodes(only, ids))
+            self.episodes_added += len(episodes)
+            return
         else:
             data = {k: torch.cat([episode[k] for episode in episodes]) for k in FIELDS}
             ids = torch.arange(self.episodes_added, self.episodes_added + len(episodes))

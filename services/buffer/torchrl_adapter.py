@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -160,6 +161,30 @@ def write_range(storage: Storage, index: torch.Tensor, data: TensorDictBase) -> 
     for key, value in data.items():
         target.get(key)[start:end].copy_(value)
     storage._bump_mutation_revision()  # as set() does: caches derived from the contents are stale
+
+
+def write_pieces(storage: Storage, index: torch.Tensor, pieces: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """write_range for data given as consecutive pieces (whole episodes): each copied into its own rows, the
+    same bookkeeping. The storage must be allocated already (the first write shapes its columns)."""
+    storage._set_last_cursor(index)
+    storage._get_new_len(index, index)  # it reads only how many rows the write has
+    target, row = columns(storage), int(index[0])
+    for piece in pieces:
+        rows = 0
+        for key, value in piece.items():
+            rows = value.shape[0]
+            target.get(key)[row : row + rows].copy_(value)
+        row += rows
+    storage._bump_mutation_revision()
+
+
+def extend_in_place(rb: ReplayBuffer, write: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """What ReplayBuffer.extend does around its writer's call (its locks, then the sampler told of the rows
+    written), for a write through one of the writer's own methods (EpisodeWriter.extend_episodes)."""
+    with rb._replay_lock, rb._write_lock:
+        index = write()
+        rb._sampler.extend(index)
+    return index
 
 
 def write_rows(storage: Storage, tensors: dict[str, torch.Tensor]) -> None:

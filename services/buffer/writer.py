@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,7 +63,29 @@ class EpisodeWriter(Writer):
         Episodes that fit side by side from the cursor go in one storage write.
         """
         ids, lengths = torch.unique_consecutive(data[TRAJ_KEY], return_counts=True)
-        ids, lengths = ids.tolist(), lengths.tolist()
+
+        def write(index: torch.Tensor, first: int, last: int, offset: int) -> None:
+            torchrl_adapter.write_range(self._storage, index, data[offset : offset + len(index)])
+
+        return self._place(ids.tolist(), lengths.tolist(), write)
+
+    def extend_episodes(self, episodes: Sequence[Mapping[str, torch.Tensor]], ids: Sequence[int]) -> torch.Tensor:
+        """extend() for episodes given one by one (a load's, as their messages arrived): each is copied
+        straight into its slots, with no concatenation first (a fresh tensor the size of the whole load
+        costs its page faults, then a second copy). The storage must be allocated already."""
+        lengths = [int(next(iter(episode.values())).shape[0]) for episode in episodes]
+
+        def write(index: torch.Tensor, first: int, last: int, offset: int) -> None:
+            pieces = [{**episodes[i], TRAJ_KEY: torch.full((lengths[i],), ids[i], dtype=torch.int64)}
+                      for i in range(first, last)]
+            torchrl_adapter.write_pieces(self._storage, index, pieces)
+
+        return self._place(list(ids), lengths, write)
+
+    def _place(self, ids: list[int], lengths: list[int],
+               write: Callable[[torch.Tensor, int, int, int], None]) -> torch.Tensor:
+        """Place episodes from the cursor, evicting what is in their way, and write each run that fits side by
+        side with `write(rows, first episode, end episode, offset of its first row in the data)`."""
         capacity = self._storage.max_size
         written, first, offset = [], 0, 0
         while first < len(ids):
@@ -79,7 +102,7 @@ class EpisodeWriter(Writer):
             self._evict_overlapping(start, end)
             index = torch.arange(start, end)
             self._before_overwrite(start, end)
-            torchrl_adapter.write_range(self._storage, index, data[offset : offset + end - start])
+            write(index, first, last, offset)
             slot = start
             for eid, length in zip(ids[first:last], lengths[first:last], strict=True):
                 self._episodes.append((eid, slot, length))

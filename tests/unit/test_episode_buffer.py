@@ -82,3 +82,26 @@ def test_cpu_storage_reported_without_cuda():
     assert stats.device == expected
     # obs 3 + action 2 + reward + done float32, plus the int64 episode id.
     assert stats.bytes == 1000 * (4 * (3 + 2 + 1 + 1) + 8)
+
+
+def test_a_load_writes_what_adding_its_episodes_one_by_one_writes_wrap_and_eviction_included():
+    # After the first write, a load copies each episode straight into its rows (no concatenation first).
+    rng = random.Random(3)
+    one_by_one, loaded = (make(buffer_size=600, batch_size=8, min_history=0, horizon=2) for _ in range(2))
+    eps = [episode(i, rng.randint(20, 140)) for i in range(40)]
+    one_by_one.add(eps[0])
+    loaded.add(eps[0])
+    for first in range(1, 40, 7):  # loads of 7 episodes: they wrap around the 600 slots and evict
+        for ep in eps[first:first + 7]:
+            one_by_one.add(ep)
+        loaded.load(eps[first:first + 7])
+        a, b = one_by_one.export_state(copy=True), loaded.export_state(copy=True)
+        assert a.writer == b.writer and (a.episodes_added, a.transitions) == (b.episodes_added, b.transitions)
+        live = a.tensors["episode"] >= 0  # rows of stored episodes (the others hold what the allocation left)
+        assert torch.equal(a.tensors["episode"], b.tensors["episode"]) and live.sum() == a.transitions
+        for key, column in a.tensors.items():
+            other = b.tensors[key]
+            assert torch.equal(column[live], other[live]) if len(column) == len(live) else torch.equal(column, other)
+        x, y = one_by_one.sample(), loaded.sample()  # the same generator state, the same draws
+        assert torch.equal(x.obs, y.obs) and torch.equal(x.reward, y.reward)
+    assert loaded.episodes_evicted > 0

@@ -37,18 +37,25 @@ def test_write_range_leaves_the_storage_as_set_would():
         values = torch.arange(first, first + count, dtype=torch.float32)
         return TensorDict({"obs": values.unsqueeze(-1).repeat(1, 3), "episode": values.long()}, batch_size=[count])
 
-    by_set, by_range = LazyTensorStorage(10), LazyTensorStorage(10)
+    by_set, by_range, by_pieces = LazyTensorStorage(10), LazyTensorStorage(10), LazyTensorStorage(10)
     written = 0  # rows 0..written-1 were written; the rest hold whatever the allocation left
     for start, count in [(0, 4), (4, 5), (0, 3), (3, 2)]:  # the last two wrap around, as the writer does
         index = torch.arange(start, start + count)
-        by_set.set(index, rows(100 * start + count, count))
-        torchrl_adapter.write_range(by_range, index, rows(100 * start + count, count))
-        assert len(by_range) == len(by_set)
-        assert by_range._last_cursor_index == by_set._last_cursor_index
-        assert by_range._is_full == by_set._is_full
+        data = rows(100 * start + count, count)
+        by_set.set(index, data)
+        torchrl_adapter.write_range(by_range, index, data)
+        if not by_pieces.initialized:
+            torchrl_adapter.allocate(by_pieces, data[0])
+        # The same rows as pieces (a load's episodes, one by one): the first row, then the rest.
+        torchrl_adapter.write_pieces(by_pieces, index, [dict(data[:1].items()), dict(data[1:].items())])
+        for storage in (by_range, by_pieces):
+            assert len(storage) == len(by_set)
+            assert storage._last_cursor_index == by_set._last_cursor_index
+            assert storage._is_full == by_set._is_full
         written = max(written, start + count)
         for key in ("obs", "episode"):
             assert torch.equal(by_range._storage[key][:written], by_set._storage[key][:written])
+            assert torch.equal(by_pieces._storage[key][:written], by_set._storage[key][:written])
     assert by_range._mutation_revision == by_set._mutation_revision
 
 
