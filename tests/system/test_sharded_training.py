@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,10 @@ def test_a_killed_shard_is_left_out_then_restored_from_the_last_cut_and_rejoins(
         wait_for(lambda: trainer.client.status().step >= status.step + 50, "50 more steps on two shards",
                  timeout=120)
         assert "readmitted" not in trainer.output()  # nothing to readmit while it is down
+        pages = re.search(r"serving HTTP on (http://\S+)", trainer.output()).group(1)
+        metrics = urllib.request.urlopen(f"{pages}/metrics", timeout=10).read().decode()
+        assert re.search(r'rewind_trainer_replay_shards\{[^}]*state="down"\} 1\.0', metrics), metrics
+        assert re.search(r'rewind_trainer_replay_shards\{[^}]*state="live"\} 2\.0', metrics)
         shards.procs[1] = ServiceProcess(tmp_path, *BUFFER_FLAGS, port=shards.ports[1])  # restarted, empty
         wait_for(lambda: "readmitted" in trainer.output(), "the shard restored and readmitted", timeout=120)
         with CheckpointClient(ckpt.address) as c:
