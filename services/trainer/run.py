@@ -19,8 +19,10 @@ from pathlib import Path
 
 from rewind.checkpoint_client import CheckpointClient
 from rewind.errors import Internal, RewindError
+from rewind_runtime import host_share
 from rewind_runtime.host import ServiceHost
-from rewind_runtime.threads import configure_torch_threads
+from rewind_runtime.host_share import HostShare
+from rewind_runtime.threads import ThreadChoice, configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus, Cut
@@ -104,7 +106,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads)
         with _recorded(history, board):
-            with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), _settled(control):
+            with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), \
+                    _settled(control), _sharing_cpus(settings, servicer, trainer):
                 stopped, ok = _run(trainer, schedule, control)
             plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
                                 settings.action_repeat)
@@ -230,6 +233,37 @@ def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer,
         yield
     finally:
         host.stop()
+
+
+@contextmanager
+def _sharing_cpus(settings: TrainSettings, servicer: service.TrainerServicer, trainer: Trainer) -> Iterator[None]:
+    """With its threads chosen by detection (--torch-threads 0), the run takes its share of the host's CPUs at
+    each boundary, as other trainings start and end beside it (rewind_runtime/host_share.py)."""
+    if settings.torch_threads:
+        yield  # a count given explicitly is kept (exact resume needs the same count)
+        return
+    import torch
+
+    detected = servicer.threads
+
+    def set_threads(threads: int) -> None:
+        torch.set_num_threads(threads)
+        servicer.threads = detected if threads == detected.threads else ThreadChoice(
+            threads, f"{detected.reason}; shared with the other trainings on this host")
+
+    share = HostShare.join(host_share.default_folder(), detected.threads, set_threads)
+    boundary = trainer.on_boundary
+
+    def on_boundary(loop: Trainer) -> None:
+        share.apply()
+        boundary(loop)
+
+    trainer.on_boundary = on_boundary
+    try:
+        yield
+    finally:
+        trainer.on_boundary = boundary
+        share.leave()
 
 
 @contextmanager
