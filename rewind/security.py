@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ ENV = {
     "tls_server_name": "REWIND_TLS_SERVER_NAME",
 }
 AUTHORIZATION = "authorization"
+# A token file's line is `NAME:TOKEN` or a bare `TOKEN`: the name says whose the token is in the services'
+# logs. A line is named only when what comes before its first ':' is such a name.
+TOKEN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+
+
+def split_token_line(line: str) -> tuple[str, str]:
+    """(name, token) of a token file's line; the name is "" for a bare token."""
+    name, sep, token = line.partition(":")
+    if sep and token and TOKEN_NAME.fullmatch(name):
+        return name, token
+    return "", line
 
 
 class TokenFile:
@@ -125,7 +137,7 @@ class ClientSecurity:
         lines = self._token.lines()
         if not lines:
             raise Unauthenticated(f"token file: {self.token_file} holds no token")
-        return lines[0]
+        return split_token_line(lines[0])[1]  # a named line (NAME:TOKEN) sends only its token
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS channel credentials, or None for a plaintext channel."""

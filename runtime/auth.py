@@ -1,13 +1,23 @@
-"""Who may call what: bearer tokens with a read or a write scope, checked once for every RPC.
+"""Who may call what: bearer tokens with a scope, checked once for every RPC.
 
 Tokens live in files, one per line (Kubernetes Secrets mounted as files), and
 are read again when a file changes, so rotating a token needs no restart:
 write the new token next to the old one, move the clients, then drop the old
-line. A write token can do everything a read token can.
+line. A line may name its token, `NAME:TOKEN` (a bare `TOKEN` still works):
+the name, never the token, appears in the log of every refused call and every
+write.
+
+Scopes are per-method allow-lists, defined beside each service
+(`READ_METHODS`, `COLLECTOR_METHODS`):
+- write: every method (a write token can do everything);
+- read: the service's read methods (stats, lists, snapshots, lookups, status);
+- collector: the service's collector methods only (adding episodes, the
+  learner's weights, the checkpoint lookups a collector falls back on), so a
+  collector's token cannot delete a checkpoint, reset a buffer or stop the
+  learner.
 
 Health and reflection stay open: probes and `grpcurl list` must work without a
-token. Every other method, of any service, needs a token (deny by default); a
-method needs only the read scope when its service lists it as a read method.
+token. Every other method, of any service, needs a token (deny by default).
 The HTTP routes use the same `Authenticator`, so one token works everywhere.
 """
 
@@ -16,18 +26,19 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
 
 from rewind.errors import FailedPrecondition, PermissionDenied, Unauthenticated
-from rewind.security import AUTHORIZATION, TokenFile
+from rewind.security import AUTHORIZATION, TokenFile, split_token_line
 from rewind_runtime.interceptors import refuse
 
 log = logging.getLogger(__name__)
 
-READ, WRITE = "read", "write"
+READ, WRITE, COLLECTOR = "read", "write", "collector"
+SCOPES = (WRITE, READ, COLLECTOR)
 # grpc's own services, open to everyone (probes, discovery).
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
@@ -37,22 +48,30 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
 class Caller:
     """Who a call came from, as far as the tokens tell."""
 
-    scope: str  # READ or WRITE
-    token_line: int  # which line of its file matched (for logs; never the token itself)
+    scope: str       # WRITE, READ or COLLECTOR
+    token_line: int  # which token of its file matched (1: the first; blank and comment lines do not count)
+    name: str = ""   # the line's NAME, when it has one
+
+    @property
+    def label(self) -> str:
+        """How logs name the caller: its token's name, else its scope and place in its file (never the token)."""
+        return self.name or f"{self.scope} token #{self.token_line}"
 
 
 class Authenticator:
-    """Checks `authorization: Bearer <token>` against the read and write token files.
+    """Checks `authorization: Bearer <token>` against the token files of each scope.
 
     Args:
         read_tokens_file: tokens allowed to read.
-        write_tokens_file: tokens allowed to read and write.
-        Both empty: authentication is off (`enabled` is False).
+        write_tokens_file: tokens allowed to do everything.
+        collector_tokens_file: tokens allowed to call the collector methods only.
+        All empty: authentication is off (`enabled` is False).
     """
 
-    def __init__(self, read_tokens_file: str = "", write_tokens_file: str = "") -> None:
-        self._files = [(scope, TokenFile(path, f"{scope} tokens file"))
-                       for scope, path in ((WRITE, write_tokens_file), (READ, read_tokens_file)) if path]
+    def __init__(self, read_tokens_file: str = "", write_tokens_file: str = "",
+                 collector_tokens_file: str = "") -> None:
+        paths = {WRITE: write_tokens_file, READ: read_tokens_file, COLLECTOR: collector_tokens_file}
+        self._files = [(scope, TokenFile(paths[scope], f"{scope} tokens file")) for scope in SCOPES if paths[scope]]
         for _, file in self._files:
             file.lines()  # a missing file fails at start, not at the first call
 
@@ -78,28 +97,31 @@ class Authenticator:
         # Compare against every token, with no early exit, so the time taken
         # tells nothing about which (or whether a) token was close.
         for scope, file in self._files:
-            for line, known in enumerate(file.lines(), start=1):
+            for line, text in enumerate(file.lines(), start=1):
+                name, known = split_token_line(text)
                 if hmac.compare_digest(given, known.encode()) and found is None:
-                    found = Caller(scope, line)
+                    found = Caller(scope, line, name)
         if found is None:
             raise Unauthenticated("authorization: the token is not valid for this service")
         return found
 
-    def authorize(self, authorization: str | None, needed: str, what: str) -> Caller | None:
-        """Check that the caller may do `what`, which needs scope `needed`.
+    def authorize(self, authorization: str | None, allowed: Collection[str], what: str) -> Caller | None:
+        """Check that the caller may do `what`, which the scopes `allowed` may (write may do everything).
 
         Returns:
             The caller, or None when authentication is off.
 
         Raises:
             Unauthenticated: see identify().
-            PermissionDenied: a read token asking for a write.
+            PermissionDenied: a token of another scope, naming the scopes that may.
         """
         if not self.enabled:
             return None
         caller = self.identify(authorization)
-        if needed == WRITE and caller.scope != WRITE:
-            raise PermissionDenied(f"{what}: needs a write token; this token may only read")
+        if caller.scope != WRITE and caller.scope not in allowed:
+            may = " or ".join(scope for scope in SCOPES if scope == WRITE or scope in allowed)
+            raise PermissionDenied(f"{what}: needs a {may} token; this {caller.scope} token ({caller.label}) may "
+                                   f"not call it")
         return caller
 
 
@@ -111,30 +133,42 @@ def metadata_value(metadata: Iterable[tuple[str, str]] | None, key: str) -> str 
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without a valid token, or without the scope their method needs.
+    """Refuses calls without a valid token, or without a scope their method allows; logs who wrote.
 
     Args:
         authenticator: the token files.
-        read_methods: full method names ("/rewind.buffer.v1.BufferService/GetStats")
-            a read token may call; every other non-open method needs write.
+        scoped_methods: for READ and COLLECTOR, the full method names
+            ("/rewind.buffer.v1.BufferService/GetStats") a token of that scope may call; every other
+            non-open method needs write.
+        quiet_methods: writes on the data path (adding episodes, sampling), logged at debug level, not
+            once per call at info.
     """
 
-    def __init__(self, authenticator: Authenticator, read_methods: Iterable[str]) -> None:
+    def __init__(self, authenticator: Authenticator, scoped_methods: Mapping[str, Iterable[str]],
+                 quiet_methods: Iterable[str] = ()) -> None:
         self.authenticator = authenticator
-        self.read_methods = frozenset(read_methods)
+        self.scoped_methods = {scope: frozenset(methods) for scope, methods in scoped_methods.items()}
+        self.quiet_methods = frozenset(quiet_methods)
+
+    def allowed(self, method: str) -> frozenset[str]:
+        """The scopes that may call `method` (write may call everything)."""
+        return frozenset({WRITE} | {scope for scope, methods in self.scoped_methods.items() if method in methods})
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not self.authenticator.enabled or is_open(method):
             return handler
-        needed = READ if method in self.read_methods else WRITE
+        allowed = self.allowed(method)
+        authorization = metadata_value(handler_call_details.invocation_metadata, AUTHORIZATION)
         try:
-            self.authenticator.authorize(metadata_value(handler_call_details.invocation_metadata, AUTHORIZATION),
-                                         needed, method.rsplit("/", 1)[-1])
+            caller = self.authenticator.authorize(authorization, allowed, method.rsplit("/", 1)[-1])
         except (Unauthenticated, PermissionDenied) as exc:
             log.info("refused %s: %s", method, exc.message)
             return refuse(handler, exc, method)
+        if READ not in allowed:  # a write (or a collector's add): say who
+            log.log(logging.DEBUG if method in self.quiet_methods else logging.INFO, "%s by %s", method,
+                    caller.label)
         return handler
 
 

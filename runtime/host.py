@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rewind.errors import Unavailable
-from rewind_runtime.auth import Authenticator, AuthInterceptor, check_exposure
+from rewind_runtime.auth import COLLECTOR, READ, Authenticator, AuthInterceptor, check_exposure
 from rewind_runtime.http import HttpHost
 from rewind_runtime.interceptors import ErrorInterceptor
 from rewind_runtime.metrics import MetricsInterceptor, RpcMetrics, new_registry
@@ -44,21 +44,27 @@ log = logging.getLogger(__name__)
 class ServiceBinding:
     """One gRPC service to host: its full name, servicer and registration function.
 
-    `read_methods` names the methods a read token may call; every other method
-    of the service needs a write token.
+    `read_methods` names the methods a read token may call, `collector_methods`
+    those a collector token may call; every other method of the service needs a
+    write token (runtime/auth.py).
     """
 
     name: str
     servicer: Any
     add_to_server: Callable[[Any, grpc.Server], None]
     read_methods: tuple[str, ...] = ()
+    collector_methods: tuple[str, ...] = ()   # what a collector token may call (runtime/auth.py)
+    quiet_methods: tuple[str, ...] = ()       # writes on the data path: logged at debug level, not per call
     # Called when the host starts draining: ends calls that wait on the service's own state (a rate
     # limiter) now, rather than at the end of the grace period.
     on_drain: Callable[[], None] | None = None
 
+    def full_names(self, methods: tuple[str, ...]) -> frozenset[str]:
+        return frozenset(f"/{self.name}/{method}" for method in methods)
+
     @property
     def full_read_methods(self) -> frozenset[str]:
-        return frozenset(f"/{self.name}/{method}" for method in self.read_methods)
+        return self.full_names(self.read_methods)
 
 
 class ServiceHost:
@@ -112,7 +118,9 @@ class ServiceHost:
         self.authenticator = authenticator or Authenticator()
         self.tls = tls
         self.allow_unauthenticated = allow_unauthenticated
-        read_methods = frozenset().union(*(b.full_read_methods for b in self.bindings))
+        scoped = {READ: frozenset().union(*(b.full_read_methods for b in self.bindings)),
+                  COLLECTOR: frozenset().union(*(b.full_names(b.collector_methods) for b in self.bindings))}
+        quiet = frozenset().union(*(b.full_names(b.quiet_methods) for b in self.bindings))
         self.streams = StreamLimitInterceptor(max_streams or max(1, workers // 2))
         self.host = host
         self.requested_port = port
@@ -134,7 +142,7 @@ class ServiceHost:
             # Outermost first: metrics see every call, refused ones too; a refused call never
             # reaches the method, nor the error mapping.
             interceptors=[MetricsInterceptor(RpcMetrics(self.metrics)),
-                          AuthInterceptor(self.authenticator, read_methods), ErrorInterceptor(), self.streams],
+                          AuthInterceptor(self.authenticator, scoped, quiet), ErrorInterceptor(), self.streams],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -169,7 +177,8 @@ class ServiceHost:
         return cls(bindings, host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes,
                    workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
                    port_file=settings.port_file,
-                   authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file), tls=tls,
+                   authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file,
+                                               settings.collector_tokens_file), tls=tls,
                    allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port,
                    http_port=settings.http_port_to_bind, fallback_ports=settings.fallback_ports(explicit))
 

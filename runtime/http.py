@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rewind.errors import PermissionDenied, RewindError, Unauthenticated, Unavailable
-from rewind_runtime.auth import READ, WRITE, Authenticator, check_exposure
+from rewind_runtime.auth import READ, Authenticator, check_exposure
 from rewind_runtime.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -333,14 +333,17 @@ class _AuthMiddleware:
             return
         request = Request(scope)
         try:
-            self.http.authenticator.authorize(bearer(request.headers.get("authorization")),
-                                              READ if method in READ_METHODS else WRITE, f"{method} {path}")
+            # A read token may GET and HEAD every route; a collector token, none (its methods are gRPC's).
+            caller = self.http.authenticator.authorize(bearer(request.headers.get("authorization")),
+                                                       {READ} if method in READ_METHODS else set(), f"{method} {path}")
         except (Unauthenticated, PermissionDenied) as exc:
             log.info("refused %s %s: %s", method, path, exc.message)
             challenge = list(CHALLENGE) if isinstance(exc, Unauthenticated) else []
             response = self.http.error(request, http_status(exc.code), exc.code.name, exc.message, challenge)
             await response(scope, receive, send)
             return
+        if method not in READ_METHODS:
+            log.info("%s %s by %s", method, path, caller.label)
         await self.app(scope, receive, send)
 
 

@@ -41,9 +41,12 @@ class ServerSettings(Settings):
                                   "health and unary calls keep threads)", minimum=0)
     # Who may call (see rewind_runtime.auth); empty files mean no authentication.
     read_tokens_file: str = setting("", "file of tokens that may read (stats, list, lookup, download, status), "
-                                        "one per line")
+                                        "one per line: TOKEN, or NAME:TOKEN to name it in the logs")
     write_tokens_file: str = setting("", "file of tokens that may also write (add, sample, save, delete, restore, "
                                          "stop, ...), one per line")
+    collector_tokens_file: str = setting("", "file of tokens that may only do what a collector does (add episodes, "
+                                             "get the learner's weights, look up and download checkpoints), one "
+                                             "per line")
     allow_unauthenticated: bool = setting(False, "serve with no tokens on an interface other than loopback "
                                                  "(only on a network you trust)")
     tls_cert_file: str = setting("", "TLS certificate (PEM, e.g. a Secret's tls.crt); with tls_key_file turns TLS on")

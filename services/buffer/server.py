@@ -26,6 +26,10 @@ SERVICE_NAME = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name
 # A read token may call these; the rest need a write token. Sampling is a write: it moves the sampler's
 # generator (and the rate limiter), so a monitor that samples would change what a training run draws next.
 READ_METHODS = ("ListBuffers", "GetStats", "Snapshot", "SnapshotBlocks")
+# A collector adds episodes, and nothing else: it cannot sample, reset, delete or restore a buffer.
+COLLECTOR_METHODS = ("AddEpisode", "LoadEpisodes")
+# The data path: logged per call at debug level only.
+QUIET_METHODS = ("AddEpisode", "LoadEpisodes", "Sample", "SampleStream", "SampleSequences")
 
 
 def build(settings: BufferServiceSettings, explicit: Collection[str] = ()) -> tuple[ServiceHost, BufferRegistry]:
@@ -41,7 +45,8 @@ def build(settings: BufferServiceSettings, explicit: Collection[str] = ()) -> tu
                               limiter_max_wait_s=settings.limiter_max_wait_s,
                               limiter_max_waiting=settings.limiter_waiting_slots)
     binding = ServiceBinding(SERVICE_NAME, servicer, buffer_pb2_grpc.add_BufferServiceServicer_to_server,
-                             read_methods=READ_METHODS, on_drain=registry.close)
+                             read_methods=READ_METHODS, collector_methods=COLLECTOR_METHODS,
+                             quiet_methods=QUIET_METHODS, on_drain=registry.close)
     host = ServiceHost.from_settings([binding], settings, explicit)
     host.metrics.register(BufferCollector(registry))
     return host, registry

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name
 # A read token may call these; saving, deleting, restoring, retention changes and run files need a write token.
 READ_METHODS = ("Download", "ListRuns", "ListCheckpoints", "Lookup", "GetRetention", "GetRunFile")
+# A collector whose learner is unreachable falls back on the latest checkpoint's weights: it finds and reads it.
+COLLECTOR_METHODS = ("Lookup", "Download")
 
 
 def build(settings: CheckpointSettings, explicit: Collection[str] = ()) -> tuple[ServiceHost, Catalog]:
@@ -40,7 +42,7 @@ def build(settings: CheckpointSettings, explicit: Collection[str] = ()) -> tuple
     servicer = CheckpointServicer(catalog, buffer_timeout_s=settings.buffer_timeout_s,
                                   buffer_addresses=settings.buffer_addresses, direct_uploads=settings.direct_uploads)
     binding = ServiceBinding(SERVICE_NAME, servicer, checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server,
-                             read_methods=READ_METHODS)
+                             read_methods=READ_METHODS, collector_methods=COLLECTOR_METHODS)
     host = ServiceHost.from_settings([binding], settings, explicit)
     host.metrics.register(CheckpointCollector(catalog))
     if host.http is not None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 # A read token may ask for the status; checkpoint-now and stop need a write token.
 READ_METHODS = ("GetStatus",)
+# What a collector token may call here: nothing yet (the learner's GetWeights will be its one method).
+COLLECTOR_METHODS: tuple[str, ...] = ()
 
 
 class Control:
@@ -127,4 +129,4 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 def binding(servicer: TrainerServicer) -> ServiceBinding:
     return ServiceBinding(SERVICE_NAME, servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-                          read_methods=READ_METHODS)
+                          read_methods=READ_METHODS, collector_methods=COLLECTOR_METHODS)

@@ -18,12 +18,14 @@ from rewind.checkpoint.v1 import checkpoint_pb2
 from rewind.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from rewind.health import check
 from rewind.security import ClientSecurity
+from rewind_buffer.server import COLLECTOR_METHODS as BUFFER_COLLECTOR
 from rewind_buffer.server import READ_METHODS as BUFFER_READS
 from rewind_buffer.server import serve
+from rewind_checkpoint.server import COLLECTOR_METHODS as CHECKPOINT_COLLECTOR
 from rewind_checkpoint.server import READ_METHODS as CHECKPOINT_READS
 from rewind_runtime.auth import is_loopback
 from rewind_runtime.host import ServiceHost
-from tests.support.auth import WRITE_TOKEN, assert_guarded, make_tokens, raw_call
+from tests.support.auth import COLLECTOR_TOKEN, READ_TOKEN, WRITE_TOKEN, assert_guarded, make_tokens, raw_call
 from tests.support.configs import SMALL, checkpoint_config
 from tests.support.episodes import episode
 
@@ -35,7 +37,8 @@ def tokens(tmp_path):
 
 @pytest.fixture
 def guarded(tokens):
-    host = serve(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file))
+    host = serve(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file,
+                               collector_tokens_file=tokens.collector_file))
     with BufferClient(host.address, security=tokens.write) as writer:
         writer.add(episode(0, 60))
         writer.add(episode(1, 60))
@@ -52,7 +55,7 @@ def buffer_state(address: str, security: ClientSecurity):
 def test_every_buffer_rpc_needs_a_token_and_its_scope(guarded, tokens):
     fingerprint = lambda: buffer_state(guarded.address, tokens.write)  # noqa: E731
     answers = assert_guarded(guarded.address, buffer_pb2.DESCRIPTOR.services_by_name["BufferService"],
-                             set(BUFFER_READS), fingerprint)
+                             set(BUFFER_READS), fingerprint, collector_methods=set(BUFFER_COLLECTOR))
     assert answers["ListBuffers"] == grpc.StatusCode.OK
 
 
@@ -60,7 +63,8 @@ def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
     from rewind_checkpoint.server import serve as serve_checkpoints
 
     host = serve_checkpoints(checkpoint_config(f"file://{tmp_path}/store").replace(
-        read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file))
+        read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file,
+        collector_tokens_file=tokens.collector_file))
     try:
         with CheckpointClient(host.address, security=tokens.write) as writer:
             writer.save("agent", "run", 10, {"trainer.pt": b"state"}, metrics={"eval_return": 1.0})
@@ -71,7 +75,7 @@ def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
                           for p in store.rglob("*"))
 
         answers = assert_guarded(host.address, checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"],
-                                 set(CHECKPOINT_READS), fingerprint)
+                                 set(CHECKPOINT_READS), fingerprint, collector_methods=set(CHECKPOINT_COLLECTOR))
         assert answers["ListRuns"] == grpc.StatusCode.OK
         assert answers["GetRunFile"] == grpc.StatusCode.INVALID_ARGUMENT  # let in: an empty request names no run
         with CheckpointClient(host.address, security=tokens.read) as reader:
@@ -118,7 +122,8 @@ def test_the_sdk_names_what_is_missing(guarded, tokens, tmp_path):
             anonymous.stats()
     with BufferClient(guarded.address, security=tokens.read) as reader:
         assert reader.stats().episodes == 2
-        with pytest.raises(PermissionDenied, match="AddEpisode: needs a write token; this token may only read"):
+        with pytest.raises(PermissionDenied, match=r"AddEpisode: needs a write or collector token; this read token "
+                                                   r"\(read token #1\) may not call it"):
             reader.add(episode(2, 60))
         assert reader.stats().episodes == 2
     (tmp_path / "empty.token").write_text("\n# nothing\n")
@@ -183,3 +188,24 @@ def test_no_authentication_is_refused_off_loopback_and_said_on_it(caplog):
         open_host.stop(grace_s=0.5)
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.1", "buffer")] == [
         True, True, True, False, False, False]
+
+
+def test_a_named_collector_token_adds_episodes_only_and_every_refusal_and_write_names_its_caller(guarded, tokens,
+                                                                                                    caplog):
+    caplog.set_level(logging.DEBUG, logger="rewind_runtime.auth")
+    # The collector's client reads the very file the service lists (NAME:TOKEN) and sends the token part only.
+    with BufferClient(guarded.address, security=tokens.collector) as collector:
+        assert collector.add(episode(2, 60)) == 3
+        for call, method in ((collector.stats, "GetStats"), (collector.sample, "Sample"),
+                             (lambda: collector.reset(buffer_size=100), "ResetBuffer")):
+            with pytest.raises(PermissionDenied, match=rf"{method}: needs a write.* token; this collector token "
+                                                       r"\(collector-7\) may not call it"):
+                call()
+    assert "/rewind.buffer.v1.BufferService/AddEpisode by collector-7" in caplog.text
+    assert "refused /rewind.buffer.v1.BufferService/ResetBuffer: ResetBuffer: needs a write token; this collector " \
+           "token (collector-7) may not call it" in caplog.text
+    with BufferClient(guarded.address, security=tokens.write) as writer:
+        assert writer.stats().episodes == 3  # the refused reset changed nothing
+        writer.using("other").create()
+    assert "/rewind.buffer.v1.BufferService/CreateBuffer by write token #1" in caplog.text
+    assert all(token not in caplog.text for token in (COLLECTOR_TOKEN, WRITE_TOKEN, READ_TOKEN))

@@ -28,7 +28,7 @@ from rewind_runtime.http import HttpHost
 from rewind_runtime.local import LocalService
 from rewind_runtime.tls import ServerTLS
 from rewind_trainer.settings import TrainSettings
-from tests.support.auth import READ_TOKEN, WRITE_TOKEN, make_tokens
+from tests.support.auth import COLLECTOR_TOKEN, READ_TOKEN, WRITE_TOKEN, make_tokens
 from tests.support.configs import SMALL
 from tests.support.pki import make_pki
 
@@ -71,7 +71,8 @@ def tokens(tmp_path):
 @pytest.fixture
 def secured(tokens):
     """A buffer service with read and write tokens, serving HTTP on a free port."""
-    host, _ = build(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file))
+    host, _ = build(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file,
+                                  collector_tokens_file=tokens.collector_file))
     host.start()
     yield host
     host.stop(grace_s=0)
@@ -121,8 +122,8 @@ def test_anything_but_get_needs_a_write_token(secured, tokens):
     url = base(secured)
     denied = call(f"{url}/metrics", method="POST", token=READ_TOKEN)
     assert denied.status == 403
-    assert denied.error == {"code": "PERMISSION_DENIED", "message": "POST /metrics: needs a write token; this token "
-                                                                    "may only read"}
+    assert denied.error == {"code": "PERMISSION_DENIED", "message": "POST /metrics: needs a write token; this read "
+                                                                    "token (read token #1) may not call it"}
     assert denied.headers.get_all("WWW-Authenticate") is None
     # With a write token the request reaches the app, which has no POST /metrics.
     wrong_method = call(f"{url}/metrics", method="POST", token=WRITE_TOKEN)
@@ -407,3 +408,12 @@ def test_tls_settings_reach_a_bare_http_host(pki):
         assert call(f"{http.url}/healthz", context=client_context(pki.ca)).json() == {"status": "SERVING"}
     finally:
         http.stop()
+
+
+def test_a_collector_token_gets_no_http_route(secured, tokens):
+    # A collector's methods are gRPC's (adding episodes, weights, checkpoint lookups): no page, no /metrics.
+    denied = call(f"{base(secured)}/metrics", token=COLLECTOR_TOKEN)
+    assert denied.status == 403
+    assert denied.error == {"code": "PERMISSION_DENIED", "message": "GET /metrics: needs a write or read token; this "
+                                                                    "collector token (collector-7) may not call it"}
+    assert call(f"{base(secured)}/metrics", token=READ_TOKEN).status == 200
