@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from rewind.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from rewind.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, RewindError, Unauthenticated
 from rewind.security import AUTHORIZATION, TokenFile, split_token_line
-from rewind_runtime.interceptors import refuse
+from rewind_runtime.auth_throttle import AuthThrottle, peer_host
+from rewind_runtime.interceptors import replace_behavior, to_status
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,14 @@ class Authenticator:
         read_tokens_file: tokens allowed to read.
         write_tokens_file: tokens allowed to do everything.
         collector_tokens_file: tokens allowed to call the collector methods only.
+        throttle: shuts out peers that keep failing to authenticate (default: 10 failures in 60 s, 30 s).
         All empty: authentication is off (`enabled` is False).
     """
 
     def __init__(self, read_tokens_file: str = "", write_tokens_file: str = "",
-                 collector_tokens_file: str = "") -> None:
+                 collector_tokens_file: str = "", throttle: AuthThrottle | None = None) -> None:
+        # One per host: a peer that fails over gRPC is shut out of the HTTP routes too, and the reverse.
+        self.throttle = throttle or AuthThrottle()
         paths = {WRITE: write_tokens_file, READ: read_tokens_file, COLLECTOR: collector_tokens_file}
         self._files = [(scope, TokenFile(paths[scope], f"{scope} tokens file")) for scope in SCOPES if paths[scope]]
         for _, file in self._files:
@@ -165,11 +169,43 @@ class AuthInterceptor(grpc.ServerInterceptor):
             caller = self.authenticator.authorize(authorization, allowed, method.rsplit("/", 1)[-1])
         except (Unauthenticated, PermissionDenied) as exc:
             log.info("refused %s: %s", method, exc.message)
-            return refuse(handler, exc, method)
+            aborting = self._refusing(exc, method)
+            return replace_behavior(handler, lambda _behavior, _streams: aborting)
         if READ not in allowed:  # a write (or a collector's add): say who
             log.log(logging.DEBUG if method in self.quiet_methods else logging.INFO, "%s by %s", method,
                     caller.label)
-        return handler
+        return replace_behavior(handler, lambda behavior, streams: self._unless_shut_out(behavior, streams, method))
+
+    def _shut_out(self, context, method: str) -> None:
+        """End the call if its peer is shut out (only the call's context knows the peer)."""
+        try:
+            self.authenticator.throttle.check(peer_host(context.peer()))
+        except ResourceExhausted as exc:
+            context.abort_with_status(to_status(exc, method))
+
+    def _refusing(self, exc: RewindError, method: str):
+        def aborting(_request, context):
+            self._shut_out(context, method)
+            peer = peer_host(context.peer())
+            if isinstance(exc, Unauthenticated) and self.authenticator.throttle.failed(peer):
+                throttle = self.authenticator.throttle
+                log.warning("shutting out %s for %.0f s: %d failed authentications within %.0f s", peer,
+                            throttle.lockout_s, throttle.limit, throttle.window_s)
+            context.abort_with_status(to_status(exc, method))
+
+        return aborting
+
+    def _unless_shut_out(self, behavior, streams: bool, method: str):
+        if streams:
+            def streaming(request, context):
+                self._shut_out(context, method)
+                yield from behavior(request, context)
+            return streaming
+
+        def unary(request, context):
+            self._shut_out(context, method)
+            return behavior(request, context)
+        return unary
 
 
 def is_open(method: str) -> bool:

@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rewind.errors import Unavailable
 from rewind_runtime.auth import COLLECTOR, READ, Authenticator, AuthInterceptor, check_exposure
+from rewind_runtime.auth_throttle import AuthThrottle
 from rewind_runtime.http import HttpHost
 from rewind_runtime.interceptors import ErrorInterceptor
 from rewind_runtime.metrics import MetricsInterceptor, RpcMetrics, new_registry
@@ -178,7 +179,9 @@ class ServiceHost:
                    workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
                    port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file,
-                                               settings.collector_tokens_file), tls=tls,
+                                               settings.collector_tokens_file,
+                                               AuthThrottle(settings.auth_failure_limit,
+                                                            lockout_s=settings.auth_lockout_s)), tls=tls,
                    allow_unauthenticated=settings.allow_unauthenticated, health_port=settings.health_port,
                    http_port=settings.http_port_to_bind, fallback_ports=settings.fallback_ports(explicit))
 

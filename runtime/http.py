@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rewind.errors import PermissionDenied, RewindError, Unauthenticated, Unavailable
+from rewind.errors import PermissionDenied, ResourceExhausted, RewindError, Unauthenticated, Unavailable
 from rewind_runtime.auth import READ, Authenticator, check_exposure
 from rewind_runtime.tls import ServerTLS
 
@@ -332,11 +332,17 @@ class _AuthMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        peer = (scope.get("client") or ("unknown",))[0]
+        throttle = self.http.authenticator.throttle
         try:
+            throttle.check(peer)  # a peer shut out gets the same answer whatever token it sends
             # A read token may GET and HEAD every route; a collector token, none (its methods are gRPC's).
             caller = self.http.authenticator.authorize(bearer(request.headers.get("authorization")),
                                                        {READ} if method in READ_METHODS else set(), f"{method} {path}")
-        except (Unauthenticated, PermissionDenied) as exc:
+        except (Unauthenticated, PermissionDenied, ResourceExhausted) as exc:
+            if isinstance(exc, Unauthenticated) and throttle.failed(peer):
+                log.warning("shutting out %s for %.0f s: %d failed authentications within %.0f s", peer,
+                            throttle.lockout_s, throttle.limit, throttle.window_s)
             log.info("refused %s %s: %s", method, path, exc.message)
             challenge = list(CHALLENGE) if isinstance(exc, Unauthenticated) else []
             response = self.http.error(request, http_status(exc.code), exc.code.name, exc.message, challenge)

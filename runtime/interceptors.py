@@ -131,15 +131,6 @@ def replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable, b
     return grpc.stream_stream_rpc_method_handler(make(handler.stream_stream, True), **serializers)
 
 
-def refuse(handler: grpc.RpcMethodHandler, exc: RewindError, method: str) -> grpc.RpcMethodHandler:
-    """A handler that answers every call with `exc`'s status, without reading the request or running the method."""
-
-    def aborting(_request, context):
-        context.abort_with_status(to_status(exc, method))
-
-    return replace_behavior(handler, lambda _behavior, _streams: aborting)
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps exceptions from the methods of the services named by `prefix` to statuses.
 

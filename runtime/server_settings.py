@@ -47,6 +47,10 @@ class ServerSettings(Settings):
     collector_tokens_file: str = setting("", "file of tokens that may only do what a collector does (add episodes, "
                                              "get the learner's weights, look up and download checkpoints), one "
                                              "per line")
+    auth_failure_limit: int = setting(10, "failed authentications from one peer within a minute after which its "
+                                          "calls are refused for auth_lockout_s (0: never)", minimum=0)
+    auth_lockout_s: float = setting(30.0, "seconds a peer that failed auth_failure_limit authentications is shut "
+                                          "out, whatever token it sends", above=0)
     allow_unauthenticated: bool = setting(False, "serve with no tokens on an interface other than loopback "
                                                  "(only on a network you trust)")
     tls_cert_file: str = setting("", "TLS certificate (PEM, e.g. a Secret's tls.crt); with tls_key_file turns TLS on")

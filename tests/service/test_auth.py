@@ -37,8 +37,9 @@ def tokens(tmp_path):
 
 @pytest.fixture
 def guarded(tokens):
+    # auth_failure_limit 0: these tests send bad tokens on purpose; the lockout has its own test below.
     host = serve(SMALL.replace(port=0, read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file,
-                               collector_tokens_file=tokens.collector_file))
+                               collector_tokens_file=tokens.collector_file, auth_failure_limit=0))
     with BufferClient(host.address, security=tokens.write) as writer:
         writer.add(episode(0, 60))
         writer.add(episode(1, 60))
@@ -64,7 +65,7 @@ def test_every_checkpoint_rpc_needs_a_token_and_its_scope(tokens, tmp_path):
 
     host = serve_checkpoints(checkpoint_config(f"file://{tmp_path}/store").replace(
         read_tokens_file=tokens.read_file, write_tokens_file=tokens.write_file,
-        collector_tokens_file=tokens.collector_file))
+        collector_tokens_file=tokens.collector_file, auth_failure_limit=0))
     try:
         with CheckpointClient(host.address, security=tokens.write) as writer:
             writer.save("agent", "run", 10, {"trainer.pt": b"state"}, metrics={"eval_return": 1.0})
@@ -209,3 +210,37 @@ def test_a_named_collector_token_adds_episodes_only_and_every_refusal_and_write_
         writer.using("other").create()
     assert "/rewind.buffer.v1.BufferService/CreateBuffer by write token #1" in caplog.text
     assert all(token not in caplog.text for token in (COLLECTOR_TOKEN, WRITE_TOKEN, READ_TOKEN))
+
+
+def test_a_peer_that_keeps_failing_to_authenticate_is_shut_out_whatever_token_it_sends(tokens, caplog):
+    from rewind.errors import ResourceExhausted
+    from rewind_buffer.server import build
+
+    host, _ = build(SMALL.replace(port=0, http_port=0, read_tokens_file=tokens.read_file,
+                                  write_tokens_file=tokens.write_file, auth_failure_limit=3, auth_lockout_s=600))
+    host.start()
+    try:
+        bad = (("authorization", "Bearer not-a-token"),)
+        method = "/rewind.buffer.v1.BufferService/ListBuffers"
+        codes = [raw_call(host.address, method, (False, False), bad) for _ in range(4)]
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert "shutting out 127.0.0.1 for 600 s: 3 failed authentications within 60 s" in caplog.text
+        # A valid token from the same peer gets the same answer now: the lockout tells nothing about tokens.
+        with BufferClient(host.address, security=tokens.write) as writer:
+            with pytest.raises(ResourceExhausted, match="too many failed authentications from 127.0.0.1 "
+                                                        r"\(3 within 60 s\); its calls are refused for another"):
+                writer.stats()
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{host.http_port}/metrics",
+                                         headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError) as answer:  # the HTTP routes share the lockout
+            urllib.request.urlopen(request, timeout=10)
+        assert answer.value.code == 429
+        from rewind.channel import make_channel
+
+        with make_channel(host.address, security=ClientSecurity()) as channel:
+            assert check(channel) == "SERVING"  # health stays open
+    finally:
+        host.stop(grace_s=0)

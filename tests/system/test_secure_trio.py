@@ -32,8 +32,9 @@ RUN = ("tdmpc2", "pendulum-v1-seed1")
 def secure_trio(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secure")
     pki, tokens = make_pki(tmp / "pki"), make_tokens(tmp / "tokens")
+    # --auth-failure-limit 0: the tests here send bad tokens on purpose (the lockout has its own test).
     serving = ["--read-tokens-file", tokens.read_file, "--write-tokens-file", tokens.write_file,
-               "--tls-cert-file", pki.server.cert, "--tls-key-file", pki.server.key]
+               "--tls-cert-file", pki.server.cert, "--tls-key-file", pki.server.key, "--auth-failure-limit", "0"]
     # What each process presents when it calls another: the write token, and the CA to verify with.
     calling = {"REWIND_TOKEN_FILE": tokens.write.token_file, "REWIND_TLS_CA_FILE": pki.ca}
     write = ClientSecurity(token_file=tokens.write.token_file, tls_ca_file=pki.ca)
