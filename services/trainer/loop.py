@@ -53,6 +53,16 @@ def stream_chunk(update_s: float) -> int:
     return max(1, min(STREAM_CHUNK, int(STOP_LATENCY_S / update_s)))
 
 
+def updates_done(step: int, seed_steps: int, owed: int) -> int:
+    """Gradient updates the loop has made by `step`, from the loop's own bookkeeping.
+
+    The loop owes `seed_steps` updates when the seed steps end and one per step
+    after that; `owed` are those not made yet. So by step N > seed_steps it has
+    owed N - 1 in all.
+    """
+    return max(step - 1 - owed, 0) if step > seed_steps else 0
+
+
 class Stopped(Exception):
     """Raised at a boundary once a stop was asked for (SIGTERM, the Stop call)."""
 
@@ -108,6 +118,11 @@ class Trainer:
     @property
     def seed_steps(self) -> int:
         return self.settings.seed_steps
+
+    @property
+    def updates(self) -> int:
+        """Gradient updates made so far (restored with the loop's state on resume)."""
+        return updates_done(self.state.step, self.seed_steps, self.state.owed)
 
     @property
     def steps_per_second(self) -> float:

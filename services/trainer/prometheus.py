@@ -30,16 +30,6 @@ from rewind.sharded_buffer_client import ANSWERING, DOWN, LIVE
 from rewind_trainer.service import TrainerServicer
 
 
-def updates_done(step: int, seed_steps: int, owed: int) -> int:
-    """Gradient updates the loop has made by `step`, from the loop's own bookkeeping.
-
-    The loop owes `seed_steps` updates when the seed steps end and one per step
-    after that; `owed` are those not made yet. So by step N > seed_steps it has
-    owed N - 1 in all.
-    """
-    return max(step - 1 - owed, 0) if step > seed_steps else 0
-
-
 class TrainerCollector(Collector):
     """Reads one trainer (through its servicer: the loop, its state and the checkpointer) when Prometheus scrapes.
 
@@ -58,7 +48,7 @@ class TrainerCollector(Collector):
 
     def _updates(self) -> int:
         trainer = self.servicer.trainer
-        return updates_done(trainer.state.step, trainer.seed_steps, trainer.state.owed)
+        return trainer.updates
 
     def collect(self) -> Iterator[Metric]:
         run = self.servicer.run

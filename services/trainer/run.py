@@ -10,9 +10,10 @@ the loop, the checkpoint schedule and the trainer's own service.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ from rewind_runtime.host_share import HostShare
 from rewind_runtime.threads import ThreadChoice, configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus, Cut
+from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus, Cut, encode_policy
 from rewind_trainer.connections import connect, own_buffers
 from rewind_trainer.history import Progress, RunHistory, recover_metrics
+from rewind_trainer.hparams import AgentConfig
 from rewind_trainer.loop import Stopped, Trainer
 from rewind_trainer.metrics import MetricsLog
 from rewind_trainer.plan import Plan, check_task, prepare
@@ -37,6 +39,7 @@ from rewind_trainer.schedule import CheckpointSchedule
 from rewind_trainer.settings import TrainSettings
 from rewind_trainer.shard_recovery import ShardRecovery
 from rewind_trainer.tensorboard import TensorBoardLog, check_installed
+from rewind_trainer.weights import Publisher, WeightsBoard
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,12 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         history = _run_history(services.ckpt, settings, metrics, plan.resumed_from, trainer, checkpointer,
                                pages_url)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
-        servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads)
+        weights = WeightsBoard(plan.generation, enabled=settings.publish_weights_every > 0)
+        servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads, weights)
         with _recorded(history, board):
             with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), \
-                    _settled(control), _sharing_cpus(settings, servicer, trainer):
+                    _settled(control), _sharing_cpus(settings, servicer, trainer), \
+                    _publishing(settings, trainer, weights, plan.agent_config):
                 stopped, ok = _run(trainer, schedule, control)
             plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
                                 settings.action_repeat)
@@ -236,6 +241,22 @@ def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer,
 
 
 @contextmanager
+def _at_boundaries(trainer: Trainer, hook: Callable[[Trainer], None]) -> Iterator[None]:
+    """Run `hook` at each boundary of the loop (on the thread that trains), before what runs there already."""
+    boundary = trainer.on_boundary
+
+    def on_boundary(loop: Trainer) -> None:
+        hook(loop)
+        boundary(loop)
+
+    trainer.on_boundary = on_boundary
+    try:
+        yield
+    finally:
+        trainer.on_boundary = boundary
+
+
+@contextmanager
 def _sharing_cpus(settings: TrainSettings, servicer: service.TrainerServicer, trainer: Trainer) -> Iterator[None]:
     """With its threads chosen by detection (--torch-threads 0), the run takes its share of the host's CPUs at
     each boundary, as other trainings start and end beside it (rewind_runtime/host_share.py)."""
@@ -252,18 +273,32 @@ def _sharing_cpus(settings: TrainSettings, servicer: service.TrainerServicer, tr
             threads, f"{detected.reason}; shared with the other trainings on this host")
 
     share = HostShare.join(host_share.default_folder(), detected.threads, set_threads)
-    boundary = trainer.on_boundary
-
-    def on_boundary(loop: Trainer) -> None:
-        share.apply()
-        boundary(loop)
-
-    trainer.on_boundary = on_boundary
     try:
-        yield
+        with _at_boundaries(trainer, lambda _loop: share.apply()):
+            yield
     finally:
-        trainer.on_boundary = boundary
         share.leave()
+
+
+@contextmanager
+def _publishing(settings: TrainSettings, trainer: Trainer, weights: WeightsBoard,
+                agent_config: AgentConfig) -> Iterator[None]:
+    """With --publish-weights-every N, post the policy for collectors every N updates (rewind_trainer/weights.py);
+    calls still waiting for weights end with the run."""
+    config = dataclasses.asdict(agent_config)
+
+    def encode() -> tuple[int, int, bytes]:
+        return trainer.updates, trainer.state.step, encode_policy(trainer.agent.model.state_dict(), config)
+
+    try:
+        if not weights.enabled:
+            yield
+            return
+        publisher = Publisher(weights, settings.publish_weights_every, encode)
+        with _at_boundaries(trainer, lambda loop: publisher.on_boundary(loop.updates)):
+            yield
+    finally:
+        weights.close()
 
 
 @contextmanager

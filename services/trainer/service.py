@@ -1,4 +1,4 @@
-"""The trainer's gRPC service (rewind.trainer.v1): status, checkpoint-now, stop.
+"""The trainer's gRPC service (rewind.trainer.v1): status, checkpoint-now, stop, and the weights by version.
 
 Calls never touch the loop directly: they leave requests in `Control`, which
 the loop serves at its next boundary (within one batch stream's worth of
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from rewind.errors import DeadlineExceeded, FailedPrecondition
 from rewind.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from rewind_runtime.host import ServiceBinding
+from rewind_trainer.weights import WeightsBoard, chunks
 
 if TYPE_CHECKING:
     from rewind_runtime.threads import ThreadChoice
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 # A read token may ask for the status; checkpoint-now and stop need a write token.
 READ_METHODS = ("GetStatus",)
-# What a collector token may call here: nothing yet (the learner's GetWeights will be its one method).
-COLLECTOR_METHODS: tuple[str, ...] = ()
+# What a collector token may call here: the learner's weights, and nothing else.
+COLLECTOR_METHODS = ("GetWeights",)
 
 
 class Control:
@@ -84,9 +85,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """rewind.trainer.v1.TrainerService: status, checkpoint-now and stop of one running trainer."""
 
     def __init__(self, control: Control, trainer: Trainer, checkpointer: Checkpointer, run: RunIdentity,
-                 threads: ThreadChoice) -> None:
+                 threads: ThreadChoice, weights: WeightsBoard | None = None) -> None:
         self.control, self.trainer, self.checkpointer, self.run = control, trainer, checkpointer, run
         self.threads = threads
+        self.weights = weights or WeightsBoard(generation=0, enabled=False)
 
     def status(self) -> trainer_pb2.TrainerStatus:
         trainer, s, c = self.trainer, self.trainer.state, self.checkpointer.status
@@ -125,6 +127,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def Stop(self, request, context):
         self.control.request_stop("the Stop call")
         return trainer_pb2.StopResponse(step=self.trainer.state.step)
+
+
+    def GetWeights(self, request, context):
+        remaining = context.time_remaining()
+        # A tenth early, so that the caller gets the reason, not its own bare deadline.
+        published = self.weights.wait(request.min_version, None if remaining is None else 0.9 * remaining)
+        yield from chunks(published, self.weights.generation)
 
 
 def binding(servicer: TrainerServicer) -> ServiceBinding:

@@ -30,7 +30,7 @@ SAFE_ON_RESUME = frozenset({
 PLACEMENT = frozenset({
     "buffer_address", "buffer_addresses", "shards", "checkpoint_address", "out_dir", "prefetch", "torch_threads",
     "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s", "local_services", "store",
-    "checkpoint_dir", "progress", "heartbeat_interval_s", "tensorboard", "store_endpoints",
+    "checkpoint_dir", "progress", "heartbeat_interval_s", "tensorboard", "store_endpoints", "publish_weights_every",
     *(f.name for f in fields(ServerSettings)),
 })
 # AgentConfig fields that have settings of their own (or come from the task).
@@ -84,6 +84,8 @@ class TrainSettings(ServerSettings):
         "127.0.0.1:*); files for a store not listed go through the checkpoint service. With --local-services, "
         "also where the buffer service it starts may upload blocks")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
+    publish_weights_every: int = setting(0, "publish the policy's weights for collectors (GetWeights) every N "
+                                            "gradient updates, and once at the start (0: never)", minimum=0)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none; "
                         "left at its default, a free one when the default is taken)", minimum=-1, maximum=65535)
     http_port: int = setting(addresses.TRAINER_HTTP_PORT, "HTTP port of this trainer's /metrics (-1: none, 0: a "

@@ -19,7 +19,7 @@ from rewind_buffer.server import serve as serve_buffers
 from rewind_buffer.settings import BufferServiceSettings
 from rewind_checkpoint.server import serve as serve_checkpoints
 from rewind_runtime.metrics import MetricsInterceptor, RpcMetrics, new_registry
-from rewind_trainer.prometheus import updates_done
+from rewind_trainer.loop import updates_done
 from rewind_trainer.run import train
 from rewind_trainer.service import Control
 from rewind_trainer.settings import TrainSettings

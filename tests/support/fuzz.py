@@ -1328,6 +1328,7 @@ class TrainerWorld(World):
         from rewind_trainer import service
         from rewind_trainer.checkpointer import CheckpointStatus
         from rewind_trainer.state import LoopState
+        from rewind_trainer.weights import WeightsBoard
 
         self._status_class = CheckpointStatus
         state = LoopState(step=4200, episode=21, recent_returns=[1.0, 2.5], losses={"consistency": 0.5})
@@ -1335,8 +1336,13 @@ class TrainerWorld(World):
                                        state=state, phase="training", steps_per_second=12.5,
                                        agent=SimpleNamespace(mode="mppi"))
         self.checkpointer = SimpleNamespace(status=CheckpointStatus(), busy=False)
+        # Published at the largest version there is: whatever min_version a mutated request asks for is met,
+        # so no fuzzed call waits for its deadline.
+        weights = WeightsBoard(generation=2, enabled=True)
+        weights.publish(2**63 - 1, 4200, b"policy.safetensors bytes" * 100_000)  # 2.4 MB: three chunks
         self.servicer = service.TrainerServicer(service.Control(), self.trainer, self.checkpointer,
-                                                service.RunIdentity("agent", "run"), ThreadChoice(1, "fuzz"))
+                                                service.RunIdentity("agent", "run"), ThreadChoice(1, "fuzz"),
+                                                weights)
         self.host = ServiceHost([service.binding(self.servicer)], port=0, grace_s=0.5)
         self.host.start()
         self.address = self.host.address
@@ -1393,6 +1399,9 @@ class TrainerWorld(World):
 
     def template_Stop(self, rng):
         return [trainer_pb2.StopRequest()]
+
+    def template_GetWeights(self, rng):
+        return [trainer_pb2.GetWeightsRequest(min_version=rng.choice([0, 1, 4200, -1, 2**62]))]
 
 
 WORLDS: dict[str, type[World]] = {

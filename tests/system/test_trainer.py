@@ -392,15 +392,6 @@ def test_an_unreachable_service_is_named_with_its_address(tmp_path):
 
 # -- the process: CLI, trainer service, SIGTERM, kill -9 ---------------------------------
 
-@pytest.fixture
-def services(tmp_path):
-    buffer = ServiceProcess(tmp_path, *BUFFER_FLAGS)
-    ckpt = ServiceProcess(tmp_path, "--store", f"file://{tmp_path}/store", group="ckpt")
-    yield buffer, ckpt
-    buffer.stop()
-    ckpt.stop()
-
-
 def final_policy(ckpt_address: str, step: int) -> dict[str, torch.Tensor]:
     with CheckpointClient(ckpt_address) as ckpt:
         found = ckpt.lookup("tdmpc2", "pendulum-v1-seed1", step)

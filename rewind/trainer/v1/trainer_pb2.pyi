@@ -98,3 +98,27 @@ class StopResponse(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     step: int
     def __init__(self, step: _Optional[int] = ...) -> None: ...
+
+class GetWeightsRequest(_message.Message):
+    __slots__ = ("min_version",)
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    min_version: int
+    def __init__(self, min_version: _Optional[int] = ...) -> None: ...
+
+class GetWeightsResponse(_message.Message):
+    __slots__ = ("version", "generation", "step", "total_bytes", "sha256", "chunk", "offset")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    generation: int
+    step: int
+    total_bytes: int
+    sha256: str
+    chunk: bytes
+    offset: int
+    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -51,6 +51,11 @@ class TrainerServiceStub:
                 request_serializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopRequest.SerializeToString,
                 response_deserializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopResponse.FromString,
                 _registered_method=True)
+        self.GetWeights = channel.unary_stream(
+                '/rewind.trainer.v1.TrainerService/GetWeights',
+                request_serializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsRequest.SerializeToString,
+                response_deserializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -81,6 +86,16 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWeights(self, request, context):
+        """GetWeights streams the learner's newest published weights once their
+        version is at least min_version (waiting for them within the call's
+        deadline): policy.safetensors, as a checkpoint holds it, in chunks that
+        stay under any message limit. Collectors call it (the collector scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +113,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopRequest.FromString,
                     response_serializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopResponse.SerializeToString,
+            ),
+            'GetWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetWeights,
+                    request_deserializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsRequest.FromString,
+                    response_serializer=rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +203,33 @@ class TrainerService:
             '/rewind.trainer.v1.TrainerService/Stop',
             rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopRequest.SerializeToString,
             rewind_dot_trainer_dot_v1_dot_trainer__pb2.StopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rewind.trainer.v1.TrainerService/GetWeights',
+            rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsRequest.SerializeToString,
+            rewind_dot_trainer_dot_v1_dot_trainer__pb2.GetWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
