@@ -107,6 +107,7 @@ class ServiceHost:
         workers: int = 16,
         max_streams: int = 0,
         grace_s: float = 10.0,
+        serve_after_sigterm_s: float = 0.0,
         port_file: str = "",
         authenticator: Authenticator | None = None,
         tls: ServerTLS | None = None,
@@ -126,6 +127,8 @@ class ServiceHost:
         self.host = host
         self.requested_port = port
         self.grace_s = grace_s
+        self.serve_after_sigterm_s = serve_after_sigterm_s
+        self._signalled = threading.Event()  # a second signal ends the serving after the first one
         self.port_file = port_file
         self.fallback_ports = frozenset(fallback_ports)
         self.port: int | None = None
@@ -177,6 +180,7 @@ class ServiceHost:
             if settings.tls_cert_file else None
         return cls(bindings, host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes,
                    workers=settings.workers, max_streams=settings.max_streams, grace_s=settings.grace_s,
+                   serve_after_sigterm_s=settings.serve_after_sigterm_s,
                    port_file=settings.port_file,
                    authenticator=Authenticator(settings.read_tokens_file, settings.write_tokens_file,
                                                settings.collector_tokens_file,
@@ -303,8 +307,9 @@ class ServiceHost:
     def _bound_health_port(self) -> int | None:
         return self.health_port if self._health_server is not None and self.port is not None else None
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones grace.
+    def stop(self, grace_s: float | None = None, serve_s: float = 0.0) -> None:
+        """Drain: report NOT_SERVING, (for `serve_s` seconds still take new calls,) then refuse new calls and
+        give in-flight ones grace.
 
         Safe from any number of threads at once: the first drains, the others wait for it and return.
         """
@@ -313,6 +318,10 @@ class ServiceHost:
                 return
             self.serving = False  # /healthz too says NOT_SERVING while draining
             self.health.enter_graceful_shutdown()
+            if serve_s > 0:
+                log.info("still serving for %.1fs (serve_after_sigterm_s), so that a final checkpoint can be taken "
+                         "from this service; another signal ends it", serve_s)
+                self._signalled.wait(serve_s)
             grace = self.grace_s if grace_s is None else grace_s
             log.info("draining (grace %.1fs)", grace)
             stopping = self._server.stop(grace)
@@ -331,7 +340,14 @@ class ServiceHost:
 
         def on_signal(signum, _frame):
             log.info("received %s", signal.Signals(signum).name)
-            threading.Thread(target=self.stop, name="rewind-drain", daemon=True).start()
+            if self._draining:
+                self._signalled.set()  # the second: stop serving new calls now
+                return
+            self._draining = True
+            threading.Thread(target=self.stop, kwargs={"serve_s": self.serve_after_sigterm_s}, name="rewind-drain",
+                             daemon=True).start()
+
+        self._draining = False
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

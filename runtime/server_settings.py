@@ -36,6 +36,10 @@ class ServerSettings(Settings):
                                  "at its default", minimum=-1, maximum=65535)
     max_message_mb: int = setting(64, "largest request or response, both ways, in MiB", minimum=1, maximum=2047)
     grace_s: float = setting(10.0, "seconds in-flight calls get on SIGTERM", minimum=0)
+    serve_after_sigterm_s: float = setting(0.0, "on SIGTERM, go on serving new calls this many seconds (health says "
+                                                "NOT_SERVING) before draining, so that a learner stopped at the same "
+                                                "moment (a Kueue suspend) still takes its final checkpoint from this "
+                                                "service; a second signal cuts it short", minimum=0)
     workers: int = setting(16, "gRPC worker threads", minimum=1)
     max_streams: int = setting(0, "streams open at once; more get RESOURCE_EXHAUSTED (0: half the workers, so "
                                   "health and unary calls keep threads)", minimum=0)
