@@ -25,7 +25,7 @@ from rewind_cli import security
 from rewind_runtime.local import stop_with_parent_from_env
 
 # The command groups, one module each, in the order --help lists them.
-GROUPS = ("buffer", "checkpoint", "train", "sweep", "trainer", "health", "secrets")
+GROUPS = ("buffer", "checkpoint", "train", "collect", "sweep", "trainer", "health", "secrets")
 
 EXAMPLES = """examples:
   rewind buffer serve --port 50051 --min-history 1000
@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   rewind ckpt latest tdmpc2/run-1
   rewind train --local-services                       # the whole trio on this machine
   rewind train --resume-from-checkpoint latest --steps 16000
+  rewind collect --buffer-addresses 10.0.0.1:50051,10.0.0.2:50051 --learner-address 10.0.0.9:50053
   rewind sweep --seeds 1,2 -- --local-services --model-size tiny   # two runs, each on its share of the CPUs
   rewind trainer status --address 127.0.0.1:50053
   rewind health --address 127.0.0.1:50051
@@ -53,7 +54,7 @@ def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     security.add_arguments(parser)
     commands = parser.add_subparsers(dest="group", required=True,
-                                     metavar="{buffer,ckpt,train,sweep,trainer,health,secrets}")
+                                     metavar="{buffer,ckpt,train,collect,sweep,trainer,health,secrets}")
     for name in groups:
         importlib.import_module(f"rewind_cli.{name}").add_parser(commands)
     return parser

@@ -32,6 +32,7 @@ class Weights:
     generation: int    # the run's generation then
     step: int          # the agent step then
     data: bytes
+    routing_seed: int = 0  # the run's routing seed, for a collector's routing keys
 
     def tensors(self) -> dict:
         """The policy's tensors (safetensors' load)."""
@@ -101,4 +102,4 @@ class TrainerClient(ServiceClient):
         if first is None or len(data) != first.total_bytes or hashlib.sha256(data).hexdigest() != first.sha256:
             raise DataLoss(f"weights: received {len(data)} bytes that do not match the "
                            f"{first.total_bytes if first else '?'} bytes and sha256 the trainer sent")
-        return Weights(first.version, first.generation, first.step, data)
+        return Weights(first.version, first.generation, first.step, data, first.routing_seed)

@@ -107,7 +107,7 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         history = _run_history(services.ckpt, settings, metrics, plan.resumed_from, trainer, checkpointer,
                                pages_url)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
-        weights = WeightsBoard(plan.generation, enabled=settings.publish_weights_every > 0)
+        weights = WeightsBoard(plan.generation, enabled=settings.publish_weights_every > 0, routing_seed=settings.seed)
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads, weights)
         with _recorded(history, board):
             with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), \

@@ -40,10 +40,11 @@ class WeightsBoard:
     Args:
         generation: the run's generation, told with every chunk.
         enabled: whether this run publishes at all (publish_weights_every > 0).
+        routing_seed: the run's routing seed, told to collectors for their routing keys.
     """
 
-    def __init__(self, generation: int, enabled: bool) -> None:
-        self.generation, self.enabled = generation, enabled
+    def __init__(self, generation: int, enabled: bool, routing_seed: int = 0) -> None:
+        self.generation, self.enabled, self.routing_seed = generation, enabled, routing_seed
         self.latest: Published | None = None
         self.closed = False
         self._changed = threading.Condition()
@@ -89,7 +90,7 @@ class WeightsBoard:
             return self.latest
 
 
-def chunks(published: Published, generation: int) -> Iterator[trainer_pb2.GetWeightsResponse]:
+def chunks(published: Published, generation: int, routing_seed: int = 0) -> Iterator[trainer_pb2.GetWeightsResponse]:
     """GetWeights' messages for one version: its file in consecutive pieces of at most CHUNK_BYTES."""
     size = len(published.data)
     for offset in range(0, max(size, 1), CHUNK_BYTES):
@@ -97,6 +98,7 @@ def chunks(published: Published, generation: int) -> Iterator[trainer_pb2.GetWei
                                                  chunk=published.data[offset:offset + CHUNK_BYTES], offset=offset)
         if offset == 0:
             message.step, message.total_bytes, message.sha256 = published.step, size, published.sha256
+            message.routing_seed = routing_seed
         yield message
 
 

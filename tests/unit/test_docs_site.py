@@ -23,7 +23,7 @@ from tests.support.paths import REPO
 # Its module-scoped services are built once: every test of the module runs on the same xdist worker.
 pytestmark = pytest.mark.xdist_group("test_docs_site")
 
-SETTINGS_CLASSES = {"BufferServiceSettings", "CheckpointSettings", "TrainSettings"}
+SETTINGS_CLASSES = {"BufferServiceSettings", "CheckpointSettings", "CollectSettings", "TrainSettings"}
 CLIENTS = ("rewind.buffer_client.BufferClient", "rewind.checkpoint_client.CheckpointClient",
            "rewind.trainer_client.TrainerClient")
 

@@ -106,7 +106,7 @@ class GetWeightsRequest(_message.Message):
     def __init__(self, min_version: _Optional[int] = ...) -> None: ...
 
 class GetWeightsResponse(_message.Message):
-    __slots__ = ("version", "generation", "step", "total_bytes", "sha256", "chunk", "offset")
+    __slots__ = ("version", "generation", "step", "total_bytes", "sha256", "chunk", "offset", "routing_seed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class GetWeightsResponse(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_SEED_FIELD_NUMBER: _ClassVar[int]
     version: int
     generation: int
     step: int
@@ -121,4 +122,5 @@ class GetWeightsResponse(_message.Message):
     sha256: str
     chunk: bytes
     offset: int
-    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+    routing_seed: int
+    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., routing_seed: _Optional[int] = ...) -> None: ...
