@@ -53,7 +53,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_works_there(tmp_path, service)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REWIND_")}
     helped = run(rewind, "--help", cwd=tmp_path, env=env)
     assert helped.returncode == 0, helped.stderr
-    assert "{buffer,ckpt,train,sweep,trainer,health,secrets}" in helped.stdout
+    assert "{buffer,ckpt,train,collect,sweep,trainer,health,secrets}" in helped.stdout
     assert "rewind health --address" in helped.stdout
 
     health = run(rewind, "health", "--address", service.address, cwd=tmp_path, env=env)

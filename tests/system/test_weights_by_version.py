@@ -22,7 +22,8 @@ def test_collectors_get_the_policy_by_version_until_the_run_ends(services, tmp_p
         first = trainer.client.weights(min_version=0, timeout=120)  # whatever is published now
         assert first.generation == 1  # a fresh run
         later = trainer.client.weights(min_version=first.version + 100, timeout=300)
-        assert later.version >= first.version + 100 and later.step > first.step
+        # (the update burst when the seed steps end makes hundreds of updates at one step: versions grow within it)
+        assert later.version >= first.version + 100 and later.step >= first.step
         assert trainer.client.status().step >= later.step
         assert hashlib.sha256(later.data).hexdigest() != hashlib.sha256(first.data).hexdigest()
         a, b = first.tensors(), later.tensors()
