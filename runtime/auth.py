@@ -186,11 +186,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def _refusing(self, exc: RewindError, method: str):
         def aborting(_request, context):
             self._shut_out(context, method)
-            peer = peer_host(context.peer())
-            if isinstance(exc, Unauthenticated) and self.authenticator.throttle.failed(peer):
-                throttle = self.authenticator.throttle
-                log.warning("shutting out %s for %.0f s: %d failed authentications within %.0f s", peer,
-                            throttle.lockout_s, throttle.limit, throttle.window_s)
+            if isinstance(exc, Unauthenticated):
+                self.authenticator.throttle.failed(peer_host(context.peer()))
             context.abort_with_status(to_status(exc, method))
 
         return aborting

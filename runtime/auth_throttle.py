@@ -12,12 +12,15 @@ window; the peers remembered are bounded.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
 from rewind.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
 
 MAX_PEERS = 10_000  # peers remembered at once; the oldest are forgotten first
 
@@ -76,7 +79,9 @@ class AuthThrottle:
             self._until[peer] = now + self.lockout_s
             if len(self._until) > MAX_PEERS:
                 self._until.pop(next(iter(self._until)))
-            return True
+        log.warning("shutting out %s for %.0f s: %d failed authentications within %.0f s", peer, self.lockout_s,
+                    self.limit, self.window_s)
+        return True
 
 
 def peer_host(peer: str) -> str:

@@ -340,9 +340,8 @@ class _AuthMiddleware:
             caller = self.http.authenticator.authorize(bearer(request.headers.get("authorization")),
                                                        {READ} if method in READ_METHODS else set(), f"{method} {path}")
         except (Unauthenticated, PermissionDenied, ResourceExhausted) as exc:
-            if isinstance(exc, Unauthenticated) and throttle.failed(peer):
-                log.warning("shutting out %s for %.0f s: %d failed authentications within %.0f s", peer,
-                            throttle.lockout_s, throttle.limit, throttle.window_s)
+            if isinstance(exc, Unauthenticated):
+                throttle.failed(peer)
             log.info("refused %s %s: %s", method, path, exc.message)
             challenge = list(CHALLENGE) if isinstance(exc, Unauthenticated) else []
             response = self.http.error(request, http_status(exc.code), exc.code.name, exc.message, challenge)

@@ -114,13 +114,23 @@ def encode_policy(model_state: dict[str, torch.Tensor], agent_config: dict) -> b
     return with_metadata(save(policy_tensors(model_state)), metadata)
 
 
+def header_of(data: bytes) -> tuple[dict, int]:
+    """A safetensors file's JSON header, and where its data begin."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + size]), 8 + size
+
+
 def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     """A safetensors file `data` with `metadata` as its __metadata__, in the order given."""
-    size = int.from_bytes(data[:8], "little")
-    header = {"__metadata__": metadata, **json.loads(data[8:8 + size])}
-    text = json.dumps(header, separators=(",", ":")).encode()
+    header, start = header_of(data)
+    text = json.dumps({"__metadata__": metadata, **header}, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes, so that the data stays aligned
-    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+    return len(text).to_bytes(8, "little") + text + data[start:]
+
+
+def policy_agent_config(data: bytes) -> dict:
+    """The agent config a policy.safetensors records ({} when none: not written by a trainer)."""
+    return json.loads(header_of(data)[0].get("__metadata__", {}).get("agent_config", "{}"))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from rewind import CheckpointClient, ShardedBufferClient, TrainerClient
 from rewind.errors import FailedPrecondition, RewindError, Unavailable
 from rewind.trainer_client import Weights
 from rewind_trainer.agent import TDMPC2
-from rewind_trainer.checkpointer import POLICY_FILE
+from rewind_trainer.checkpointer import POLICY_FILE, policy_agent_config
 from rewind_trainer.collect_settings import CollectSettings
 from rewind_trainer.envs import make_env
 from rewind_trainer.hparams import AgentConfig
@@ -55,9 +55,7 @@ class CollectResult:
 
 def agent_from(weights: bytes, seed: int, device: str) -> TDMPC2:
     """A TD-MPC2 agent with a policy.safetensors file's tensors and the config its header records."""
-    size = int.from_bytes(weights[:8], "little")
-    header = json.loads(weights[8:8 + size])
-    config = json.loads(header.get("__metadata__", {}).get("agent_config", "{}"))
+    config = policy_agent_config(weights)
     if not config:
         raise FailedPrecondition(f"weights: {POLICY_FILE} records no agent_config; it was not written by a trainer")
     agent = TDMPC2(AgentConfig(**config), seed=seed, device=device)
