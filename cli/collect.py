@@ -7,6 +7,8 @@ import logging
 import os
 
 from rewind_cli import serving
+from rewind_runtime import host_share
+from rewind_runtime.host_share import HostShare
 from rewind_runtime.threads import configure_torch_threads
 from rewind_trainer.collect_settings import CollectSettings
 
@@ -36,11 +38,18 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = serving.load_settings(args, CollectSettings).settings
+    import torch
+
     from rewind_trainer.collect import collect, stopped_by_signals  # torch and the agent: not for --help
 
-    configure_torch_threads(0, "collector")
-    with stopped_by_signals() as stop:
-        result = collect(settings, stop)
+    # Like a training, a collector takes its share of the host's CPUs among the trainings and collectors there.
+    share = HostShare.join(host_share.default_folder(), configure_torch_threads(0, "collector").threads,
+                           torch.set_num_threads)
+    try:
+        with stopped_by_signals() as stop:
+            result = collect(settings, stop, between_episodes=share.apply)
+    finally:
+        share.leave()
     how = "stopped" if result.stopped else "done"
     print(f"{how}: {settings.collector_id} sent {result.episodes} episode(s), next index {result.next_index}, "
           f"policy version {result.version}", flush=True)

@@ -56,6 +56,8 @@ def resume_command(settings: Mapping[str, Any], path: str) -> str:
             value = settings.get(name) or default
             if value != default and not (sharded and name == "buffer_address"):
                 parts += [f"--{name.replace('_', '-')}", str(value)]
+    collectors = int(settings.get("collectors") or 0)
+    parts += ["--collectors", str(collectors)] if collectors else []  # a learner's checkpoint resumes a learner
     return shlex.join([*parts, "--resume-from-checkpoint", path])
 
 

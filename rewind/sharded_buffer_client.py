@@ -61,8 +61,15 @@ if TYPE_CHECKING:
 LIVE, DOWN, ANSWERING = "live", "down", "answering"
 # A lost shard is first probed this long after it was lost, then with doubling backoff (at most 30 s).
 PROBE_FIRST_S, PROBE_TICK_S = 0.25, 0.1
-# Errors that say the shard (not the request) is the problem.
+# Errors that say the shard (not the request) is the problem, unless rate_limited() says otherwise.
 SHARD_LOST = (Unavailable, DeadlineExceeded)
+RATE_LIMITED = "RATE_LIMITED"
+
+
+def rate_limited(error: RewindError) -> bool:
+    """The shard answered, but its rate limiter held the call back past its wait: the shard is not lost, and the
+    caller may try again (a learner waiting for collectors, a collector waiting for the learner)."""
+    return error.reason == RATE_LIMITED
 
 
 @dataclass
@@ -228,22 +235,37 @@ class ShardedBufferClient(StatsView):
     def _key(self, index: int) -> buffer_pb2.RoutingKey:
         return buffer_pb2.RoutingKey(seed=self.routing_seed, writer=self.writer, index=index)
 
-    def add(self, td) -> int:
-        """Add one episode to the shard its routing key picks; returns the episodes stored on all live shards."""
+    def add(self, td, policy_version: int = 0) -> int:
+        """Add one episode to the shard its routing key picks; returns the episodes stored on all live shards.
+
+        Args:
+            policy_version: the version of the policy the episode was collected with (0: unknown, or random
+                actions); the shard keeps it with the episode's writer, index and generation (see writers()).
+        """
         with self._lock:
             index, self._episode_index = self._episode_index, self._episode_index + 1
         while True:
             shard = self.route(index)
             try:
-                shard.client.add(td, routing=self._key(index), generation=self.generation)
+                shard.client.add(td, routing=self._key(index), generation=self.generation,
+                                 policy_version=policy_version)
                 break
             except SHARD_LOST as exc:
+                if rate_limited(exc):
+                    raise
                 self.drop(shard, f"add: {exc.message}")
         return self.num_eps
 
-    def load(self, td) -> int:
-        """Add many episodes, each to the shard its routing key picks (one LoadEpisodes per shard)."""
+    def load(self, td, policy_versions: Sequence[int] = ()) -> int:
+        """Add many episodes, each to the shard its routing key picks (one LoadEpisodes per shard).
+
+        Args:
+            policy_versions: as add()'s policy_version, one per episode (or none: all 0).
+        """
         episodes = _episodes_of(td)
+        if policy_versions and len(policy_versions) != len(episodes):
+            raise InvalidArgument(f"policy_versions: {len(policy_versions)} versions for {len(episodes)} episodes; "
+                                  "give one per episode, or none")
         with self._lock:
             first, self._episode_index = self._episode_index, self._episode_index + len(episodes)
         pending = list(range(first, first + len(episodes)))
@@ -257,8 +279,12 @@ class ShardedBufferClient(StatsView):
                 shard = self.shard(address)
                 try:
                     shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices],
-                                      generation=self.generation)
+                                      generation=self.generation,
+                                      policy_versions=[policy_versions[i - first] for i in indices] if policy_versions
+                                      else ())
                 except SHARD_LOST as exc:
+                    if rate_limited(exc):
+                        raise
                     self.drop(shard, f"load: {exc.message}")
                     pending += indices
         return self.num_eps
@@ -348,6 +374,8 @@ class ShardedBufferClient(StatsView):
                 try:
                     batch = job.result()
                 except SHARD_LOST as exc:
+                    if rate_limited(exc):
+                        raise
                     self.drop(shard, f"sample: {exc.message}")
                     sequences += n
                     continue
@@ -365,7 +393,8 @@ class ShardedBufferClient(StatsView):
     # -- state ---------------------------------------------------------------
 
     def stats(self) -> buffer_pb2.BufferStats:
-        """The live shards' stats summed (settings of the first, buffer_size the sum)."""
+        """The live shards' stats summed (settings of the first, buffer_size the sum), their writers merged as
+        writers() describes."""
         live = self._require_live()
         each = [s.client.stats() for s in live]
         # Ready when a batch can be drawn: some shard holds episodes, and every shard that does (the only
@@ -377,9 +406,21 @@ class ShardedBufferClient(StatsView):
         for key in ("transitions", "episodes", "bytes", "episodes_added", "episodes_evicted", "batches_sampled",
                     "sampleable_starts", "sampleable_episodes"):
             setattr(total, key, sum(getattr(s, key) for s in each))
+        total.writers.extend(merge_writers(each))
         for shard, stats in zip(live, each, strict=True):
             self._seen(shard, stats.sampleable_episodes, stats.sampleable_starts)
         return total
+
+    def writers(self) -> dict[str, buffer_pb2.WriterStats]:
+        """Where the live shards' episodes came from, per writer (the routing key's writer), merged over the
+        shards: episodes stored and ever added summed; newest_index, generation and newest_policy_version the
+        largest; oldest_policy_version the smallest among the shards that store some of its episodes; and
+        latest_policy_version that of its newest episode (on the shard with the largest newest_index; the
+        largest on a tie), since a writer's indices rise.
+
+        A learner's policy lag for a writer is its own weights version minus `latest_policy_version`.
+        """
+        return {w.writer: w for w in self.stats().writers}
 
     def shard_stats(self) -> dict[str, buffer_pb2.BufferStats | str]:
         """Each shard's own stats, or its state ("down", "answering") when it is not a shard of the run."""
@@ -408,6 +449,25 @@ class ShardedBufferClient(StatsView):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def merge_writers(shards: Sequence[buffer_pb2.BufferStats]) -> list[buffer_pb2.WriterStats]:
+    """The shards' per-writer stats as one buffer's (see ShardedBufferClient.writers()), sorted by writer."""
+    by_writer: dict[str, list[buffer_pb2.WriterStats]] = {}
+    for stats in shards:
+        for writer in stats.writers:
+            by_writer.setdefault(writer.writer, []).append(writer)
+    merged = []
+    for name, parts in sorted(by_writer.items()):
+        holding = [p for p in parts if p.episodes]
+        newest = max(parts, key=lambda p: (p.newest_index, p.latest_policy_version))
+        merged.append(buffer_pb2.WriterStats(
+            writer=name, episodes=sum(p.episodes for p in parts), episodes_added=sum(p.episodes_added for p in parts),
+            newest_index=newest.newest_index, generation=max(p.generation for p in parts),
+            newest_policy_version=max((p.newest_policy_version for p in holding), default=0),
+            oldest_policy_version=min((p.oldest_policy_version for p in holding), default=0),
+            latest_policy_version=newest.latest_policy_version))
+    return merged
 
 
 def _answers(shard: Shard, timeout: float) -> bool:
@@ -524,7 +584,12 @@ class ShardedBatchStream:
 
     def _reply(self, stream: _ShardStream) -> Reply | None:
         """The shard's next reply, or None once it is lost: failed, or late by shard_timeout_s and not
-        answering a GetStats within it either (a shard whose rate limiter holds the share back answers)."""
+        answering a GetStats within it either.
+
+        Raises:
+            DeadlineExceeded: reason RATE_LIMITED, when the shard answers but its rate limiter held the share
+                back for `timeout` seconds (the stream is closed; the caller may open another).
+        """
         client, waited = self.client, 0.0
         while True:
             try:
@@ -532,13 +597,17 @@ class ShardedBatchStream:
                 break
             except queue.Empty:
                 waited += client.shard_timeout_s
-                if waited >= client.timeout or not _answers(stream.shard, client.shard_timeout_s):
+                if not _answers(stream.shard, client.shard_timeout_s):
                     reply = DeadlineExceeded(f"no reply for {waited:.1f} s, and it does not answer GetStats")
+                    break
+                if waited >= client.timeout:
+                    reply = DeadlineExceeded(f"shard {stream.shard.address}: no batch for {waited:.1f} s though it "
+                                             "answers: its rate limiter holds samples back", reason=RATE_LIMITED)
                     break
         if isinstance(reply, Reply):
             return reply
         error = reply if isinstance(reply, RewindError) else from_rpc_error(reply)
-        if not isinstance(error, SHARD_LOST):
+        if not isinstance(error, SHARD_LOST) or rate_limited(error):
             self.close()
             raise error  # the request, not the shard: e.g. the buffer is not ready yet
         self.client.drop(stream.shard, f"stream: {error.message}")

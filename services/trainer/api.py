@@ -12,6 +12,7 @@ The trainer package provides this function to the SDK's namespace through the
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rewind.errors import InvalidArgument
 from rewind.health import answers
 from rewind_runtime.settings import from_mapping
 from rewind_trainer.connections import local_services
+from rewind_trainer.local_collectors import local_collectors
 from rewind_trainer.plan import check_task
 from rewind_trainer.run import TrainResult
 from rewind_trainer.run import train as run
@@ -61,7 +63,8 @@ def launch(settings: TrainSettings, *, explicit: set[str], handle_signals: bool 
     if not settings.local_services:
         return run(settings, explicit=explicit, handle_signals=handle_signals, control=control)
     with local_services(settings) as (placed, pages_url):
-        return run(placed, explicit=explicit, handle_signals=handle_signals, control=control, pages_url=pages_url)
+        return run(placed, explicit=explicit, handle_signals=handle_signals, control=control, pages_url=pages_url,
+                   companions=partial(local_collectors, placed))
 
 
 def placement(settings: TrainSettings, explicit: set[str]) -> TrainSettings:

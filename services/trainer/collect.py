@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from rewind import CheckpointClient, ShardedBufferClient, TrainerClient
-from rewind.errors import FailedPrecondition, RewindError, Unavailable
+from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError, Unavailable
+from rewind.sharded_buffer_client import rate_limited
 from rewind.trainer_client import Weights
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import POLICY_FILE, policy_agent_config
@@ -41,6 +42,7 @@ from rewind_trainer.recorder import EpisodeRecorder
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 1_000_003   # an episode's seed: the collector's seed x this + the episode's index
+ADD_TIMEOUT_S = 1.5       # the longest one insert waits on a shard's rate limiter before it is asked again
 
 
 @dataclass
@@ -114,8 +116,10 @@ class WeightsSource:
             self.checkpoints.close()
 
 
-def collect(settings: CollectSettings, stop: threading.Event | None = None) -> CollectResult:
-    """Collect until `settings.episodes` are sent, or `stop` is set (SIGTERM, SIGINT).
+def collect(settings: CollectSettings, stop: threading.Event | None = None,
+            between_episodes: Callable[[], object] = lambda: None) -> CollectResult:
+    """Collect until `settings.episodes` are sent, or `stop` is set (SIGTERM, SIGINT); `between_episodes` runs
+    before each episode (the CLI's share of the host's CPUs).
 
     Raises:
         Unavailable: no weights within weights_wait_s, or every shard is lost.
@@ -130,17 +134,21 @@ def collect(settings: CollectSettings, stop: threading.Event | None = None) -> C
         weights = _first_weights(source, settings, stop)
         agent = agent_from(weights.data, settings.seed, settings.device)
         replay = ShardedBufferClient(settings.buffer_addresses, writer=settings.collector_id,
-                                     routing_seed=weights.routing_seed, generation=weights.generation)
+                                     routing_seed=weights.routing_seed, generation=weights.generation,
+                                     timeout=ADD_TIMEOUT_S)
         sent = 0
         with replay:
             while not stop.is_set() and (not settings.episodes or sent < settings.episodes):
-                episode = _episode(agent, settings, index, stop)
+                between_episodes()
+                episode = _episode(agent, settings, index, stop, seeding=weights.version == 0)
                 if episode is None:
                     break  # stopped mid-episode: dropped
-                current = _send(replay, episode, index)
+                current = _send(replay, episode, index, stop, weights.version)
                 if current:
                     index, sent = index + 1, sent + 1
                     _save_state(state_file, index)
+                if stop.is_set():
+                    break
                 # A run resumed since (refused: another generation) may restart from an older version: any will do.
                 newer = _refresh(source, agent, weights, replay, any_version=not current)
                 lag = newer.version - weights.version
@@ -168,12 +176,17 @@ def _first_weights(source: WeightsSource, settings: CollectSettings, stop: threa
                       f"{settings.weights_wait_s:.0f} s; start the learner with --publish-weights-every N")
 
 
-def _episode(agent: TDMPC2, settings: CollectSettings, index: int,
-             stop: threading.Event) -> dict[str, torch.Tensor] | None:
-    """One episode, seeded by (seed, index); None when a stop came first (the partial episode is dropped)."""
+def _episode(agent: TDMPC2, settings: CollectSettings, index: int, stop: threading.Event,
+             seeding: bool = False) -> dict[str, torch.Tensor] | None:
+    """One episode, seeded by (seed, index); None when a stop came first (the partial episode is dropped).
+
+    While seeding (the learner has made no update yet: policy version 0), actions are uniformly random, as
+    TD-MPC2's seed steps are: planning with an untrained model only costs time.
+    """
     seed = settings.seed * SEED_STRIDE + index
     env = make_env(settings.task, seed, settings.action_repeat)
     recorder = EpisodeRecorder()
+    random_actions = torch.Generator().manual_seed(seed)
     try:
         with agent.own_generator(seed):
             obs, done = env.reset(), False
@@ -182,7 +195,7 @@ def _episode(agent: TDMPC2, settings: CollectSettings, index: int,
                 if stop.is_set():
                     log.info("stopping: episode %d dropped after %d steps", index, recorder.steps)
                     return None
-                action = agent.act(obs, t0=recorder.steps == 0)
+                action = env.random_action(random_actions) if seeding else agent.act(obs, t0=recorder.steps == 0)
                 obs, reward, terminated, truncated = env.step(action)
                 recorder.record(obs, action, reward, terminated)
                 done = terminated or truncated
@@ -191,17 +204,29 @@ def _episode(agent: TDMPC2, settings: CollectSettings, index: int,
     return recorder.tensors()
 
 
-def _send(replay: ShardedBufferClient, episode: dict, index: int) -> bool:
-    """Add the episode under its routing key; False when the run moved to a newer generation (dropped)."""
-    replay.load_state_dict({**replay.state_dict(), "episode_index": index})
-    try:
-        replay.add(episode)
-        return True
-    except FailedPrecondition as exc:
-        if "generation" not in str(exc):
-            raise
-        log.warning("episode %d dropped: %s", index, exc)
-        return False
+def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threading.Event, policy_version: int) -> bool:
+    """Add the episode under its routing key, recording the policy version it was collected with; False when the
+    run moved to a newer generation, or a stop came while the shard's rate limiter held it back (dropped either way).
+
+    An insert the limiter holds back (the learner is behind) is asked again for as long as it takes: each try
+    waits at most ADD_TIMEOUT_S, so that a SIGTERM is seen within it.
+    """
+    while True:
+        replay.load_state_dict({**replay.state_dict(), "episode_index": index})
+        try:
+            replay.add(episode, policy_version=policy_version)
+            return True
+        except DeadlineExceeded as exc:
+            if not rate_limited(exc):
+                raise
+            if stop.is_set():
+                log.info("stopping: episode %d dropped while the learner was behind", index)
+                return False
+        except FailedPrecondition as exc:
+            if "generation" not in str(exc):
+                raise
+            log.warning("episode %d dropped: %s", index, exc)
+            return False
 
 
 def _refresh(source: WeightsSource, agent: TDMPC2, weights: Weights, replay: ShardedBufferClient,

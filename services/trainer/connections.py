@@ -162,9 +162,13 @@ def local_services(settings: TrainSettings) -> Iterator[tuple[TrainSettings, str
             buffer.terminate(timeout=60) if buffer.proc.poll() is None else buffer.kill()
 
 
-def own_buffers(services: Services, cfg: AgentConfig, resumed_from: str, generation: int) -> None:
+def own_buffers(services: Services, cfg: AgentConfig, resumed_from: str, generation: int,
+                limiter: dict | None = None) -> None:
     """Make every buffer the run's own: emptied with the agent's shapes on a fresh start, restored from the
     checkpoint's cut on resume (each shard from its own snapshot); writes are stamped with `generation`.
+
+    `limiter`: a learner's rate limiter for each shard of `buffer` (rewind_trainer.learner.shard_limiter); a
+    resume restores the cut's.
 
     A fresh run resets buffers that still hold episodes (a trainer that died
     before its first checkpoint leaves them behind): nothing of them can be resumed.
@@ -178,19 +182,19 @@ def own_buffers(services: Services, cfg: AgentConfig, resumed_from: str, generat
         services.ckpt.restore_buffers(resumed_from, targets, generation=generation)
     else:
         for part in services.parts:
-            reset(part, cfg)
+            reset(part, cfg, limiter if part.name == BUFFERS[0] else None)
     services.stamp(generation)
     for part in services.parts:
         check_buffer(part.client, cfg)
 
 
-def reset(part: BufferPart, cfg: AgentConfig) -> None:
-    """Empty one of the run's buffers with the agent's shapes and the part's capacity."""
-    # inserts_wait off: this process both collects and learns, so an insert that waited for its own samples
-    # would wait for ever (as Acme does for single-process agents). A limiter the service gives its buffers
-    # then only holds samples back.
+def reset(part: BufferPart, cfg: AgentConfig, limiter: dict | None = None) -> None:
+    """Empty one of the run's buffers with the agent's shapes and the part's capacity (and a learner's limiter)."""
+    # Without a learner's limiter, inserts_wait off: this process both collects and learns, so an insert that
+    # waited for its own samples would wait for ever (as Acme does for single-process agents). A limiter the
+    # service gives its buffers then only holds samples back.
     _, dropped = part.client.reset(buffer_size=part.capacity, batch_size=cfg.batch_size, horizon=cfg.horizon,
-                                   min_history=0, inserts_wait=False)
+                                   min_history=0, **(limiter or {"inserts_wait": False}))
     if dropped:
         log.warning("buffer %r at %s held %d episodes that no checkpoint records: reset for this fresh run",
                     part.name, part.client.address, dropped)

@@ -120,11 +120,28 @@ def _resolve(settings: TrainSettings, explicit: set[str], services: Services) ->
     check_shards(cut, settings.shard_count, where)
     check_versions(found.checkpoint, services)  # before trainer.pt is even read: another torch may not load it
     state = decode_trainer_state(services.ckpt.read(where, TRAINER_FILE), where)
+    check_learner(state, settings.collectors, where)
     merged, overrides = merge_settings(state["settings"], settings, explicit, where)
     history = list(state.get("overrides", []))
     if overrides:
         history.append({"step": state["loop"]["step"], "changes": overrides})
     return merged, Resume(where, state, cut, overrides, history)
+
+
+def check_learner(state: dict, collectors: int, where: str) -> None:
+    """A learner's checkpoint resumes as a learner, a single-process run's as one: their shards' rate limiters
+    differ (a learner's inserts wait for its samples, which the single-process loop would do for ever).
+
+    Raises:
+        FailedPrecondition: saying which, and the flag that fits.
+    """
+    learner = "learner" in state
+    if learner and not collectors:
+        raise FailedPrecondition(f"resume_from_checkpoint: {where} is a learner's (its episodes came from "
+                                 "collectors); resume it with --collectors M")
+    if collectors and not learner:
+        raise FailedPrecondition(f"resume_from_checkpoint: {where} is a single-process run's, and --collectors "
+                                 f"{collectors} makes a learner; resume it without --collectors")
 
 
 def check_shards(cut: dict, shards: int, where: str) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,10 @@ from rewind_runtime.threads import ThreadChoice, configure_torch_threads
 from rewind_trainer import service
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import Checkpointer, CheckpointStatus, Cut, encode_policy
-from rewind_trainer.connections import connect, own_buffers
+from rewind_trainer.connections import BUFFERS, Services, connect, own_buffers
 from rewind_trainer.history import Progress, RunHistory, recover_metrics
 from rewind_trainer.hparams import AgentConfig
+from rewind_trainer.learner import Learner, shard_limiter
 from rewind_trainer.loop import Stopped, Trainer
 from rewind_trainer.metrics import MetricsLog
 from rewind_trainer.plan import Plan, check_task, prepare
@@ -63,7 +64,8 @@ class TrainResult:
 
 
 def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_signals: bool = False,
-          control: service.Control | None = None, pages_url: str = "") -> TrainResult:
+          control: service.Control | None = None, pages_url: str = "",
+          companions: Callable[[str], AbstractContextManager] = lambda _address: nullcontext()) -> TrainResult:
     """Run (or resume) training.
 
     Args:
@@ -74,6 +76,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         control: requests from outside (tests); the trainer service gets the same one.
         pages_url: where the checkpoint service serves its history pages (local services): the run's page
             is logged at the start.
+        companions: given the trainer service's address once it serves, what runs beside the loop until it
+            ends (a learner's local collectors).
 
     Raises:
         InvalidArgument: bad settings or an unknown task.
@@ -90,7 +94,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         plan = prepare(settings, explicit, services)
         settings = plan.settings
         threads = configure_torch_threads(settings.torch_threads, "trainer")  # once checked, before any work
-        own_buffers(services, plan.agent_config, plan.resumed_from, plan.generation)
+        limiter = shard_limiter(plan.agent_config, settings, plan.env.episode_length) if settings.collectors else None
+        own_buffers(services, plan.agent_config, plan.resumed_from, plan.generation, limiter)
         agent = TDMPC2(plan.agent_config, seed=settings.seed, device=settings.device)
         metrics, board = _metrics_logs(settings, plan)
         checkpointer = Checkpointer(services.ckpt, settings.agent_id, settings.run, services.parts,
@@ -100,19 +105,18 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
             ShardRecovery(services, plan.agent_config, checkpointer, plan.generation).attach()
         schedule = CheckpointSchedule(checkpointer, control, plan.agent_config,
                                       plan.resume.history if plan.resume else [])
-        trainer = Trainer(settings, plan.env, agent, services.buffer, services.test_buffer, metrics,
-                          on_boundary=schedule.on_boundary, interrupt=control.stopping, progress=settings.progress)
+        trainer = _loop(settings, plan, agent, services, metrics, schedule, control)
         if plan.resume is not None:
             _continue(trainer, plan, metrics, services.ckpt)
         history = _run_history(services.ckpt, settings, metrics, plan.resumed_from, trainer, checkpointer,
                                pages_url)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
-        weights = WeightsBoard(plan.generation, enabled=settings.publish_weights_every > 0, routing_seed=settings.seed)
+        weights = WeightsBoard(plan.generation, enabled=settings.weights_every > 0, routing_seed=settings.seed)
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads, weights)
         with _recorded(history, board):
-            with _trainer_service(settings, servicer, explicit), _signals(control, handle_signals), \
+            with _trainer_service(settings, servicer, explicit) as address, _signals(control, handle_signals), \
                     _settled(control), _sharing_cpus(settings, servicer, trainer), \
-                    _publishing(settings, trainer, weights, plan.agent_config):
+                    _publishing(settings, trainer, weights, plan.agent_config), companions(address):
                 stopped, ok = _run(trainer, schedule, control)
             plot_learning_curve(metrics.path, f"{settings.task}, {agent.mode}, seed {settings.seed}",
                                 settings.action_repeat)
@@ -122,6 +126,17 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         s = trainer.state
         return TrainResult(settings, s.step, s.episode, s.eval_return, stopped, checkpointer.status.path,
                            plan.resumed_from, metrics.path.parent, agent, exit_code, ok, checkpointer.status)
+
+
+def _loop(settings: TrainSettings, plan: Plan, agent: TDMPC2, services: Services, metrics: MetricsLog,
+          schedule: CheckpointSchedule, control: service.Control) -> Trainer:
+    """The single-process loop, or with --collectors the learner's."""
+    args = (settings, plan.env, agent, services.buffer, services.test_buffer, metrics)
+    options = {"on_boundary": schedule.on_boundary, "interrupt": control.stopping, "progress": settings.progress}
+    if not settings.collectors:
+        return Trainer(*args, **options)
+    shards = [part.client for part in services.parts if part.name == BUFFERS[0]]
+    return Learner(*args, shards=shards, **options)
 
 
 def _run(trainer: Trainer, schedule: CheckpointSchedule, control: service.Control) -> tuple[bool, bool]:
@@ -223,19 +238,20 @@ def _resumed_at(plan: Plan) -> int:
 
 @contextmanager
 def _trainer_service(settings: TrainSettings, servicer: service.TrainerServicer,
-                     explicit: Collection[str]) -> Iterator[None]:
-    """The trainer's own gRPC service (status, checkpoint-now, stop) and its /metrics, unless port is -1.
+                     explicit: Collection[str]) -> Iterator[str]:
+    """The trainer's own gRPC service (status, checkpoint-now, stop, weights) and its /metrics, unless port is
+    -1; yields its address ("" when none).
 
     Its ports at their defaults become free ones when taken, so that two runs share a host.
     """
     if settings.port < 0:
-        yield
+        yield ""
         return
     host = ServiceHost.from_settings([service.binding(servicer)], settings, explicit)
     host.metrics.register(TrainerCollector(servicer))
     host.start()
     try:
-        yield
+        yield host.address
     finally:
         host.stop()
 
@@ -294,7 +310,7 @@ def _publishing(settings: TrainSettings, trainer: Trainer, weights: WeightsBoard
         if not weights.enabled:
             yield
             return
-        publisher = Publisher(weights, settings.publish_weights_every, encode)
+        publisher = Publisher(weights, settings.weights_every, encode)
         with _at_boundaries(trainer, lambda loop: publisher.on_boundary(loop.updates)):
             yield
     finally:

@@ -31,8 +31,11 @@ PLACEMENT = frozenset({
     "buffer_address", "buffer_addresses", "shards", "checkpoint_address", "out_dir", "prefetch", "torch_threads",
     "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s", "local_services", "store",
     "checkpoint_dir", "progress", "heartbeat_interval_s", "tensorboard", "store_endpoints", "publish_weights_every",
+    "collectors",
     *(f.name for f in fields(ServerSettings)),
 })
+# With --collectors and no --publish-weights-every: updates between published policies.
+DEFAULT_WEIGHTS_EVERY = 50
 # AgentConfig fields that have settings of their own (or come from the task).
 NOT_AGENT_KEYS = frozenset({"lr", "obs_dim", "action_dim", "episode_length", "model_size", "mpc"})
 
@@ -85,7 +88,13 @@ class TrainSettings(ServerSettings):
         "also where the buffer service it starts may upload blocks")
     prefetch: int = setting(4, "batches the buffer service samples ahead", minimum=1)
     publish_weights_every: int = setting(0, "publish the policy's weights for collectors (GetWeights) every N "
-                                            "gradient updates, and once at the start (0: never)", minimum=0)
+                                            "gradient updates, and once at the start (0: never; with --collectors, "
+                                            f"every {DEFAULT_WEIGHTS_EVERY})", minimum=0)
+    collectors: int = setting(0, "collectors (rewind collect) feeding the replay: the run is then a learner that only "
+                                 "updates and evaluates, paced by the shards' rate limiters; with --local-services, "
+                                 "it starts them", minimum=0, maximum=256)
+    updates_per_step: float = setting(1.0, "with --collectors: gradient updates per collected environment step "
+                                           "(TD-MPC2's ratio is 1), held by the shards' rate limiters", above=0)
     port: int = setting(addresses.TRAINER_PORT, "port of this trainer's gRPC service (0: any free one, -1: none; "
                         "left at its default, a free one when the default is taken)", minimum=-1, maximum=65535)
     http_port: int = setting(addresses.TRAINER_HTTP_PORT, "HTTP port of this trainer's /metrics (-1: none, 0: a "
@@ -131,9 +140,19 @@ class TrainSettings(ServerSettings):
                                       f"{', '.join(sorted(known))}")
         if len(set(self.buffer_addresses)) != len(self.buffer_addresses):
             raise InvalidArgument(f"buffer_addresses: a shard is named twice in {list(self.buffer_addresses)}")
+        if self.updates_per_step != 1.0 and not self.collectors:
+            raise InvalidArgument(f"updates_per_step: {self.updates_per_step:g} applies to a learner; give "
+                                  "--collectors M too (the single-process loop makes one update per step)")
+        if self.collectors and self.port < 0:
+            raise InvalidArgument("port: -1 leaves the collectors no GetWeights to call; give a port (0: any free one)")
         if self.buffer_addresses and self.shards not in (1, len(self.buffer_addresses)):
             raise InvalidArgument(f"shards: {self.shards}, but buffer_addresses names {len(self.buffer_addresses)} "
                                   "shards; give one of them (--shards is for --local-services)")
+
+    @property
+    def weights_every(self) -> int:
+        """Updates between published policies: publish_weights_every, or every 50 for a learner's collectors."""
+        return self.publish_weights_every or (DEFAULT_WEIGHTS_EVERY if self.collectors else 0)
 
     @property
     def shard_count(self) -> int:
