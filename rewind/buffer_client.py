@@ -193,21 +193,27 @@ class BufferClient(StatsView, ServiceClient):
 
     # -- TD-MPC2's API -------------------------------------------------------
 
-    def add(self, td, routing: buffer_pb2.RoutingKey | None = None, generation: int = 0) -> int:
+    def add(self, td, routing: buffer_pb2.RoutingKey | None = None, generation: int = 0,
+            policy_version: int = 0) -> int:
         """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps.
 
         Args:
             routing: the key a sharded client routed it by (ShardedBufferClient sets it).
             generation: the run generation this writer belongs to (0: the client's `generation`). A buffer
                 that a newer generation wrote to refuses it with FailedPrecondition.
+            policy_version: the version of the policy the episode was collected with (0: unknown, or random
+                actions). The buffer keeps it, with the routing key's writer and index and the generation,
+                until the episode is evicted; stats().writers summarises them per writer.
         """
         request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing,
-                                               generation=generation or self.generation)
+                                               generation=generation or self.generation,
+                                               policy_version=policy_version)
         _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
         return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
 
-    def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = (), generation: int = 0) -> int:
+    def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = (), generation: int = 0,
+             policy_versions: Sequence[int] = ()) -> int:
         """Add many episodes at once: a (N, L, ...) TensorDict, or a sequence of episodes.
 
         All are validated before any is stored. Returns num_eps.
@@ -215,14 +221,19 @@ class BufferClient(StatsView, ServiceClient):
         Args:
             routing: the keys a sharded client routed them by, one per episode (ShardedBufferClient sets them).
             generation: as add()'s.
+            policy_versions: the policy version each episode was collected with, as add()'s policy_version:
+                none (all 0), or one per episode.
         """
         episodes = _episodes_of(td)
         if routing and len(routing) != len(episodes):
             raise InvalidArgument(f"routing: {len(routing)} keys for {len(episodes)} episodes")
-        requests = self._load_requests(episodes, list(routing), generation or self.generation)
+        if policy_versions and len(policy_versions) != len(episodes):
+            raise InvalidArgument(f"policy_versions: {len(policy_versions)} versions for {len(episodes)} episodes; "
+                                  "give one per episode, or none")
+        requests = self._load_requests(episodes, list(routing), generation or self.generation, list(policy_versions))
         return self._call(self._stub.LoadEpisodes, requests, timeout=max(self.timeout, TRANSFER_TIMEOUT_S)).num_episodes
 
-    def _load_requests(self, episodes: list, routing: list, generation: int
+    def _load_requests(self, episodes: list, routing: list, generation: int, policy_versions: list
                        ) -> Iterator[buffer_pb2.LoadEpisodesRequest]:
         # About LOAD_MESSAGE_BYTES per message: small enough that the service
         # decodes one while this side encodes the next, large enough that
@@ -238,6 +249,8 @@ class BufferClient(StatsView, ServiceClient):
             _buffer_messages().encode_episode(episode, request.episodes.add())
             if routing:
                 request.routing.append(routing[i])
+            if policy_versions:
+                request.policy_versions.append(policy_versions[i])
             pending += size
         yield request
 
@@ -287,10 +300,19 @@ class BufferClient(StatsView, ServiceClient):
         return self.batches()
 
     def stats(self, timeout: float | None = None) -> buffer_pb2.BufferStats:
-        """Capacity, transitions, episodes, readiness, device, bytes and counters (within `timeout`, default
-        the client's)."""
+        """Capacity, transitions, episodes, readiness, device, bytes, counters and where the episodes came
+        from per writer (`writers`; see writers()), within `timeout` (default the client's)."""
         request = buffer_pb2.GetStatsRequest(buffer=self.buffer)
         return self._call(self._stub.GetStats, request, timeout=timeout or self.timeout).stats
+
+    def writers(self) -> dict[str, buffer_pb2.WriterStats]:
+        """Where the stored episodes came from, per writer (the routing key's writer; "" for episodes added
+        without one): its episodes stored and ever added, newest index, generation, the newest and oldest
+        policy versions among its stored episodes and its latest episode's policy version.
+
+        A learner's policy lag for a writer is its own weights version minus `latest_policy_version`.
+        """
+        return {w.writer: w for w in self.stats().writers}
 
     def list_buffers(self) -> list[buffer_pb2.BufferStats]:
         """Stats of every buffer in the service."""

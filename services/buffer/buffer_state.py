@@ -12,6 +12,7 @@ import torch
 
 from rewind_buffer.blocks import BlockMap, Sealed
 from rewind_buffer.captures import RowCapture
+from rewind_buffer.origins import WriterStats
 from rewind_buffer.rate_limiter import LimiterState, LimiterStats
 from rewind_buffer.schema import EpisodeSchema
 from rewind_buffer.settings import BufferSettings
@@ -53,6 +54,7 @@ class BufferStats:
     sampleable_starts: int = 0
     sampleable_episodes: int = 0
     generation: int = 0
+    writers: tuple[WriterStats, ...] = ()  # where the episodes came from, per writer (rewind_buffer.origins)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class BufferState:
     tensors: dict[str, torch.Tensor]  # or CapturedColumns of `rows`, for the storage columns
     limiter: LimiterState | None = None  # the rate limiter's settings and counts (None: no limiter)
     generation: int = 0            # the newest run generation that wrote to it (the fence against older writers)
+    origins: dict | None = None    # Origins.to_json(): where each stored episode came from (None: unattributed)
     rows: RowCapture | None = field(default=None, compare=False, repr=False)
     # The blocks of the capture point (None for a copy, or a buffer without storage): what SnapshotBlocks sends.
     blocks: Sealed | None = field(default=None, compare=False, repr=False)
@@ -89,7 +92,7 @@ class BufferState:
     def header(self) -> dict:
         """The JSON-able description (everything but the tensors).
 
-        What later releases added (a rate limiter, a generation, the limiter's settings) is written only
+        What later releases added (a rate limiter, a generation, the limiter's settings, origins) is written only
         when it differs from what a buffer without it would be, so that such a buffer's snapshot stays
         the one earlier releases wrote and read.
         """
@@ -105,4 +108,6 @@ class BufferState:
             header["limiter"] = self.limiter.to_json()
         if self.generation:
             header["generation"] = self.generation
+        if self.origins is not None:
+            header["origins"] = self.origins
         return header

@@ -28,6 +28,7 @@ from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, BlockMap, row_bytes
 from rewind_buffer.buffer_state import Batch, BufferState, BufferStats
 from rewind_buffer.captures import RowCapture
 from rewind_buffer.limiter_gate import LimiterGate
+from rewind_buffer.origins import UNATTRIBUTED, Origin, Origins
 from rewind_buffer.rate_limiter import INSERT, NO_WAIT, SAMPLE, RateLimiter, Wait
 from rewind_buffer.schema import FIELDS, EpisodeSchema, validate_episodes
 from rewind_buffer.settings import BufferSettings
@@ -105,6 +106,7 @@ class EpisodeBuffer:
         self.block_map: BlockMap | None = None  # which stored rows are already in blocks (from the storage on)
         limiter = settings.rate_limiter()
         self.generation = 0
+        self.origins = Origins()  # where each stored episode came from, and per-writer summaries
         self.gate = LimiterGate(self.lock, name, lambda: self.transitions,
                                 RateLimiter(limiter) if limiter is not None else None)
 
@@ -154,32 +156,42 @@ class EpisodeBuffer:
 
     # -- writing -------------------------------------------------------------
 
-    def add(self, episode: Mapping[str, torch.Tensor], wait: Wait = NO_WAIT, generation: int = 0) -> int:
+    def add(self, episode: Mapping[str, torch.Tensor], wait: Wait = NO_WAIT, generation: int = 0,
+            origin: Origin = UNATTRIBUTED) -> int:
         """Validate and store one episode of shape (L, ...); returns num_eps.
 
         Args:
             wait: how long the rate limiter may hold the insert back (default: not at all).
             generation: the run generation the writer belongs to (0: unstamped); see fence().
+            origin: its writer, the writer's index and the policy version it was collected with (checked by
+                the caller); kept with the episode until it is evicted (rewind_buffer.origins).
 
         Raises:
             InvalidArgument: the episode is malformed; nothing is stored then.
-            ResourceExhausted: the first episode's storage cannot be had; the buffer stays empty.
+            ResourceExhausted: the first episode's storage cannot be had, or the buffer keeps as many writers
+                as it may (rewind_buffer.origins); the buffer stays as it was.
             DeadlineExceeded: the rate limiter held it back for all of `wait` (reason RATE_LIMITED).
             FailedPrecondition: the write is stamped with an older generation than the buffer's.
         """
-        return self._store([episode], ["episode"], wait, generation)
+        return self._store([episode], ["episode"], wait, generation, [origin])
 
     def load(self, episodes: Sequence[Mapping[str, torch.Tensor]], wait: Wait = NO_WAIT,
-             generation: int = 0) -> int:
+             generation: int = 0, origins: Sequence[Origin] | None = None) -> int:
         """Validate every episode first, then store them all; returns num_eps.
+
+        Args:
+            origins: one per episode, as add()'s origin (None: every episode unattributed).
 
         Raises:
             InvalidArgument: any episode is malformed; nothing is stored then.
-            ResourceExhausted: the first episodes' storage cannot be had; the buffer stays empty.
+            ResourceExhausted: as add()'s.
             FailedPrecondition: more transitions at once than the rate limiter could ever let in.
             DeadlineExceeded: the rate limiter held them back for all of `wait` (reason RATE_LIMITED).
         """
-        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))], wait, generation)
+        origins = list(origins) if origins is not None else [UNATTRIBUTED] * len(episodes)
+        if len(origins) != len(episodes):
+            raise InvalidArgument(f"origins: {len(origins)} for {len(episodes)} episodes; give one per episode")
+        return self._store(episodes, [f"episodes[{i}]" for i in range(len(episodes))], wait, generation, origins)
 
     def fence(self, generation: int) -> None:
         """Refuse a write stamped with an older run generation; a newer one becomes the buffer's.
@@ -208,22 +220,27 @@ class EpisodeBuffer:
                 "run must not add to it: restart it with the run's current generation")
 
     def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait,
-               generation: int) -> int:
+               generation: int, origins: list[Origin]) -> int:
         with self.lock:
             self.check_generation(generation)
             schema = self._validate(episodes, names)
             if not episodes:
                 return self.num_eps
+            self.origins.check_room(origins)
             count = sum(episode["obs"].shape[0] for episode in episodes)
             if self.limiter is not None:
                 self._check_insert_fits(count)
-                if self.gate.wait(INSERT, count, wait) and self.schema is not schema:
-                    schema = self._validate(episodes, names)  # the first episode of another call set the schema
+                if self.gate.wait(INSERT, count, wait):
+                    if self.schema is not schema:
+                        schema = self._validate(episodes, names)  # the first episode of another call set the schema
+                    self.origins.check_room(origins)  # other writers may have come meanwhile
             if self._rb is None:
                 self._init_storage(schema)
             self.check_generation(generation)  # a newer writer may have come while this one waited
             self._write(episodes)
             self.generation = max(self.generation, generation)  # stored: the generation is the buffer's now
+            self.origins.add(origins, generation)
+            self.origins.keep(self.num_eps)  # the evicted episodes' origins go with them
             self.gate.counted(INSERT, count)
             return self.num_eps
 
@@ -436,7 +453,7 @@ class EpisodeBuffer:
                 episodes_added=self.episodes_added, batches_sampled=self.batches_sampled,
                 transitions=self.transitions, writer=self._writer.state_dict(), tensors=tensors, rows=rows,
                 limiter=self.limiter.state if self.limiter is not None else None, generation=self.generation,
-                blocks=blocks, block_map=self.block_map)
+                origins=self.origins.to_json(self.episodes_added), blocks=blocks, block_map=self.block_map)
 
     @classmethod
     def from_state(cls, name: str, state: BufferState, *, storage_device: str | None = None,
@@ -466,6 +483,7 @@ class EpisodeBuffer:
         buffer.episodes_added = state.episodes_added
         buffer.batches_sampled = state.batches_sampled
         buffer.generation = state.generation
+        buffer.origins = Origins.from_json(state.origins, len(state.writer["episodes"]), state.episodes_added)
         if state.limiter is not None:  # the counts go on where the snapshot left them
             buffer.gate.replace(RateLimiter(state.limiter.settings, state.limiter.inserts, state.limiter.samples,
                                             state.limiter.paused))
@@ -516,7 +534,8 @@ class EpisodeBuffer:
                 episodes_evicted=self.episodes_evicted, batches_sampled=self.batches_sampled, schema=self.schema,
                 limiter=(self.limiter.stats(self.transitions, self.settings.batch_size)
                          if self.limiter is not None else None),
-                sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps, generation=self.generation)
+                sampleable_starts=self.sampleable[0], sampleable_episodes=self.num_eps, generation=self.generation,
+                writers=self.origins.stats())
 
 
 def _example_row(schema: EpisodeSchema) -> TensorDict:

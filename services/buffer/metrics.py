@@ -8,6 +8,8 @@
     rewind_buffer_episodes_added_total{buffer}         episodes inserted (AddEpisodes, restores)
     rewind_buffer_episodes_evicted_total{buffer}       episodes dropped to make room
     rewind_buffer_batches_sampled_total{buffer}        batches sampled
+    rewind_buffer_writer_episodes{buffer, writer}      episodes stored, per writer (routing key's; "" without one)
+    rewind_buffer_writer_policy_version{buffer, writer}  the policy version of the writer's latest episode
 
 and, for a buffer with a rate limiter (rewind_buffer.rate_limiter):
 
@@ -54,6 +56,12 @@ class BufferCollector(Collector):
                                        "answers), else 0", labels=["buffer"]),
             "bytes": GaugeMetricFamily("rewind_buffer_storage_bytes", "Bytes of the buffer's storage, by the device "
                                        "it lives on (none before the first episode)", labels=["buffer", "device"]),
+            # Labelled by writer: a buffer keeps at most rewind_buffer.origins.MAX_WRITERS of them.
+            "writer_episodes": GaugeMetricFamily("rewind_buffer_writer_episodes", "Episodes stored, by the writer "
+                                                 "that added them (\"\": no routing key)", labels=["buffer", "writer"]),
+            "writer_version": GaugeMetricFamily("rewind_buffer_writer_policy_version", "The policy version the "
+                                                "writer's latest episode was collected with",
+                                                labels=["buffer", "writer"]),
         }
         counters = {
             "added": CounterMetricFamily("rewind_buffer_episodes_added", "Episodes inserted (AddEpisodes, "
@@ -74,6 +82,9 @@ class BufferCollector(Collector):
             counters["added"].add_metric(name, stats.episodes_added)
             counters["evicted"].add_metric(name, stats.episodes_evicted)
             counters["sampled"].add_metric(name, stats.batches_sampled)
+            for writer in stats.writers:
+                gauges["writer_episodes"].add_metric([stats.name, writer.writer], writer.episodes)
+                gauges["writer_version"].add_metric([stats.name, writer.writer], writer.latest_policy_version)
             if stats.limiter is not None:
                 _add_limiter(limiter, stats.name, stats.limiter)
         yield from gauges.values()

@@ -25,6 +25,7 @@ from rewind_buffer.blocks import DEFAULT_BLOCK_BYTES, DIGEST, BlockLoader, Block
 from rewind_buffer.buffer_state import BufferState
 from rewind_buffer.captures import Capture, CaptureStore
 from rewind_buffer.episode_buffer import EpisodeBuffer, storage_bytes_for
+from rewind_buffer.origins import Origin
 from rewind_buffer.rate_limiter import LimiterStats, Wait
 from rewind_buffer.registry import BufferRegistry
 from rewind_buffer.settings import BufferSettings, check_buffer_name
@@ -57,6 +58,8 @@ def stats_to_proto(buffer: EpisodeBuffer, out: buffer_pb2.BufferStats) -> None:
         stats.schema.to_proto(out.schema)
     if stats.limiter is not None:
         _limiter_to_proto(stats.limiter, out.rate_limiter)
+    for writer in stats.writers:
+        out.writers.add(**asdict(writer))
 
 
 def _limiter_to_proto(stats: LimiterStats, out: buffer_pb2.RateLimiterStats) -> None:
@@ -148,13 +151,14 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
         buffer = self.registry.get(request.buffer)
         if request.HasField("routing"):
             _check_routing(request.routing, "routing")
+        origin = _origin(request.routing, _policy_version(request.policy_version, "policy_version"))
         episode = decode_episode(request.episode, "episode")
         with buffer.lock:  # the id must be this add's, not a concurrent one's
-            num = buffer.add(episode, self._wait(context), _generation(request.generation))
+            num = buffer.add(episode, self._wait(context), _generation(request.generation), origin)
             return buffer_pb2.AddEpisodeResponse(num_episodes=num, episode_id=buffer.episodes_added - 1)
 
     def LoadEpisodes(self, request_iterator, context):
-        buffer, episodes, first, transitions, generation = None, [], None, 0, 0
+        buffer, episodes, origins, first, transitions, generation = None, [], [], None, 0, 0
         for request in request_iterator:
             if first is None:
                 first = request
@@ -170,6 +174,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                                       f"{len(request.episodes)} episodes; give one per episode, or none")
             for i, key in enumerate(request.routing):
                 _check_routing(key, f"routing[{i}]")
+            origins += _origins(request)
             for msg in request.episodes:
                 episode = decode_episode(msg, f"episodes[{len(episodes)}]")
                 obs = episode.get("obs")
@@ -183,7 +188,7 @@ class BufferServicer(buffer_pb2_grpc.BufferServiceServicer):
                 episodes.append(episode)
         if not episodes:
             raise InvalidArgument("episodes: the stream carried no episodes")
-        num = buffer.load(episodes, self._wait(context), generation)
+        num = buffer.load(episodes, self._wait(context), generation, origins)
         return buffer_pb2.LoadEpisodesResponse(num_episodes=num, episodes_loaded=len(episodes))
 
     def Sample(self, request, context):
@@ -604,6 +609,28 @@ def _check_routing(key: buffer_pb2.RoutingKey, field: str) -> None:
         raise InvalidArgument(f"{field}.writer: {len(key.writer)} characters, more than 256")
     if key.index < 0:
         raise InvalidArgument(f"{field}.index: {key.index} is negative")
+
+
+def _policy_version(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgument(f"{field}: {value} is negative (0: unknown, or random actions)")
+    return value
+
+
+def _origin(routing: buffer_pb2.RoutingKey, policy_version: int) -> Origin:
+    """An episode's origin: its routing key's writer and index (an unset key's are "" and 0)."""
+    return Origin(routing.writer, routing.index, policy_version)
+
+
+def _origins(request: buffer_pb2.LoadEpisodesRequest) -> list[Origin]:
+    """The origins of a LoadEpisodes message's episodes: none or one policy version (and routing key) each."""
+    count, versions = len(request.episodes), request.policy_versions
+    if versions and len(versions) != count:
+        raise InvalidArgument(f"policy_versions: {len(versions)} versions for the message's {count} episodes; give "
+                              "one per episode, or none")
+    versions = [_policy_version(v, f"policy_versions[{i}]") for i, v in enumerate(versions)] or [0] * count
+    keys = request.routing or [buffer_pb2.RoutingKey()] * count
+    return [_origin(key, version) for key, version in zip(keys, versions, strict=True)]
 
 
 def _until_gone(requests: Iterator) -> Iterator:

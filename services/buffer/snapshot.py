@@ -32,6 +32,7 @@ import torch
 
 from rewind.codec import TORCH_TO_WIRE, dtype_name, view_bytes
 from rewind.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
+from rewind_buffer import origins
 
 MAGIC = b"RWNDBUF1"
 FORMAT_VERSION = 1        # a whole snapshot: the header, then every used row of every column
@@ -47,6 +48,8 @@ DTYPES = {dtype_name(dtype): dtype for dtype in TORCH_TO_WIRE}
 # - the writer's episode list takes at most 48 JSON bytes per stored episode
 #   ("[id,first,length]," with a 19-digit id and two 12-digit numbers), and an
 #   episode has at least horizon + 1 >= 2 transitions: 24 bytes per transition;
+# - the episodes' origins (rewind_buffer.origins) take at most 34 more bytes per
+#   transition, and their writer table at most MAX_WRITERS x WRITER_JSON_BYTES;
 # - the tensors of a buffer take at most its storage (rows <= buffer_size), plus
 #   the sampler's generator state (5,056 bytes on the CPU, 16 on CUDA).
 HEADER_BASE_BYTES = 64 * 1024
@@ -75,7 +78,8 @@ def restore_caps(max_transitions: int, max_storage_bytes: int) -> tuple[int, int
         (header cap, stream cap); the stream cap is None without a storage budget, where the
         header, checked against max_transitions, bounds the tensors instead.
     """
-    header_cap = HEADER_BASE_BYTES + HEADER_BYTES_PER_TRANSITION * max_transitions
+    header_cap = (HEADER_BASE_BYTES + origins.MAX_WRITERS * origins.WRITER_JSON_BYTES
+                  + (HEADER_BYTES_PER_TRANSITION + origins.ORIGIN_BYTES_PER_TRANSITION) * max_transitions)
     if not max_storage_bytes:
         return header_cap, None
     return header_cap, _PREFIX.size + header_cap + max_storage_bytes + TENSOR_MARGIN_BYTES + DIGEST_BYTES

@@ -17,7 +17,7 @@ import torch
 
 from rewind.codec import dtype_name
 from rewind.errors import DataLoss, InvalidArgument
-from rewind_buffer import snapshot
+from rewind_buffer import origins, snapshot
 from rewind_buffer.blocks import DIGEST
 from rewind_buffer.buffer_state import LATER_SETTINGS as LATER_DEFAULTS
 from rewind_buffer.buffer_state import BufferState
@@ -30,8 +30,8 @@ GENERATOR_KEY = "generator_state"
 HEADER_KEYS = frozenset({"name", "settings", "seed", "storage_device", "device_type", "schema", "episodes_added",
                          "batches_sampled", "transitions", "writer", "format_version", "tensors"})
 INDEX_KEYS = HEADER_KEYS | {"rows", "blocks", "extents"}
-# Keys a header may lack: snapshots written before Rewind had a rate limiter.
-OPTIONAL_KEYS = frozenset({"limiter", "generation"})
+# Keys a header may lack: snapshots written before Rewind had a rate limiter, generations or origins.
+OPTIONAL_KEYS = frozenset({"limiter", "generation", "origins"})
 # The buffer settings every snapshot has (integers), and those added later, with their types.
 SETTINGS_INTS = frozenset({"buffer_size", "batch_size", "min_history", "horizon"})
 LATER_SETTINGS = {name: type(default) for name, default in LATER_DEFAULTS.items()}
@@ -138,16 +138,19 @@ def _parse_state(header: object, keys: frozenset[str]) -> BufferState:
     if not isinstance(writer, dict):
         raise DataLoss("snapshot.writer: an object is expected")
     _check_keys(writer, WRITER_KEYS, "snapshot.writer")
+    episodes = _episodes(writer["episodes"])
+    episodes_added = _int(header["episodes_added"], "snapshot.episodes_added")
+    generation = _int(header.get("generation", 0), "snapshot.generation")
     return BufferState(
         name=header["name"], settings=settings, seed=_int(header["seed"], "snapshot.seed", minimum=-INT64_MAX),
         storage_device=header["storage_device"], device_type=device_type, schema=schema,
-        episodes_added=_int(header["episodes_added"], "snapshot.episodes_added"),
+        episodes_added=episodes_added,
         batches_sampled=_int(header["batches_sampled"], "snapshot.batches_sampled"),
         transitions=_int(header["transitions"], "snapshot.transitions"),
-        writer={"cursor": _int(writer["cursor"], "snapshot.writer.cursor"),
-                "episodes": _episodes(writer["episodes"]),
+        writer={"cursor": _int(writer["cursor"], "snapshot.writer.cursor"), "episodes": episodes,
                 "evicted": _int(writer["evicted"], "snapshot.writer.evicted")},
-        tensors={}, limiter=limiter, generation=_int(header.get("generation", 0), "snapshot.generation"))
+        tensors={}, limiter=limiter, generation=generation,
+        origins=origins.parse(header.get("origins"), len(episodes), episodes_added, generation))
 
 
 def check_tensors(state: BufferState) -> None:

@@ -232,7 +232,10 @@ def test_junk_over_the_restore_cap_is_resource_exhausted_and_memory_returns(star
     client = start(max_transitions=10_000, max_storage_mb=1)
     header = base_header(client)
     header_cap, stream_cap = snapshot.restore_caps(10_000, MiB)
-    assert (header_cap, stream_cap) == (64 * 1024 + 24 * 10_000, 16 + header_cap + MiB + 64 * 1024 + 32)
+    # The header: its fixed part, the writer table of the episodes' origins (1,024 writers of 3,200 bytes at
+    # most), and 24 + 34 bytes per transition (the writer's episode list, the episodes' origins).
+    assert (header_cap, stream_cap) == (64 * 1024 + 1024 * 3_200 + (24 + 34) * 10_000,
+                                        16 + header_cap + MiB + 64 * 1024 + 32)
     junk_head = snapshot.MAGIC + struct.pack("<Q", 200 * MiB)
     before = rss_bytes()
     with pytest.raises(ResourceExhausted, match=rf"^chunk: the snapshot's header declares 209,715,200 bytes, over "

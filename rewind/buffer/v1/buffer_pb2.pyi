@@ -76,7 +76,7 @@ class FieldSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BufferStats(_message.Message):
-    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter", "sampleable_starts", "sampleable_episodes", "generation")
+    __slots__ = ("name", "settings", "transitions", "episodes", "ready", "device", "bytes", "episodes_added", "episodes_evicted", "batches_sampled", "schema", "rate_limiter", "sampleable_starts", "sampleable_episodes", "generation", "writers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class BufferStats(_message.Message):
     SAMPLEABLE_STARTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLEABLE_EPISODES_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WRITERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     settings: BufferSettings
     transitions: int
@@ -107,7 +108,28 @@ class BufferStats(_message.Message):
     sampleable_starts: int
     sampleable_episodes: int
     generation: int
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    writers: _containers.RepeatedCompositeFieldContainer[WriterStats]
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[BufferSettings, _Mapping]] = ..., transitions: _Optional[int] = ..., episodes: _Optional[int] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., episodes_evicted: _Optional[int] = ..., batches_sampled: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., rate_limiter: _Optional[_Union[RateLimiterStats, _Mapping]] = ..., sampleable_starts: _Optional[int] = ..., sampleable_episodes: _Optional[int] = ..., generation: _Optional[int] = ..., writers: _Optional[_Iterable[_Union[WriterStats, _Mapping]]] = ...) -> None: ...
+
+class WriterStats(_message.Message):
+    __slots__ = ("writer", "episodes", "episodes_added", "newest_index", "generation", "newest_policy_version", "oldest_policy_version", "latest_policy_version")
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    writer: str
+    episodes: int
+    episodes_added: int
+    newest_index: int
+    generation: int
+    newest_policy_version: int
+    oldest_policy_version: int
+    latest_policy_version: int
+    def __init__(self, writer: _Optional[str] = ..., episodes: _Optional[int] = ..., episodes_added: _Optional[int] = ..., newest_index: _Optional[int] = ..., generation: _Optional[int] = ..., newest_policy_version: _Optional[int] = ..., oldest_policy_version: _Optional[int] = ..., latest_policy_version: _Optional[int] = ...) -> None: ...
 
 class Episode(_message.Message):
     __slots__ = ("fields",)
@@ -224,16 +246,18 @@ class GetStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Union[BufferStats, _Mapping]] = ...) -> None: ...
 
 class AddEpisodeRequest(_message.Message):
-    __slots__ = ("buffer", "episode", "routing", "generation")
+    __slots__ = ("buffer", "episode", "routing", "generation", "policy_version")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episode: Episode
     routing: RoutingKey
     generation: int
-    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ..., routing: _Optional[_Union[RoutingKey, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    policy_version: int
+    def __init__(self, buffer: _Optional[str] = ..., episode: _Optional[_Union[Episode, _Mapping]] = ..., routing: _Optional[_Union[RoutingKey, _Mapping]] = ..., generation: _Optional[int] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class AddEpisodeResponse(_message.Message):
     __slots__ = ("num_episodes", "episode_id")
@@ -244,16 +268,18 @@ class AddEpisodeResponse(_message.Message):
     def __init__(self, num_episodes: _Optional[int] = ..., episode_id: _Optional[int] = ...) -> None: ...
 
 class LoadEpisodesRequest(_message.Message):
-    __slots__ = ("buffer", "episodes", "routing", "generation")
+    __slots__ = ("buffer", "episodes", "routing", "generation", "policy_versions")
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     buffer: str
     episodes: _containers.RepeatedCompositeFieldContainer[Episode]
     routing: _containers.RepeatedCompositeFieldContainer[RoutingKey]
     generation: int
-    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., routing: _Optional[_Iterable[_Union[RoutingKey, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
+    policy_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, buffer: _Optional[str] = ..., episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., routing: _Optional[_Iterable[_Union[RoutingKey, _Mapping]]] = ..., generation: _Optional[int] = ..., policy_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadEpisodesResponse(_message.Message):
     __slots__ = ("num_episodes", "episodes_loaded")
