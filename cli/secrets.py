@@ -11,14 +11,20 @@ EXAMPLES = """examples:
 
 Then serve with   --write-tokens-file DIR/write.token --read-tokens-file DIR/read.token
                   --tls-cert-file DIR/tls.crt --tls-key-file DIR/tls.key
-and call with     --token-file DIR/read.token (or write.token) --tls-ca-file DIR/ca.crt"""
+                  (and --collector-tokens-file DIR/collector.token where collectors call)
+and call with     --token-file DIR/read.token (or write.token) --tls-ca-file DIR/ca.crt
+a collector with  --token-file DIR/collector.token --tls-ca-file DIR/ca.crt
+
+collector.token holds one named line, collector:TOKEN: it may add episodes, get the learner's
+weights and read checkpoints, nothing else; the services' logs call it "collector"."""
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
     """Register `rewind secrets`."""
     group = groups.add_parser("secrets", help="make tokens and TLS certificates for a deployment")
     commands = group.add_subparsers(dest="command", required=True)
-    init = commands.add_parser("init", help="write read.token, write.token, ca.crt/ca.key and tls.crt/tls.key",
+    init = commands.add_parser("init", help="write read.token, write.token, collector.token, ca.crt/ca.key and "
+                                            "tls.crt/tls.key",
                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("--dir", required=True, type=Path, help="folder to write into (created if missing)")
     init.add_argument("--hosts", default="localhost,127.0.0.1,buffer,checkpoint,trainer",

@@ -4,6 +4,11 @@
 container, and for Kubernetes its files become the two Secrets the manifests
 mount. The names are cert-manager's (tls.crt, tls.key, ca.crt), so a
 cert-manager Certificate can replace the generated TLS files unchanged.
+
+The collector token is for `rewind collect`: a service that names its file in
+--collector-tokens-file lets it add episodes, get the learner's weights and read
+checkpoints, and nothing else. Its line is `collector:<token>`, so the services'
+logs name the caller "collector"; a client sends only the token.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-TOKENS = ("read.token", "write.token")
+# Each token file and the name its line carries ("" for a bare token).
+TOKENS = {"read.token": "", "write.token": "", "collector.token": "collector"}
 TLS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "buffer", "checkpoint", "trainer")
 
@@ -29,7 +35,7 @@ class Written:
 
 def write_credentials(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days: int = 365,
                       force: bool = False) -> Written:
-    """Write a read token, a write token, a CA and a certificate for `hosts` into `folder`.
+    """Write a read, a write and a collector token, a CA and a certificate for `hosts` into `folder`.
 
     Existing files are kept (so a restarted init container changes nothing)
     unless `force`; the TLS files are made as a set, so a CA always matches its
@@ -37,11 +43,12 @@ def write_credentials(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days
     """
     folder.mkdir(parents=True, exist_ok=True)
     made, kept = [], []
-    for name in TOKENS:
+    for name, owner in TOKENS.items():
         if (folder / name).exists() and not force:
             kept.append(name)
             continue
-        _write(folder / name, (secrets.token_urlsafe(32) + "\n").encode(), 0o600)
+        token = secrets.token_urlsafe(32)
+        _write(folder / name, (f"{owner}:{token}" if owner else token).encode() + b"\n", 0o600)
         made.append(name)
     if all((folder / name).exists() for name in TLS) and not force:
         kept.extend(TLS)

@@ -33,7 +33,17 @@ from rewind.health import check, wait_until_serving
 from rewind.security import ClientSecurity, TokenFile
 from rewind_runtime import settings as mechanism
 from rewind_runtime.credentials import write_credentials
-from tests.support.deploy import compose, compose_env, container_env, find, pod_spec, render
+from tests.support.deploy import (
+    OVERLAYS,
+    compose,
+    compose_env,
+    container_env,
+    find,
+    pod_spec,
+    pod_templates,
+    render,
+    workloads,
+)
 from tests.support.processes import free_port
 
 SOURCES = ("compose", "k8s-cpu")
@@ -263,12 +273,12 @@ def every_rewind_container() -> list[tuple[str, list[str], dict[str, str]]]:
     for name, svc in compose()["services"].items():
         if "rewind" in svc["image"]:
             found.append((f"compose.yaml {name}", svc["command"], compose_env(svc)))
-    for overlay in ("cpu", "gpu"):
+    for overlay in OVERLAYS:
         docs = render(overlay)
-        for w in (d for d in docs if d["kind"] in ("Deployment", "Job", "StatefulSet")):
-            for c in pod_spec(w)["containers"]:
+        for where, template, fields in (t for w in workloads(docs) for t in pod_templates(w)):
+            for c in template["spec"]["containers"]:
                 if "rewind" in c["image"].rsplit("/", 1)[-1].split(":")[0]:
-                    found.append((f"{overlay} {w['metadata']['name']}", c["args"], container_env(docs, c)))
+                    found.append((f"{overlay} {where}", c["args"], container_env(docs, c, fields)))
     return found
 
 
@@ -277,8 +287,9 @@ def test_every_container_passes_only_settings_its_command_accepts():
     from rewind_cli.serving import load_settings
 
     containers = every_rewind_container()
-    # compose: the secrets job, buffer, checkpoint, trainer and the two gpu ones
-    assert len(containers) == 6 + 3 + 3
+    # compose: the secrets job, buffer, checkpoint, trainer and the two gpu ones; scale: the checkpoint
+    # service and the JobSet's shard, learner and collector
+    assert len(containers) == 6 + 3 + 3 + 4
     servers = []
     for where, args, env in containers:
         parsed = build_parser().parse_args(args)
@@ -293,8 +304,10 @@ def test_every_container_passes_only_settings_its_command_accepts():
         clients = {k for k in variables if k in mechanism.NOT_SETTINGS}
         assert clients >= {"REWIND_TOKEN_FILE", "REWIND_TLS_CA_FILE"}, where
         assert sorted(mechanism.env_name(name) for name in used) == sorted(set(variables) - clients), where
-        # Authentication and TLS are on: tokens and a certificate, as files under the secrets mount.
-        for name in ("read_tokens_file", "write_tokens_file", "tls_cert_file", "tls_key_file"):
+        # Authentication and TLS are on: tokens and a certificate, as files under the secrets mount (a
+        # collector serves nothing, and calls with its token, tests/deploy/test_deploy_jobset.py).
+        for name in () if args[0] == "collect" else ("read_tokens_file", "write_tokens_file", "tls_cert_file",
+                                                      "tls_key_file"):
             assert used[name].startswith(SECRETS_DIR + "/"), (where, name)
         assert not used.get("allow_unauthenticated"), where
         saved = dict(os.environ)
@@ -307,4 +320,4 @@ def test_every_container_passes_only_settings_its_command_accepts():
             os.environ.update(saved)
         if args[0] == "train":
             assert settings.resume_from_checkpoint == "latest", where
-    assert len(servers) == 5 + 3 + 3
+    assert len(servers) == 5 + 3 + 3 + 4

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
-import shlex
 import subprocess
 import sys
 
@@ -15,13 +13,27 @@ from tests.support.deploy import (
     KUBERNETES_VERSION,
     KUSTOMIZE,
     OVERLAYS,
+    SINGLE_RUN_OVERLAYS,
     container_env,
+    documented_certificate_names,
+    documented_commands,
     find,
     pinned,
     pod_spec,
+    pod_templates,
     render,
     repo_path,
     workloads,
+)
+from tests.support.jobset import check_jsonschema, jobs
+from tests.support.network_policies import (
+    NAMESPACE,
+    PRIVATE,
+    PROMETHEUS,
+    PUBLIC,
+    allowed,
+    direction_allows,
+    selects,
 )
 
 # Its module-scoped services are built once: every test of the module runs on the same xdist worker.
@@ -37,47 +49,56 @@ KINDS = {"rewind-buffer": "Deployment", "rewind-checkpoint": "Deployment", "rewi
 SECRETS_DIR = "/var/lib/rewind/secrets"
 # The Secrets every Rewind pod mounts, key by key (cert-manager's names for the TLS one).
 SECRETS = {"rewind-tokens": ("read.token", "write.token"), "rewind-tls": ("tls.crt", "tls.key", "ca.crt")}
+# The keys the documented commands put in them: the scale overlay's pods also mount collector.token.
+DOCUMENTED_SECRETS = {**SECRETS, "rewind-tokens": (*SECRETS["rewind-tokens"], "collector.token")}
 # What serves and what calls: each variable and the file it must name.
 SECURITY_ENV = {"REWIND_READ_TOKENS_FILE": "read.token", "REWIND_WRITE_TOKENS_FILE": "write.token",
                 "REWIND_TLS_CERT_FILE": "tls.crt", "REWIND_TLS_KEY_FILE": "tls.key",
                 "REWIND_TOKEN_FILE": "write.token", "REWIND_TLS_CA_FILE": "ca.crt"}
-# Addresses outside the namespace: a public S3 endpoint (v4 and v6), and what must stay out of reach.
-PUBLIC = (ipaddress.ip_address("52.216.8.1"), ipaddress.ip_address("2600:1fa0:4000::1"))
-PRIVATE = tuple(ipaddress.ip_address(a) for a in (
-    "10.0.0.1", "10.96.0.1", "172.16.0.10", "172.31.255.1", "192.168.1.1", "100.64.0.1", "100.127.255.1",
-    "169.254.169.254", "127.0.0.1", "fd00:ec2::254", "fd20:ce::254", "fe80::1", "::1", "::ffff:10.0.0.1",
-    "::ffff:169.254.169.254"))
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def overlay(request):
+def every_overlay(request):
     return request.param, render(request.param)
 
 
-def test_every_overlay_validates_strictly_against_the_pinned_kubernetes_schemas(overlay, tmp_path):
-    name, docs = overlay
+@pytest.fixture(scope="module", params=SINGLE_RUN_OVERLAYS)
+def overlay(request):
+    """An overlay with the base's buffer Deployment and trainer Job (tests/deploy/test_deploy_jobset.py has
+    the scale overlay's JobSet)."""
+    return request.param, render(request.param)
+
+
+def test_every_overlay_validates_strictly_against_the_pinned_kubernetes_schemas(every_overlay, tmp_path):
+    name, docs = every_overlay
     import yaml
 
+    # A JobSet against its CRD's schema, made strict (tests/data/jobset), and the Jobs it makes against
+    # batch/v1's; the rest as they are.
+    jobsets = [d for d in docs if d["kind"] == "JobSet"]
+    builtin = [d for d in docs if d["kind"] != "JobSet"] + [job for jobset in jobsets for job in jobs(jobset)]
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(yaml.safe_dump_all(builtin))
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", KUBERNETES_VERSION,
                              str(path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("INFO") == len(docs)  # one "validated" line per object, none skipped
+    assert result.stdout.count("INFO") == len(builtin)  # one "validated" line per object, none skipped
+    if jobsets:
+        checked = check_jsonschema(jobsets, tmp_path)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"rewind"}
 
 
-def test_every_workload_and_container_is_hardened_labelled_and_sized(overlay):
-    _, docs = overlay
+def test_every_workload_and_container_is_hardened_labelled_and_sized(every_overlay):
+    _, docs = every_overlay
     accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
     used_accounts = []
-    for w in workloads(docs):
-        where = f"{w['kind']}/{w['metadata']['name']}"
-        labels, template_labels = w["metadata"]["labels"], w["spec"]["template"]["metadata"]["labels"]
+    for w, (where, template, _) in ((each, t) for each in workloads(docs) for t in pod_templates(each)):
+        labels, template_labels = w["metadata"]["labels"], template["metadata"]["labels"]
         for key in RECOMMENDED:
             assert labels.get(key) and template_labels.get(key), f"{where}: label {key}"
         assert labels["app.kubernetes.io/managed-by"] == "kustomize"
-        spec = pod_spec(w)
+        spec = template["spec"]
         assert spec["serviceAccountName"] in accounts, where
         assert accounts[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
         assert spec["automountServiceAccountToken"] is False
@@ -99,7 +120,7 @@ def test_every_workload_and_container_is_hardened_labelled_and_sized(overlay):
             assert security["capabilities"] == {"drop": ["ALL"]}, what
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             assert "emptyDir" in volumes[mounts["/tmp"]], f"{what}: /tmp must be an emptyDir scratch volume"
-    assert len(used_accounts) == len(set(used_accounts)), "one ServiceAccount per workload"
+    assert len(used_accounts) == len(set(used_accounts)), "one ServiceAccount per workload (per JobSet role)"
 
 
 def test_the_services_have_probes_on_their_health_and_http_ports_named_ports_and_cluster_ip_services(overlay):
@@ -157,7 +178,7 @@ def test_the_optional_service_monitor_scrapes_every_http_port_with_the_read_toke
     monitor = find(docs, "ServiceMonitor", "rewind")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "rewind"
     selector = monitor["spec"]["selector"]
-    services = [d for d in docs if d["kind"] == "Service" and _selects(selector, d["metadata"]["labels"])]
+    services = [d for d in docs if d["kind"] == "Service" and selects(selector, d["metadata"]["labels"])]
     assert sorted(d["metadata"]["name"] for d in services) == sorted(SERVICES)
     [endpoint] = monitor["spec"]["endpoints"]
     assert all(endpoint["port"] in [p["name"] for p in d["spec"]["ports"]] for d in services)
@@ -194,8 +215,8 @@ def test_the_trainer_job_resumes_and_preemption_does_not_spend_retries(overlay):
     assert job["spec"]["backoffLimit"] >= 1
 
 
-def test_s3_credentials_come_only_from_a_secret_and_the_endpoint_and_bucket_from_a_config_map(overlay):
-    name, docs = overlay
+def test_s3_credentials_come_only_from_a_secret_and_the_endpoint_and_bucket_from_a_config_map(every_overlay):
+    name, docs = every_overlay
     for cm in (d for d in docs if d["kind"] == "ConfigMap"):
         for key in cm["data"]:
             assert not any(word in key for word in ("SECRET", "PASSWORD", "ACCESS_KEY")), f"{key} in a ConfigMap"
@@ -289,27 +310,11 @@ def test_the_buffer_service_and_the_trainer_may_upload_to_the_store_and_nowhere_
             assert not may_dial(other, endpoints), (name, other)
 
 
-def _documented_commands(path) -> list[list[str]]:
-    """Each command line of the bash blocks in a Markdown file, continuations joined, split as bash would."""
-    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
-    return [shlex.split(line, comments=True) for block in blocks for line in block.replace("\\\n", "").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
 def test_the_documented_secrets_name_every_address_the_pods_dial_and_hold_every_key_they_mount(tmp_path):
-    from cryptography import x509
-
-    commands = _documented_commands(repo_path("docs", "reference", "deploy.md"))
-    [init] = [c for c in commands if c[:3] == ["rewind", "secrets", "init"] and "--hosts" in c]
-    result = subprocess.run([sys.executable, "-m", "rewind_cli", *init[1:]], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    folder = tmp_path / init[init.index("--dir") + 1]
-    cert = x509.load_pem_x509_certificate((folder / "tls.crt").read_bytes())
-    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = set(alt.get_values_for_type(x509.DNSName)) | {str(a) for a in alt.get_values_for_type(x509.IPAddress)}
+    commands = documented_commands()
+    names = documented_certificate_names(tmp_path)
     dialled = {"127.0.0.1", "localhost"}  # kubectl port-forward
-    for overlay in OVERLAYS:
+    for overlay in SINGLE_RUN_OVERLAYS:  # the scale overlay's names: tests/deploy/test_deploy_jobset.py
         docs = render(overlay)
         [trainer] = pod_spec(find(docs, "Job", "rewind-trainer"))["containers"]
         [ckpt] = pod_spec(find(docs, "Deployment", "rewind-checkpoint"))["containers"]
@@ -328,7 +333,7 @@ def test_the_documented_secrets_name_every_address_the_pods_dial_and_hold_every_
             keys = [s.split("=", 1)[0] if "=" in s else s.rsplit("/", 1)[-1] for s in sources]
             assert all((tmp_path / s.split("=")[-1]).is_file() for s in sources), command
             made[command[6]] = tuple(keys)
-    assert made == SECRETS
+    assert made == DOCUMENTED_SECRETS
 
 
 def test_the_cpu_overlay_runs_minio_as_a_statefulset_with_a_volume_claim():
@@ -359,8 +364,8 @@ def test_the_gpu_overlay_asks_for_gpus_tolerates_their_taint_and_selects_gpu_nod
         "resources"]["limits"]
 
 
-def test_a_disruption_budget_keeps_the_checkpoint_service_for_the_trainers_last_save(overlay):
-    _, docs = overlay
+def test_a_disruption_budget_keeps_the_checkpoint_service_for_the_trainers_last_save(every_overlay):
+    _, docs = every_overlay
     pdb = find(docs, "PodDisruptionBudget", "rewind-checkpoint")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
@@ -369,71 +374,6 @@ def test_a_disruption_budget_keeps_the_checkpoint_service_for_the_trainers_last_
 
 
 # -- network policies ----------------------------------------------------------
-
-
-def _selects(selector: dict, labels: dict) -> bool:
-    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        assert expr["operator"] == "In", expr
-        if labels.get(expr["key"]) not in expr["values"]:
-            return False
-    return True
-
-
-def _is_address(peer) -> bool:
-    return isinstance(peer, (ipaddress.IPv4Address, ipaddress.IPv6Address))
-
-
-def _in_block(block: dict, address) -> bool:
-    def contains(cidr: str) -> bool:
-        network = ipaddress.ip_network(cidr)
-        return network.version == address.version and address in network
-
-    return contains(block["cidr"]) and not any(contains(cidr) for cidr in block.get("except", []))
-
-
-# In a pod's labels: the labels of its namespace, when it is not the namespace rewind.
-NAMESPACE = "(namespace)"
-PROMETHEUS = {NAMESPACE: {"kubernetes.io/metadata.name": "monitoring"}, "app.kubernetes.io/name": "prometheus"}
-
-
-def _peer_matches(peer: dict, other) -> bool:
-    """Whether a NetworkPolicy peer matches `other`: a pod's labels (with NAMESPACE for a pod of another
-    namespace), or an address outside the namespace."""
-    if "ipBlock" in peer:
-        return _is_address(other) and _in_block(peer["ipBlock"], other)
-    if _is_address(other):
-        return False
-    namespace = other.get(NAMESPACE)
-    if "namespaceSelector" in peer:
-        return namespace is not None and _selects(peer["namespaceSelector"], namespace) \
-            and _selects(peer.get("podSelector", {}), other)
-    return namespace is None and _selects(peer["podSelector"], other)
-
-
-def _direction_allows(docs, pod: dict, peer: dict, port: int, direction: str) -> bool:
-    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
-    policies = [p for p in docs if p["kind"] == "NetworkPolicy" and direction in p["spec"]["policyTypes"]
-                and _selects(p["spec"]["podSelector"], pod)]
-    if not policies:
-        return True  # no policy isolates this pod in this direction
-    for policy in policies:
-        for rule in policy["spec"].get(key, []):
-            ports = [p["port"] for p in rule.get("ports", [])]
-            if ports and port not in ports:
-                continue
-            if any(_peer_matches(p, peer) for p in rule.get(peers_key, [])):
-                return True
-    return False
-
-
-def allowed(docs, src: dict, dst, port: int) -> bool:
-    """Whether the namespace's NetworkPolicies let pod `src` open a connection to `dst` (a pod's labels,
-    or an address outside the namespace) on `port`."""
-    if _is_address(dst):
-        return _direction_allows(docs, src, dst, port, "Egress")
-    return _direction_allows(docs, src, dst, port, "Egress") and _direction_allows(docs, dst, src, port, "Ingress")
 
 
 def _labels(docs, kind, name):
@@ -481,10 +421,10 @@ def test_prometheus_in_the_monitoring_namespace_reaches_the_http_ports_and_nothi
     for name, pod in pods.items():
         http = HTTP_PORTS[name]
         # Only ingress is ours to check: the monitoring namespace's own policies govern its egress.
-        assert _direction_allows(docs, pod, PROMETHEUS, http, "Ingress"), name
-        assert not _direction_allows(docs, pod, elsewhere, http, "Ingress"), name
+        assert direction_allows(docs, pod, PROMETHEUS, http, "Ingress"), name
+        assert not direction_allows(docs, pod, elsewhere, http, "Ingress"), name
         for port in (SERVICES[name], HEALTH_PORTS[name]):
-            assert not _direction_allows(docs, pod, PROMETHEUS, port, "Ingress"), (name, port)
+            assert not direction_allows(docs, pod, PROMETHEUS, port, "Ingress"), (name, port)
         for src in pods.values():  # the pages and /metrics are for people and Prometheus, not the trio
             assert not allowed(docs, src, pod, http), (name, src["app.kubernetes.io/name"])
 
@@ -494,11 +434,11 @@ def test_an_ingress_controller_reaches_the_history_pages_and_nothing_else(overla
     ingress = {NAMESPACE: {"kubernetes.io/metadata.name": "ingress-nginx"}, "app.kubernetes.io/name": "ingress-nginx"}
     elsewhere = {**ingress, NAMESPACE: {"kubernetes.io/metadata.name": "default"}}
     pods = {name: _labels(docs, KINDS[name], name) for name in SERVICES}
-    assert _direction_allows(docs, pods["rewind-checkpoint"], ingress, 50072, "Ingress")
-    assert not _direction_allows(docs, pods["rewind-checkpoint"], elsewhere, 50072, "Ingress")
+    assert direction_allows(docs, pods["rewind-checkpoint"], ingress, 50072, "Ingress")
+    assert not direction_allows(docs, pods["rewind-checkpoint"], elsewhere, 50072, "Ingress")
     for name, pod in pods.items():
         for port in (SERVICES[name], HEALTH_PORTS[name], *([] if name == "rewind-checkpoint" else [HTTP_PORTS[name]])):
-            assert not _direction_allows(docs, pod, ingress, port, "Ingress"), (name, port)
+            assert not direction_allows(docs, pod, ingress, port, "Ingress"), (name, port)
 
 
 def test_the_gpu_overlay_lets_the_store_clients_reach_public_https_but_not_the_cluster_or_metadata():
@@ -520,15 +460,15 @@ def test_the_gpu_overlay_lets_the_store_clients_reach_public_https_but_not_the_c
 # -- Pod Security Standards: restricted, evaluated offline ---------------------------------
 
 
-def test_every_pod_template_meets_the_restricted_pod_security_standard(overlay):
+def test_every_pod_template_meets_the_restricted_pod_security_standard(every_overlay):
     from tests.support.pod_security import restricted_violations
 
-    name, docs = overlay
-    checked = workloads(docs)
-    assert {w["kind"] for w in checked} >= {"Deployment", "Job"}
-    for workload in checked:
-        where = f"{name}: {workload['kind']}/{workload['metadata']['name']}"
-        assert restricted_violations(pod_spec(workload)) == [], where
+    name, docs = every_overlay
+    checked = [t for w in workloads(docs) for t in pod_templates(w)]
+    kinds = {w["kind"] for w in workloads(docs)}
+    assert "Deployment" in kinds and kinds & {"Job", "JobSet"}, kinds
+    for where, template, _ in checked:
+        assert restricted_violations(template["spec"]) == [], f"{name}: {where}"
 
 
 def test_the_restricted_evaluation_names_what_a_lax_pod_breaks():

