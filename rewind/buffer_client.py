@@ -194,7 +194,7 @@ class BufferClient(StatsView, ServiceClient):
     # -- TD-MPC2's API -------------------------------------------------------
 
     def add(self, td, routing: buffer_pb2.RoutingKey | None = None, generation: int = 0,
-            policy_version: int = 0) -> int:
+            policy_version: int = 0, timeout: float | None = None) -> int:
         """Add one episode (TensorDict or mapping, shape (L, ...)); returns num_eps.
 
         Args:
@@ -204,13 +204,15 @@ class BufferClient(StatsView, ServiceClient):
             policy_version: the version of the policy the episode was collected with (0: unknown, or random
                 actions). The buffer keeps it, with the routing key's writer and index and the generation,
                 until the episode is evicted; stats().writers summarises them per writer.
+            timeout: seconds for the call (default: the client's); a rate limiter holds the insert back at most
+                until a little before it ends, then answers DeadlineExceeded with reason RATE_LIMITED.
         """
         request = buffer_pb2.AddEpisodeRequest(buffer=self.buffer, routing=routing,
                                                generation=generation or self.generation,
                                                policy_version=policy_version)
         _buffer_messages().encode_episode(td, request.episode)
         self._check_size(request.ByteSize(), "episode")
-        return self._call(self._stub.AddEpisode, request, timeout=self.timeout).num_episodes
+        return self._call(self._stub.AddEpisode, request, timeout=timeout or self.timeout).num_episodes
 
     def load(self, td, routing: Sequence[buffer_pb2.RoutingKey] = (), generation: int = 0,
              policy_versions: Sequence[int] = ()) -> int:

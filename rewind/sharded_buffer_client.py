@@ -81,6 +81,7 @@ class Shard:
     index: int = 0                 # its place in the list: what routing knows it by
     state: str = LIVE
     episodes: int = 0              # sampleable episodes, as its last reply said
+    stored: int = -1               # episodes stored, as its last add or stats said (-1: not known yet)
     starts: int = 0                # sampleable sequence starts, likewise
     failures: int = 0              # consecutive failed probes
     next_probe: float = 0.0
@@ -235,26 +236,47 @@ class ShardedBufferClient(StatsView):
     def _key(self, index: int) -> buffer_pb2.RoutingKey:
         return buffer_pb2.RoutingKey(seed=self.routing_seed, writer=self.writer, index=index)
 
-    def add(self, td, policy_version: int = 0) -> int:
-        """Add one episode to the shard its routing key picks; returns the episodes stored on all live shards.
+    def add(self, td, policy_version: int = 0, spill_after_s: float | None = None) -> int:
+        """Add one episode to the shard its routing key picks; returns the episodes stored on all live shards
+        (the picked one's now, the others' as this client last saw them).
 
         Args:
             policy_version: the version of the policy the episode was collected with (0: unknown, or random
                 actions); the shard keeps it with the episode's writer, index and generation (see writers()).
+            spill_after_s: a collector's: when the picked shard's rate limiter holds the insert back this long,
+                try the next live shard in the key's rendezvous order, and so on. Each shard's limiter then
+                paces the learner without the deadlock of one shard full (inserts wait) and another empty
+                (the learner's batches, which draw from every shard, wait). Routing is then no longer a
+                function of the key alone: for collectors, whose exactness is statistical. None: the picked
+                shard only (the single-process trainer's reproducible routing).
+
+        Raises:
+            DeadlineExceeded: reason RATE_LIMITED, when every live shard (or the picked one) held it back.
         """
         with self._lock:
             index, self._episode_index = self._episode_index, self._episode_index + 1
+        held: set[str] = set()
         while True:
-            shard = self.route(index)
+            live = [s for s in self._require_live() if s.address not in held]
+            if not live:
+                raise DeadlineExceeded(f"add: the rate limiters of all {len(held)} live shards held episode {index} "
+                                       f"back for {spill_after_s:g} s each; the learner is behind", reason=RATE_LIMITED)
+            shard = self.route(index, live)
             try:
-                shard.client.add(td, routing=self._key(index), generation=self.generation,
-                                 policy_version=policy_version)
+                shard.stored = shard.client.add(td, routing=self._key(index), generation=self.generation,
+                                                policy_version=policy_version, timeout=spill_after_s)
                 break
             except SHARD_LOST as exc:
-                if rate_limited(exc):
+                # Spilling, a deadline is a shard that held the episode back (its limiter's answer may come just
+                # after the short deadline on a busy host); one that does not answer at all is Unavailable.
+                held_back = rate_limited(exc) or (spill_after_s is not None and isinstance(exc, DeadlineExceeded))
+                if not held_back:
+                    self.drop(shard, f"add: {exc.message}")
+                elif spill_after_s is None:
                     raise
-                self.drop(shard, f"add: {exc.message}")
-        return self.num_eps
+                else:
+                    held.add(shard.address)
+        return self._stored_total()
 
     def load(self, td, policy_versions: Sequence[int] = ()) -> int:
         """Add many episodes, each to the shard its routing key picks (one LoadEpisodes per shard).
@@ -278,7 +300,8 @@ class ShardedBufferClient(StatsView):
             for address, indices in groups.items():
                 shard = self.shard(address)
                 try:
-                    shard.client.load([episodes[i - first] for i in indices], routing=[self._key(i) for i in indices],
+                    shard.stored = shard.client.load([episodes[i - first] for i in indices],
+                                                     routing=[self._key(i) for i in indices],
                                       generation=self.generation,
                                       policy_versions=[policy_versions[i - first] for i in indices] if policy_versions
                                       else ())
@@ -287,7 +310,20 @@ class ShardedBufferClient(StatsView):
                         raise
                     self.drop(shard, f"load: {exc.message}")
                     pending += indices
-        return self.num_eps
+        return self._stored_total()
+
+    def _stored_total(self) -> int:
+        """Episodes stored on the live shards: each as its last add said, the others asked (GetStats) once.
+
+        A collector's token may not call GetStats: shards it has not added to yet then count as 0.
+        """
+        for shard in self.live:
+            if shard.stored < 0:
+                try:
+                    shard.stored = shard.client.stats().episodes
+                except RewindError:
+                    shard.stored = 0
+        return sum(max(shard.stored, 0) for shard in self.live)
 
     # -- sampling ------------------------------------------------------------
 
@@ -348,6 +384,7 @@ class ShardedBufferClient(StatsView):
             except SHARD_LOST as exc:
                 self.drop(shard, f"stats: {exc.message}")
                 continue
+            shard.stored = stats.episodes
             self._seen(shard, stats.sampleable_episodes, stats.sampleable_starts)
 
     def _seen(self, shard: Shard, episodes: int, starts: int) -> None:

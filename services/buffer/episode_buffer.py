@@ -77,6 +77,9 @@ def choose_storage_device(required_bytes: int, preference: str = "auto") -> torc
     return torch.device("cpu")
 
 
+STALE_GENERATION = "STALE_GENERATION"  # the reason of a write refused for its older generation
+
+
 class EpisodeBuffer:
     """Stores whole episodes; samples contiguous sequences in TD-MPC2's layout."""
 
@@ -217,7 +220,7 @@ class EpisodeBuffer:
             raise FailedPrecondition(
                 f"generation: this write is stamped with generation {generation}, but buffer {self.name!r} "
                 f"belongs to generation {self.generation} (the run was resumed since); a writer of an older "
-                "run must not add to it: restart it with the run's current generation")
+                "run must not add to it: restart it with the run's current generation", reason=STALE_GENERATION)
 
     def _store(self, episodes: Sequence[Mapping[str, torch.Tensor]], names: list[str], wait: Wait,
                generation: int, origins: list[Origin]) -> int:

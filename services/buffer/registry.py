@@ -164,8 +164,11 @@ class BufferRegistry:
                 "buffer_size (ResetBuffer) or delete a buffer")
 
 
+BUFFER_REPLACED = "BUFFER_REPLACED"  # the reason of a call that waited on a buffer since reset or restored over
+
+
 def _retire(buffer: EpisodeBuffer | None, how: str) -> None:
     """Calls still waiting on a replaced buffer's limiter end now, not at their deadline."""
     if buffer is not None:
         buffer.close(FailedPrecondition(f"buffer {buffer.name!r} was {how} while this call waited for its rate "
-                                        "limiter; nothing was stored or sampled"))
+                                        "limiter; nothing was stored or sampled", reason=BUFFER_REPLACED))

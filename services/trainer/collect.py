@@ -30,7 +30,7 @@ import torch
 
 from rewind import CheckpointClient, ShardedBufferClient, TrainerClient
 from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError, Unavailable
-from rewind.sharded_buffer_client import rate_limited
+from rewind.sharded_buffer_client import ANSWERING, rate_limited
 from rewind.trainer_client import Weights
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import POLICY_FILE, policy_agent_config
@@ -42,7 +42,7 @@ from rewind_trainer.recorder import EpisodeRecorder
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 1_000_003   # an episode's seed: the collector's seed x this + the episode's index
-ADD_TIMEOUT_S = 1.5       # the longest one insert waits on a shard's rate limiter before it is asked again
+SPILL_AFTER_S = 1.0       # how long one shard's rate limiter may hold an episode back before the next shard is tried
 
 
 @dataclass
@@ -97,7 +97,9 @@ class WeightsSource:
             return None
         try:
             found = self.checkpoints.lookup(self.settings.agent_id, self.settings.run_id, "latest").checkpoint
-            version = int(found.step)  # a checkpoint's weights carry its step; versions of both grow with it
+            fields = found.extra.fields
+            # The version the learner published these weights as; older checkpoints record none: their step.
+            version = int(fields["policy_version"].number_value) if "policy_version" in fields else int(found.step)
             if version <= newer_than:
                 return None
             data = self.checkpoints.read(found, POLICY_FILE)
@@ -134,12 +136,12 @@ def collect(settings: CollectSettings, stop: threading.Event | None = None,
         weights = _first_weights(source, settings, stop)
         agent = agent_from(weights.data, settings.seed, settings.device)
         replay = ShardedBufferClient(settings.buffer_addresses, writer=settings.collector_id,
-                                     routing_seed=weights.routing_seed, generation=weights.generation,
-                                     timeout=ADD_TIMEOUT_S)
+                                     routing_seed=weights.routing_seed, generation=weights.generation)
         sent = 0
         with replay:
             while not stop.is_set() and (not settings.episodes or sent < settings.episodes):
                 between_episodes()
+                _readmit_restored(replay)
                 episode = _episode(agent, settings, index, stop, seeding=weights.version == 0)
                 if episode is None:
                     break  # stopped mid-episode: dropped
@@ -208,13 +210,14 @@ def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threadin
     """Add the episode under its routing key, recording the policy version it was collected with; False when the
     run moved to a newer generation, or a stop came while the shard's rate limiter held it back (dropped either way).
 
-    An insert the limiter holds back (the learner is behind) is asked again for as long as it takes: each try
-    waits at most ADD_TIMEOUT_S, so that a SIGTERM is seen within it.
+    A shard whose rate limiter holds the episode back SPILL_AFTER_S passes it to the next shard; when every
+    shard holds it back (the learner is behind), it is asked again for as long as it takes, a SIGTERM seen
+    between the tries.
     """
     while True:
         replay.load_state_dict({**replay.state_dict(), "episode_index": index})
         try:
-            replay.add(episode, policy_version=policy_version)
+            replay.add(episode, policy_version=policy_version, spill_after_s=SPILL_AFTER_S)
             return True
         except DeadlineExceeded as exc:
             if not rate_limited(exc):
@@ -222,11 +225,34 @@ def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threadin
             if stop.is_set():
                 log.info("stopping: episode %d dropped while the learner was behind", index)
                 return False
+        except Unavailable as exc:
+            # Every shard is lost for now: wait for the learner to restore one (readmitted once restored).
+            log.warning("episode %d waits: %s", index, exc)
+            if stop.wait(1.0):
+                return False
+            _readmit_restored(replay)
         except FailedPrecondition as exc:
-            if "generation" not in str(exc):
+            if exc.reason == "BUFFER_REPLACED":
+                continue  # the learner restored the shard while the insert waited: ask again (the generation decides)
+            if exc.reason != "STALE_GENERATION":
                 raise
             log.warning("episode %d dropped: %s", index, exc)
             return False
+
+
+def _readmit_restored(replay: ShardedBufferClient) -> None:
+    """Write again to a lost shard once the learner restored it: it answers, and holds the run's generation (a
+    restarted shard is empty, generation 0, until the learner restores the last cut into it)."""
+    for shard in replay.shards:
+        if shard.state != ANSWERING:
+            continue
+        try:
+            restored = shard.client.stats(timeout=5.0).generation >= replay.generation
+        except RewindError:
+            continue  # not restored yet (NOT_FOUND), or lost again: the prober sees to it
+        if restored:
+            replay.readmit(shard.address)
+            log.info("shard %s is back (restored by the learner): episodes go to it again", shard.address)
 
 
 def _refresh(source: WeightsSource, agent: TDMPC2, weights: Weights, replay: ShardedBufferClient,

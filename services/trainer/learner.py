@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from rewind.buffer_client import BufferClient
 from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError
-from rewind.sharded_buffer_client import rate_limited
+from rewind.sharded_buffer_client import merge_writers, rate_limited
+from rewind_trainer.connections import WRITER
 from rewind_trainer.hparams import AgentConfig
 from rewind_trainer.loop import Trainer, stream_chunk
 from rewind_trainer.settings import TrainSettings
@@ -67,6 +68,7 @@ class Learner(Trainer):
         self.limiter_retries = 0      # streams the limiter ended (RATE_LIMITED), each opened again
         self.batch_wait_s = 0.0       # seconds spent waiting for batches (the limiter, the shards)
         self._sampleable = 0
+        self.policy_lags: dict[str, int] = {}   # per collector, as of the last boundary
 
     @property
     def updates(self) -> int:
@@ -128,11 +130,13 @@ class Learner(Trainer):
     def _count_collected(self) -> None:
         """The step and episode counts, from what every shard took in (kept as they were while one is down)."""
         steps = episodes = sampleable = 0
+        every = []
         for shard in self.shards:
             try:
                 stats = shard.stats(timeout=5.0)
             except RewindError:
                 return
+            every.append(stats)
             inserts = stats.rate_limiter.inserts if stats.HasField("rate_limiter") else stats.transitions
             steps += inserts - stats.episodes_added  # each episode stores its first observation besides its steps
             episodes += stats.episodes_added
@@ -144,6 +148,9 @@ class Learner(Trainer):
                                steps_per_s=self.steps_per_second, **s.losses)
         s.step, s.episode = max(s.step, steps), max(s.episode, episodes)
         self._sampleable = sampleable
+        # Each collector's lag: the updates since the policy its latest stored episode was acted with.
+        self.policy_lags = {w.writer: self.learned - w.latest_policy_version for w in merge_writers(every)
+                            if w.writer and w.writer != WRITER}
 
     def _evaluation_due(self) -> bool:
         s, cfg = self.state, self.settings

@@ -16,10 +16,16 @@ Every sample carries the run's `agent_id` and `run_id` labels.
     rewind_trainer_checkpoint_saves_total      checkpoints committed by this process
     rewind_trainer_checkpoint_failures_total   checkpoints that failed (training went on)
     rewind_trainer_replay_shards{state}        a sharded run's shards: live, down, answering (not yet restored)
+    rewind_trainer_limiter_retries_total       a learner's: batch streams its shards' rate limiters held back past
+                                               their timeout (each opened again)
+    rewind_trainer_batch_wait_seconds_total    a learner's: seconds spent waiting for batches (the limiters, the shards)
+    rewind_trainer_policy_lag{collector}       a learner's: updates since the policy of each collector's latest episode
+    rewind_trainer_policy_lag_mean             a learner's: their mean over the collectors
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -27,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rewind.sharded_buffer_client import ANSWERING, DOWN, LIVE
+from rewind_trainer.learner import Learner
 from rewind_trainer.service import TrainerServicer
 
 
@@ -86,12 +93,30 @@ class TrainerCollector(Collector):
             for state in (LIVE, DOWN, ANSWERING):
                 family.add_metric([*labels, state], float(sum(shard.state == state for shard in shards)))
             yield family
-        for name, documentation, value in (
-                ("updates", "Gradient updates since the run began", updates),
-                ("checkpoint_saves", "Checkpoints committed by this process", c.saves),
-                ("checkpoint_failures", "Checkpoints that failed (training went on)", c.failures)):
+        counters = [("updates", "Gradient updates since the run began", updates),
+                    ("checkpoint_saves", "Checkpoints committed by this process", c.saves),
+                    ("checkpoint_failures", "Checkpoints that failed (training went on)", c.failures)]
+        if isinstance(trainer, Learner):
+            counters += [("limiter_retries", "Batch streams the shards' rate limiters held back past their timeout, "
+                          "each opened again", trainer.limiter_retries),
+                         ("batch_wait_seconds", "Seconds spent waiting for batches (the rate limiters, the shards)",
+                          trainer.batch_wait_s)]
+        if isinstance(trainer, Learner):
+            yield from _lags(labels, trainer.policy_lags)
+        for name, documentation, value in counters:
             yield _one(CounterMetricFamily(f"rewind_trainer_{name}", documentation, labels=["agent_id", "run_id"]),
                        labels, value)
+
+
+def _lags(labels: list[str], lags: dict[str, int]) -> Iterator[Metric]:
+    family = GaugeMetricFamily("rewind_trainer_policy_lag", "Updates since the policy a collector's latest episode "
+                               "was acted with", labels=["agent_id", "run_id", "collector"])
+    for collector, lag in sorted(lags.items()):
+        family.add_metric([*labels, collector], float(lag))
+    yield family
+    mean = sum(lags.values()) / len(lags) if lags else math.nan
+    yield _one(GaugeMetricFamily("rewind_trainer_policy_lag_mean", "Mean policy lag over the collectors (NaN: none "
+                                 "yet)", labels=["agent_id", "run_id"]), labels, mean)
 
 
 def _one(family: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: float) -> Metric:

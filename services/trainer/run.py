@@ -162,7 +162,9 @@ def _continue(trainer: Trainer, plan: Plan, metrics: MetricsLog, client: Checkpo
     again = ("train",) * s.unadded + ("eval",) * (s.last_eval_step != s.step)
     metrics.truncate_after(s.step, again)
     changes = ", ".join(f"{k} {v['from']} -> {v['to']}" for k, v in plan.resume.overrides.items())
-    log.info("resuming %s at step %d%s", plan.resumed_from, trainer.state.step,
+    learner = f" (update {trainer.updates}: the policy version collectors must hold)" if plan.settings.collectors \
+        else ""
+    log.info("resuming %s at step %d%s%s", plan.resumed_from, trainer.state.step, learner,
              f" with overrides: {changes}" if changes else "")
 
 

@@ -93,7 +93,9 @@ class CheckpointSchedule:
         metrics = {k: float(v) for k, v in (("eval_return", s.eval_return), ("episode_return", s.episode_return))
                    if not math.isnan(v)}
         config = {"settings": settings.to_dict(), "agent_config": dataclasses.asdict(self.agent_cfg)}
-        extra = {"overrides": self.history, "acting_mode": trainer.agent.mode, "recent_returns": s.recent_returns}
+        # policy_version: the version GetWeights gave this policy (the update count), for a collector's fallback.
+        extra = {"overrides": self.history, "acting_mode": trainer.agent.mode, "recent_returns": s.recent_returns,
+                 "policy_version": trainer.updates}
 
         def state() -> dict:
             return {**trainer.state_dict(), **config, "overrides": self.history}

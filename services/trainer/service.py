@@ -99,7 +99,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             steps_per_second=trainer.steps_per_second, eval_return=s.eval_return, eval_step=s.last_eval_step,
             acting_mode=trainer.agent.mode,
             recent_returns=s.recent_returns, losses={k: float(v) for k, v in s.losses.items()},
-            torch_threads=self.threads.threads, torch_threads_reason=self.threads.reason)
+            torch_threads=self.threads.threads, torch_threads_reason=self.threads.reason, updates=trainer.updates,
+            collectors=trainer.settings.collectors, limiter_retries=getattr(trainer, "limiter_retries", 0))
         status.last_checkpoint.CopyFrom(trainer_pb2.CheckpointState(
             path=c.path, step=max(c.step, 0), blocking_ms=c.blocking_ms, error=c.error,
             in_flight=int(self.checkpointer.busy)))

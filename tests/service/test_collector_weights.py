@@ -25,18 +25,22 @@ def test_without_its_learner_a_collector_acts_with_the_latest_checkpoint(tmp_pat
     policy = encode_policy(learner.model.state_dict(), dataclasses.asdict(config))
     host = serve_checkpoints(checkpoint_config(f"file://{tmp_path}/store"))
     try:
-        with CheckpointClient(host.address) as ckpt:
-            for step, generation in ((300, 2), (500, 3)):
-                ckpt.save("tdmpc2", "run-a", step, {POLICY_FILE: policy},
-                          extra={"cut": {"shards": 2, "routing_seed": 7, "generation": generation}})
         nobody = f"127.0.0.1:{free_port()}"  # the learner: nothing listens there
         source = WeightsSource(CollectSettings(buffer_addresses=("127.0.0.1:1",), learner_address=nobody,
                                                checkpoint_address=host.address, run_id="run-a"))
         try:
-            weights = source.newest(-1, timeout_s=2)
-            assert (weights.version, weights.generation, weights.routing_seed, weights.step) == (500, 3, 7, 500)
+            with CheckpointClient(host.address) as ckpt:
+                # A checkpoint that records no policy version (older trainers): its step stands for it.
+                ckpt.save("tdmpc2", "run-a", 300, {POLICY_FILE: policy},
+                          extra={"cut": {"shards": 2, "routing_seed": 7, "generation": 2}})
+                assert source.newest(-1, timeout_s=2).version == 300
+                # A learner's records the version it published the policy as: its update count.
+                ckpt.save("tdmpc2", "run-a", 500, {POLICY_FILE: policy}, extra={
+                    "cut": {"shards": 2, "routing_seed": 7, "generation": 3}, "policy_version": 420})
+            weights = source.newest(300, timeout_s=2)
+            assert (weights.version, weights.generation, weights.routing_seed, weights.step) == (420, 3, 7, 500)
             assert weights.data == policy
-            assert source.newest(500, timeout_s=2) is None  # nothing newer than what it holds
+            assert source.newest(420, timeout_s=2) is None  # nothing newer than what it holds
         finally:
             source.close()
         agent = agent_from(weights.data, seed=11, device="cpu")

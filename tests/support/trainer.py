@@ -23,9 +23,9 @@ class TrainerProcess:
     """`rewind train` in a subprocess against the given services, with its trainer service on a known port."""
 
     def __init__(self, tmp_path: Path, buffer: str, ckpt: str, *args: str, env: dict[str, str] | None = None,
-                 security: ClientSecurity | None = None) -> None:
-        self.port = free_port()
-        self.log = open(tmp_path / f"trainer-{self.port}.log", "wb")  # closed in wait()
+                 security: ClientSecurity | None = None, port: int = 0) -> None:
+        self.port = port or free_port()  # a port given: a learner restarted where its collectors look for it
+        self.log = open(tmp_path / f"trainer-{self.port}.log", "ab")  # closed in wait()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rewind_cli", "train", "--model-size", "tiny", "--seed-steps", "200",
              "--eval-freq", "400", "--eval-episodes", "1", "--checkpoint-interval-episodes", "0",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frewind/trainer/v1/trainer.proto\x12\x11rewind.trainer.v1\"\x12\n\x10GetStatusRequest\"E\n\x11GetStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .rewind.trainer.v1.TrainerStatus\"\xe6\x03\n\rTrainerStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x03\x12\x18\n\x10steps_per_second\x18\x08 \x01(\x01\x12\x16\n\x0erecent_returns\x18\t \x03(\x01\x12\x13\n\x0b\x65val_return\x18\n \x01(\x01\x12<\n\x06losses\x18\x0b \x03(\x0b\x32,.rewind.trainer.v1.TrainerStatus.LossesEntry\x12;\n\x0flast_checkpoint\x18\x0c \x01(\x0b\x32\".rewind.trainer.v1.CheckpointState\x12\x14\n\x0cresumed_from\x18\r \x01(\t\x12\x13\n\x0b\x61\x63ting_mode\x18\x0e \x01(\t\x12\x15\n\rtorch_threads\x18\x0f \x01(\x05\x12\x1c\n\x14torch_threads_reason\x18\x10 \x01(\t\x12\x11\n\teval_step\x18\x11 \x01(\x03\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x0f\x43heckpointState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0b\x62locking_ms\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"\'\n\x17\x43reateCheckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"6\n\x18\x43reateCheckpointResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\"\r\n\x0bStopRequest\"\x1c\n\x0cStopResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\"(\n\x11GetWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\xa1\x01\n\x12GetWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\r\n\x05\x63hunk\x18\x06 \x01(\x0c\x12\x0e\n\x06offset\x18\x07 \x01(\x03\x12\x14\n\x0crouting_seed\x18\x08 \x01(\x04\x32\xfb\x02\n\x0eTrainerService\x12V\n\tGetStatus\x12#.rewind.trainer.v1.GetStatusRequest\x1a$.rewind.trainer.v1.GetStatusResponse\x12k\n\x10\x43reateCheckpoint\x12*.rewind.trainer.v1.CreateCheckpointRequest\x1a+.rewind.trainer.v1.CreateCheckpointResponse\x12G\n\x04Stop\x12\x1e.rewind.trainer.v1.StopRequest\x1a\x1f.rewind.trainer.v1.StopResponse\x12[\n\nGetWeights\x12$.rewind.trainer.v1.GetWeightsRequest\x1a%.rewind.trainer.v1.GetWeightsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frewind/trainer/v1/trainer.proto\x12\x11rewind.trainer.v1\"\x12\n\x10GetStatusRequest\"E\n\x11GetStatusResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .rewind.trainer.v1.TrainerStatus\"\xa4\x04\n\rTrainerStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x03\x12\x18\n\x10steps_per_second\x18\x08 \x01(\x01\x12\x16\n\x0erecent_returns\x18\t \x03(\x01\x12\x13\n\x0b\x65val_return\x18\n \x01(\x01\x12<\n\x06losses\x18\x0b \x03(\x0b\x32,.rewind.trainer.v1.TrainerStatus.LossesEntry\x12;\n\x0flast_checkpoint\x18\x0c \x01(\x0b\x32\".rewind.trainer.v1.CheckpointState\x12\x14\n\x0cresumed_from\x18\r \x01(\t\x12\x13\n\x0b\x61\x63ting_mode\x18\x0e \x01(\t\x12\x15\n\rtorch_threads\x18\x0f \x01(\x05\x12\x1c\n\x14torch_threads_reason\x18\x10 \x01(\t\x12\x11\n\teval_step\x18\x11 \x01(\x03\x12\x0f\n\x07updates\x18\x12 \x01(\x03\x12\x12\n\ncollectors\x18\x13 \x01(\x05\x12\x17\n\x0flimiter_retries\x18\x14 \x01(\x03\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x0f\x43heckpointState\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0b\x62locking_ms\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"\'\n\x17\x43reateCheckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"6\n\x18\x43reateCheckpointResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\"\r\n\x0bStopRequest\"\x1c\n\x0cStopResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\"(\n\x11GetWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\xa1\x01\n\x12GetWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\r\n\x05\x63hunk\x18\x06 \x01(\x0c\x12\x0e\n\x06offset\x18\x07 \x01(\x03\x12\x14\n\x0crouting_seed\x18\x08 \x01(\x04\x32\xfb\x02\n\x0eTrainerService\x12V\n\tGetStatus\x12#.rewind.trainer.v1.GetStatusRequest\x1a$.rewind.trainer.v1.GetStatusResponse\x12k\n\x10\x43reateCheckpoint\x12*.rewind.trainer.v1.CreateCheckpointRequest\x1a+.rewind.trainer.v1.CreateCheckpointResponse\x12G\n\x04Stop\x12\x1e.rewind.trainer.v1.StopRequest\x1a\x1f.rewind.trainer.v1.StopResponse\x12[\n\nGetWeights\x12$.rewind.trainer.v1.GetWeightsRequest\x1a%.rewind.trainer.v1.GetWeightsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_start=74
   _globals['_GETSTATUSRESPONSE']._serialized_end=143
   _globals['_TRAINERSTATUS']._serialized_start=146
-  _globals['_TRAINERSTATUS']._serialized_end=632
-  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_start=587
-  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_end=632
-  _globals['_CHECKPOINTSTATE']._serialized_start=634
-  _globals['_CHECKPOINTSTATE']._serialized_end=734
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=736
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=775
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=777
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=831
-  _globals['_STOPREQUEST']._serialized_start=833
-  _globals['_STOPREQUEST']._serialized_end=846
-  _globals['_STOPRESPONSE']._serialized_start=848
-  _globals['_STOPRESPONSE']._serialized_end=876
-  _globals['_GETWEIGHTSREQUEST']._serialized_start=878
-  _globals['_GETWEIGHTSREQUEST']._serialized_end=918
-  _globals['_GETWEIGHTSRESPONSE']._serialized_start=921
-  _globals['_GETWEIGHTSRESPONSE']._serialized_end=1082
-  _globals['_TRAINERSERVICE']._serialized_start=1085
-  _globals['_TRAINERSERVICE']._serialized_end=1464
+  _globals['_TRAINERSTATUS']._serialized_end=694
+  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_start=649
+  _globals['_TRAINERSTATUS_LOSSESENTRY']._serialized_end=694
+  _globals['_CHECKPOINTSTATE']._serialized_start=696
+  _globals['_CHECKPOINTSTATE']._serialized_end=796
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=798
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=837
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=839
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=893
+  _globals['_STOPREQUEST']._serialized_start=895
+  _globals['_STOPREQUEST']._serialized_end=908
+  _globals['_STOPRESPONSE']._serialized_start=910
+  _globals['_STOPRESPONSE']._serialized_end=938
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=940
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=980
+  _globals['_GETWEIGHTSRESPONSE']._serialized_start=983
+  _globals['_GETWEIGHTSRESPONSE']._serialized_end=1144
+  _globals['_TRAINERSERVICE']._serialized_start=1147
+  _globals['_TRAINERSERVICE']._serialized_end=1526
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class GetStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[TrainerStatus, _Mapping]] = ...) -> None: ...
 
 class TrainerStatus(_message.Message):
-    __slots__ = ("agent_id", "run_id", "task", "phase", "step", "total_steps", "episode", "steps_per_second", "recent_returns", "eval_return", "losses", "last_checkpoint", "resumed_from", "acting_mode", "torch_threads", "torch_threads_reason", "eval_step")
+    __slots__ = ("agent_id", "run_id", "task", "phase", "step", "total_steps", "episode", "steps_per_second", "recent_returns", "eval_return", "losses", "last_checkpoint", "resumed_from", "acting_mode", "torch_threads", "torch_threads_reason", "eval_step", "updates", "collectors", "limiter_retries")
     class LossesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,9 @@ class TrainerStatus(_message.Message):
     TORCH_THREADS_FIELD_NUMBER: _ClassVar[int]
     TORCH_THREADS_REASON_FIELD_NUMBER: _ClassVar[int]
     EVAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_FIELD_NUMBER: _ClassVar[int]
+    LIMITER_RETRIES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     run_id: str
     task: str
@@ -59,7 +62,10 @@ class TrainerStatus(_message.Message):
     torch_threads: int
     torch_threads_reason: str
     eval_step: int
-    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task: _Optional[str] = ..., phase: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., episode: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., recent_returns: _Optional[_Iterable[float]] = ..., eval_return: _Optional[float] = ..., losses: _Optional[_Mapping[str, float]] = ..., last_checkpoint: _Optional[_Union[CheckpointState, _Mapping]] = ..., resumed_from: _Optional[str] = ..., acting_mode: _Optional[str] = ..., torch_threads: _Optional[int] = ..., torch_threads_reason: _Optional[str] = ..., eval_step: _Optional[int] = ...) -> None: ...
+    updates: int
+    collectors: int
+    limiter_retries: int
+    def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task: _Optional[str] = ..., phase: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., episode: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., recent_returns: _Optional[_Iterable[float]] = ..., eval_return: _Optional[float] = ..., losses: _Optional[_Mapping[str, float]] = ..., last_checkpoint: _Optional[_Union[CheckpointState, _Mapping]] = ..., resumed_from: _Optional[str] = ..., acting_mode: _Optional[str] = ..., torch_threads: _Optional[int] = ..., torch_threads_reason: _Optional[str] = ..., eval_step: _Optional[int] = ..., updates: _Optional[int] = ..., collectors: _Optional[int] = ..., limiter_retries: _Optional[int] = ...) -> None: ...
 
 class CheckpointState(_message.Message):
     __slots__ = ("path", "step", "blocking_ms", "error", "in_flight")

@@ -1,0 +1,134 @@
+"""A run of 2 shards, 3 collectors and a learner (`rewind train --collectors 3`), as processes, through each kill
+the issue names: the collectors, a shard, the learner; then a SIGTERM and a final cut."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rewind import BufferClient, CheckpointClient
+from tests.support.processes import ServiceProcess, wait_for
+from tests.support.trainer import TrainerProcess
+
+RUN = ("tdmpc2", "pendulum-v1-seed1")
+
+
+class Collector:
+    """`rewind collect` c-<i> in a subprocess, its output appended to tmp_path/c-<i>.log (it survives restarts)."""
+
+    def __init__(self, tmp_path: Path, i: int, shards: str, learner: str, ckpt: str) -> None:
+        self.path = tmp_path / f"c-{i}.log"
+        with open(self.path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rewind_cli", "collect", "--buffer-addresses", shards, "--learner-address",
+                 learner, "--checkpoint-address", ckpt, "--run-id", RUN[1], "--collector-id", f"c-{i}", "--seed",
+                 str(100 + i), "--state-dir", str(tmp_path / "collectors")],
+                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def log(self) -> str:
+        return self.path.read_text()
+
+    def versions(self) -> list[tuple[int, int]]:
+        """(version, generation) of every policy it took, in order."""
+        found = re.findall(r"(?:acting with )?policy version (\d+) \(generation (\d+)\)", self.log())
+        return [(int(v), int(g)) for v, g in found]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def learner_process(tmp_path: Path, shards: str, ckpt: str, *args: str, port: int = 0) -> TrainerProcess:
+    return TrainerProcess(tmp_path, "", ckpt, "--buffer-addresses", shards, "--collectors", "3", "--steps", "1000000",
+                          "--eval-freq", "1000000", "--checkpoint-interval-episodes", "3",
+                          "--publish-weights-every", "20", *args, port=port)
+
+
+def updates(learner: TrainerProcess) -> int:
+    return learner.client.status().updates
+
+
+def shard_stats(address: str):
+    with BufferClient(address) as client:
+        return client.stats()
+
+
+def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
+    shards = [ServiceProcess(tmp_path, "--serve-after-sigterm-s", "5") for _ in range(2)]
+    ckpt = ServiceProcess(tmp_path, "--store", f"file://{tmp_path}/store", group="ckpt")
+    addresses = ",".join(s.address for s in shards)
+    learner = learner_process(tmp_path, addresses, ckpt.address)
+    collectors: list[Collector] = []
+    try:
+        learner.client.wait_until_serving(timeout=120)
+        at = f"127.0.0.1:{learner.port}"
+        collectors = [Collector(tmp_path, i, addresses, at, ckpt.address) for i in range(3)]
+        wait_for(lambda: updates(learner) >= 300, "the learner's first 300 updates", timeout=180)
+        status = learner.client.status()
+        assert status.collectors == 3 and status.phase in ("learning", "checkpointing") and status.step >= 200
+
+        # Every collector killed: the learner waits on the shards' limiters (it does not fail), and a restarted
+        # collector carries on with a policy at least as new as the one it had.
+        had = max(v for v, _ in collectors[0].versions())
+        for c in collectors:
+            c.kill()
+        wait_for(lambda: any(shard_stats(s.address).rate_limiter.samples_waiting for s in shards),
+                 "the learner waiting on a shard's rate limiter", timeout=120)
+        held = updates(learner)
+        assert learner.proc.poll() is None and learner.client.status().step > 0
+        collectors[0] = Collector(tmp_path, 0, addresses, at, ckpt.address)
+        wait_for(lambda: updates(learner) > held + 50, "updates again once a collector is back", timeout=120)
+        assert "c-0 carries on from episode" in collectors[0].log()
+        assert collectors[0].versions()[-1][0] >= had
+        collectors[1:] = [Collector(tmp_path, i, addresses, at, ckpt.address) for i in (1, 2)]
+
+        # A shard killed: learning goes on with the other at once; restarted empty on its port, it is restored
+        # from the last cut and rejoins.
+        wait_for(lambda: learner.client.status().last_checkpoint.step > 0, "a first cut", timeout=120)
+        port = shards[1].port
+        shards[1].kill()
+        before, killed = updates(learner), time.monotonic()
+        wait_for(lambda: updates(learner) > before + 5, "updates on the other shard", timeout=30)
+        assert time.monotonic() - killed < 5.0
+        shards[1] = ServiceProcess(tmp_path, "--serve-after-sigterm-s", "5", port=port)
+        wait_for(lambda: shard_stats(shards[1].address).episodes > 0, "the shard restored", timeout=120)
+        assert shard_stats(shards[1].address).generation == 1
+
+        # The learner killed: resumed from its last cut at generation 2; the collectors' generation-1 writes are
+        # refused until they hold the restored version (or newer).
+        learner.proc.kill()
+        learner.wait()
+        learner = learner_process(tmp_path, addresses, ckpt.address, "--resume-from-checkpoint", "latest",
+                                  port=learner.port)
+        learner.client.wait_until_serving(timeout=120)
+        wait_for(lambda: "(update " in learner.output(), "the resume", timeout=60)
+        at_step, restored = map(int, re.search(r"at step (\d+) \(update (\d+): the policy version",
+                                                learner.output()).groups())
+        assert at_step > 0 and restored > 0
+        wait_for(lambda: all(any(g == 2 for _, g in c.versions()) for c in collectors),
+                 "every collector on generation 2", timeout=180)
+        for c in collectors:
+            assert all(v >= restored for v, g in c.versions() if g == 2)
+        assert all(shard_stats(s.address).generation == 2 for s in shards)
+        wait_for(lambda: updates(learner) > restored + 50 and learner.client.status().step > at_step,
+                 "updates and new episodes of the resumed learner", timeout=120)
+
+        # SIGTERM: the learner's final cut commits and it exits 0.
+        learner.proc.send_signal(signal.SIGTERM)
+        assert learner.wait() == 0, learner.output()
+        with CheckpointClient(ckpt.address) as client:
+            final = client.lookup(*RUN, "latest").checkpoint
+        assert final.step > at_step and final.extra["cut"]["generation"] == 2
+        assert final.extra["policy_version"] > restored
+    finally:
+        for c in collectors:
+            c.kill()
+        learner.stop()
+        for service in (*shards, ckpt):
+            service.stop()
