@@ -13,7 +13,7 @@ from rewind_runtime.threads import configure_torch_threads
 from rewind_trainer.collect_settings import CollectSettings
 
 EXAMPLES = """examples:
-  rewind train --buffer-addresses 10.0.0.1:50051,10.0.0.2:50051 --publish-weights-every 50   # the learner
+  rewind train --buffer-addresses 10.0.0.1:50051,10.0.0.2:50051 --collectors 2              # the learner
   rewind collect --buffer-addresses 10.0.0.1:50051,10.0.0.2:50051 --learner-address 10.0.0.9:50053 \\
       --collector-id collector-3 --seed 103
   rewind collect ... --run-id pendulum-v1-seed1     # while the learner does not answer: its latest checkpoint's
@@ -57,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
         # Within 2 s of SIGTERM: the state file is written and the channels closed, so the interpreter's own
         # teardown (half a second of torch and gRPC) is skipped.
         logging.shutdown()
-        os._exit(0)
+        os._exit(settings.preempt_exit_code)
     return 0

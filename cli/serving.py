@@ -43,4 +43,4 @@ def serve(args: argparse.Namespace, settings_cls: type, start: Callable, name: s
           flush=True)
     host.wait()
     print(f"{name} stopped", flush=True)
-    return 0
+    return settings.preempt_exit_code if host.signalled else 0

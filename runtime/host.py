@@ -356,6 +356,11 @@ class ServiceHost:
         """Block until stop() has finished."""
         self.stopped.wait()
 
+    @property
+    def signalled(self) -> bool:
+        """Whether SIGTERM or SIGINT stopped it (install_signal_handlers)."""
+        return getattr(self, "_draining", False)
+
 
 def _bind(server: grpc.Server, target: str, tls: ServerTLS | None) -> tuple[int, str]:
     """(the bound port, or 0 and why not as ": reason")."""

@@ -40,6 +40,9 @@ class ServerSettings(Settings):
                                                 "NOT_SERVING) before draining, so that a learner stopped at the same "
                                                 "moment (a Kueue suspend) still takes its final checkpoint from this "
                                                 "service; a second signal cuts it short", minimum=0)
+    preempt_exit_code: int = setting(0, "exit code after stopping on SIGTERM: in a Kubernetes Job (a JobSet's shard) "
+                                        "a non-zero one (143) that its podFailurePolicy ignores, so that a stopped "
+                                        "pod is replaced rather than counted complete", minimum=0, maximum=255)
     workers: int = setting(16, "gRPC worker threads", minimum=1)
     max_streams: int = setting(0, "streams open at once; more get RESOURCE_EXHAUSTED (0: half the workers, so "
                                   "health and unary calls keep threads)", minimum=0)

@@ -34,6 +34,9 @@ class CollectSettings(Settings):
     weights_wait_s: float = setting(60.0, "at start, seconds to wait for weights (from the learner or the "
                                           "fallback) before giving up", above=0)
     device: str = setting("cpu", "cpu or cuda")
+    preempt_exit_code: int = setting(0, "exit code after a SIGTERM: in a Kubernetes Job (a JobSet's collector) a "
+                                        "non-zero one (143) that its podFailurePolicy ignores, so that a stopped "
+                                        "collector is replaced rather than counted complete", minimum=0, maximum=255)
 
     def __post_init__(self) -> None:
         super().__post_init__()

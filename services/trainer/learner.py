@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from rewind.buffer_client import BufferClient
 from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError
-from rewind.sharded_buffer_client import merge_writers, rate_limited
+from rewind.sharded_buffer_client import LIVE, ShardedBufferClient, merge_writers, rate_limited
 from rewind_trainer.connections import WRITER
 from rewind_trainer.hparams import AgentConfig
-from rewind_trainer.loop import Trainer, stream_chunk
+from rewind_trainer.loop import STREAM_CHUNK, Trainer, stream_chunk
 from rewind_trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,17 @@ def shard_limiter(cfg: AgentConfig, settings: TrainSettings, episode_length: int
             "inserts_wait": True, "max_episode_length": longest}
 
 
+def _batches_allowed(stats) -> int:
+    """Whole batches the buffer's rate limiter would let through now (STREAM_CHUNK: it has none)."""
+    if not stats.HasField("rate_limiter"):
+        return STREAM_CHUNK
+    limiter = stats.rate_limiter
+    if not limiter.can_sample:
+        return 0
+    room = limiter.inserts * limiter.samples_per_insert - limiter.samples - limiter.min_diff
+    return int(min(room // max(stats.settings.batch_size, 1), STREAM_CHUNK))
+
+
 class Learner(Trainer):
     """The loop of a learner: updates while the shards' limiters allow, evaluates every eval_freq collected steps.
 
@@ -68,6 +79,8 @@ class Learner(Trainer):
         self.limiter_retries = 0      # streams the limiter ended (RATE_LIMITED), each opened again
         self.batch_wait_s = 0.0       # seconds spent waiting for batches (the limiter, the shards)
         self._sampleable = 0
+        self._allowed = 0             # batches every shard's limiter lets through now (a full batch each)
+        self._taken: dict[str, tuple[int, int]] = {}   # per shard: (steps, episodes) it last said it took in
         self.policy_lags: dict[str, int] = {}   # per collector, as of the last boundary
 
     @property
@@ -92,8 +105,9 @@ class Learner(Trainer):
                     if self._evaluation_due():
                         self._evaluate()  # abandoned for a stop: the next boundary stops
                         continue
-                    if not self._sampleable:
-                        self.phase = "waiting for episodes"
+                    if not (self._sampleable and self._allowed):
+                        # Waiting here, not in a held-back stream, keeps the counts (and a stop) current.
+                        self.phase = "waiting for collectors"
                         self.interrupt.wait(IDLE_WAIT_S)
                         continue
                 self.phase = "learning"
@@ -125,32 +139,43 @@ class Learner(Trainer):
         self.learned += 1
 
     def _stream_size(self) -> int:
-        return stream_chunk(self._update_s)
+        return max(1, min(stream_chunk(self._update_s), self._allowed))
 
     def _count_collected(self) -> None:
-        """The step and episode counts, from what every shard took in (kept as they were while one is down)."""
-        steps = episodes = sampleable = 0
-        every = []
+        """The step and episode counts, from what every shard took in, and the batches the live shards' limiters
+        let through now. A shard that is lost (or not yet restored) counts as it last did, and is not sampled."""
+        every, allowed = [], STREAM_CHUNK
         for shard in self.shards:
+            if not self._live(shard):
+                continue
             try:
                 stats = shard.stats(timeout=5.0)
             except RewindError:
-                return
+                continue  # lost meanwhile: the sharded client's stream finds out and drops it
             every.append(stats)
+            if stats.sampleable_episodes:
+                allowed = min(allowed, _batches_allowed(stats))
             inserts = stats.rate_limiter.inserts if stats.HasField("rate_limiter") else stats.transitions
-            steps += inserts - stats.episodes_added  # each episode stores its first observation besides its steps
-            episodes += stats.episodes_added
-            sampleable += stats.sampleable_episodes
+            # Each episode stores its first observation besides its steps.
+            self._taken[shard.address] = (inserts - stats.episodes_added, stats.episodes_added)
+        steps = sum(taken[0] for taken in self._taken.values())
+        episodes = sum(taken[1] for taken in self._taken.values())
         s = self.state
         if episodes > s.episode:
             # The learner sees no episode's return (the collectors log theirs): a row of its losses.
             self.metrics.write(step=max(s.step, steps), episode=episodes, kind="train",
                                steps_per_s=self.steps_per_second, **s.losses)
         s.step, s.episode = max(s.step, steps), max(s.episode, episodes)
-        self._sampleable = sampleable
+        self._sampleable = sum(stats.sampleable_episodes for stats in every)
+        self._allowed = allowed if every else 0
         # Each collector's lag: the updates since the policy its latest stored episode was acted with.
         self.policy_lags = {w.writer: self.learned - w.latest_policy_version for w in merge_writers(every)
                             if w.writer and w.writer != WRITER}
+
+    def _live(self, shard: BufferClient) -> bool:
+        """Whether the shard is sampled now (a sharded replay drops a lost shard until it is restored)."""
+        replay = self.buffer
+        return not isinstance(replay, ShardedBufferClient) or replay.shard(shard.address).state == LIVE
 
     def _evaluation_due(self) -> bool:
         s, cfg = self.state, self.settings

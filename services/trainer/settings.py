@@ -32,7 +32,7 @@ PLACEMENT = frozenset({
     "resume_from_checkpoint", "agent_id", "run_id", "wait_for_services_s", "local_services", "store",
     "checkpoint_dir", "progress", "heartbeat_interval_s", "tensorboard", "store_endpoints", "publish_weights_every",
     "collectors",
-    *(f.name for f in fields(ServerSettings)),
+    *(f.name for f in fields(ServerSettings) if f.name not in SAFE_ON_RESUME),
 })
 # With --collectors and no --publish-weights-every: updates between published policies.
 DEFAULT_WEIGHTS_EVERY = 50

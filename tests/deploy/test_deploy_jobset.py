@@ -205,15 +205,17 @@ def test_no_preemption_or_eviction_spends_a_retry_of_any_job(docs, jobset):
         assert spec["backoffLimit"] >= 1, r["name"]
         rules = spec["podFailurePolicy"]["rules"]
         assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    # The learner's SIGTERM checkpoint exits with the code its podFailurePolicy ignores, as the base trainer's.
-    env = env_of(docs, jobset, "learner")
-    code = int(env["REWIND_PREEMPT_EXIT_CODE"])
-    assert code not in (0, 1, 2)
-    [exit_rule] = [r for r in replicated_job(jobset, "learner")["template"]["spec"]["podFailurePolicy"]["rules"]
-                   if "onExitCodes" in r]
-    assert exit_rule == {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                             "values": [code]}}
-    assert env["REWIND_RESUME_FROM_CHECKPOINT"] == "latest"
+    # Every role stopped by SIGTERM (the learner after its checkpoint, a drained shard, a collector) exits with
+    # the code its podFailurePolicy ignores: exiting 0 would count the pod complete, and JobSet restarts no
+    # complete Job.
+    for role, container in (("learner", "trainer"), ("replay", "buffer"), ("collectors", "collector")):
+        code = int(env_of(docs, jobset, role)["REWIND_PREEMPT_EXIT_CODE"])
+        assert code not in (0, 1, 2), role
+        [exit_rule] = [r for r in replicated_job(jobset, role)["template"]["spec"]["podFailurePolicy"]["rules"]
+                       if "onExitCodes" in r]
+        assert exit_rule == {"action": "Ignore", "onExitCodes": {"containerName": container, "operator": "In",
+                                                                 "values": [code]}}, role
+    assert env_of(docs, jobset, "learner")["REWIND_RESUME_FROM_CHECKPOINT"] == "latest"
 
 
 def test_kueue_queues_the_jobset_as_one_workload(jobset):

@@ -40,11 +40,12 @@ def test_a_collector_sends_episodes_stops_on_sigterm_and_carries_on_after_a_rest
     procs: list[subprocess.Popen] = []
     try:
         learner.client.wait_until_serving(timeout=120)
-        procs.append(collector(tmp_path, addresses, f"127.0.0.1:{learner.port}"))
+        # As in a Kubernetes Job: the SIGTERM exit code its podFailurePolicy ignores (exiting 0 would complete it).
+        procs.append(collector(tmp_path, addresses, f"127.0.0.1:{learner.port}", "--preempt-exit-code", "143"))
         wait_for(lambda: next_index(tmp_path) >= 2, "two episodes from the collector", timeout=300)
         procs[0].send_signal(signal.SIGTERM)
         asked = time.monotonic()
-        assert procs[0].wait(timeout=60) == 0
+        assert procs[0].wait(timeout=60) == 143
         assert time.monotonic() - asked < 2.0  # the episode in progress is dropped, not finished
         out = (tmp_path / "collector.log").read_text()
         sent = next_index(tmp_path)

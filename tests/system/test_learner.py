@@ -1,5 +1,5 @@
 """A run of 2 shards, 3 collectors and a learner (`rewind train --collectors 3`), as processes, through each kill
-the issue names: the collectors, a shard, the learner; then a SIGTERM and a final cut."""
+the issue names: the collectors (one by SIGTERM), a shard, the learner; then a SIGTERM and a final cut."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Collector:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rewind_cli", "collect", "--buffer-addresses", shards, "--learner-address",
                  learner, "--checkpoint-address", ckpt, "--run-id", RUN[1], "--collector-id", f"c-{i}", "--seed",
-                 str(100 + i), "--state-dir", str(tmp_path / "collectors")],
+                 str(100 + i), "--state-dir", str(tmp_path / "collectors"), "--preempt-exit-code", "143"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def log(self) -> str:
@@ -71,20 +71,30 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         collectors = [Collector(tmp_path, i, addresses, at, ckpt.address) for i in range(3)]
         wait_for(lambda: updates(learner) >= 300, "the learner's first 300 updates", timeout=180)
         status = learner.client.status()
-        assert status.collectors == 3 and status.phase in ("learning", "checkpointing") and status.step >= 200
+        assert status.collectors == 3 and status.step >= 200
+        assert status.phase in ("learning", "checkpointing", "waiting for collectors")
 
-        # Every collector killed: the learner waits on the shards' limiters (it does not fail), and a restarted
-        # collector carries on with a policy at least as new as the one it had.
+        # Every collector stopped, c-0 by SIGTERM (it drops its episode in progress and exits within 2 s, with
+        # the exit code a Kubernetes Job's podFailurePolicy ignores), the others by SIGKILL: the learner waits on
+        # the shards' limiters (it does not fail), and a restarted collector carries on from its state file
+        # with a policy at least as new as the one it had.
         had = max(v for v, _ in collectors[0].versions())
-        for c in collectors:
+        collectors[0].proc.send_signal(signal.SIGTERM)
+        asked = time.monotonic()
+        assert collectors[0].proc.wait(timeout=60) == 143
+        assert time.monotonic() - asked < 2.0
+        sent = int(re.search(r"stopped: c-0 sent \d+ episode\(s\), next index (\d+)", collectors[0].log()).group(1))
+        assert (tmp_path / "collectors" / "c-0.json").read_text() == f'{{"next_index": {sent}}}'
+        for c in collectors[1:]:
             c.kill()
-        wait_for(lambda: any(shard_stats(s.address).rate_limiter.samples_waiting for s in shards),
-                 "the learner waiting on a shard's rate limiter", timeout=120)
+        wait_for(lambda: learner.client.status().phase == "waiting for collectors",
+                 "the learner waiting for the shards' rate limiters", timeout=120)
         held = updates(learner)
-        assert learner.proc.poll() is None and learner.client.status().step > 0
+        assert not all(shard_stats(s.address).rate_limiter.can_sample for s in shards)  # a limiter holds it
+        assert learner.proc.poll() is None and updates(learner) == held
         collectors[0] = Collector(tmp_path, 0, addresses, at, ckpt.address)
         wait_for(lambda: updates(learner) > held + 50, "updates again once a collector is back", timeout=120)
-        assert "c-0 carries on from episode" in collectors[0].log()
+        assert f"c-0 carries on from episode {sent}" in collectors[0].log()
         assert collectors[0].versions()[-1][0] >= had
         collectors[1:] = [Collector(tmp_path, i, addresses, at, ckpt.address) for i in (1, 2)]
 

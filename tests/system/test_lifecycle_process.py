@@ -85,3 +85,13 @@ def test_sigterm_twice_drains_once_and_exits_cleanly(process, tmp_path):
     assert "Traceback" not in output and "Error" not in output, output
     channel.close()
     client.close()
+
+
+def test_a_service_stopped_by_sigterm_exits_with_its_preempt_exit_code(tmp_path):
+    # In a Kubernetes Job (a JobSet's shard), exiting 0 would count the pod complete: it would not be replaced.
+    proc = ServiceProcess(tmp_path, "--preempt-exit-code", "143")
+    try:
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=30) == 143
+    finally:
+        proc.stop()
