@@ -14,9 +14,11 @@ torch nor a service.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -73,6 +75,8 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     stop_with_parent_from_env()  # a service LocalService started stops when its parent dies
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a process that seems stuck is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv = security.take(argv)

@@ -49,6 +49,9 @@ def status(args: argparse.Namespace) -> int:
     print(f"{s.agent_id}/{s.run_id} {s.task}: {s.phase}, step {s.step}/{s.total_steps}, episode {s.episode}, "
           f"{s.steps_per_second:.1f} steps/s, eval return {evaluated}")
     print(f"torch threads: {s.torch_threads} ({s.torch_threads_reason})")
+    if s.collectors:
+        print(f"learner of {s.collectors} collector(s): {s.updates} updates (the policy version it publishes), "
+              f"{s.limiter_retries} stream(s) the rate limiters held back")
     if s.last_checkpoint.path:
         print(f"last checkpoint: {s.last_checkpoint.path}")
     return 0

@@ -7,11 +7,11 @@ one update per environment step). A batch the limiter holds back waits on the sh
 the client's timeout ends the stream with RATE_LIMITED, and the learner opens another, for as long as
 it takes, counting the waits.
 
-Its step is what the collectors brought: the environment steps every shard has taken in, as the
-limiters count them (a cut restores the counts). Checkpoints, evaluations and the end of the run follow
-that step as they follow the single-process loop's. Across collectors, exactness is statistical: the
-learner resumes from its last cut with the shards as they were then, and the episodes collected after
-it are collected again.
+Its step is what the collectors brought: it goes on by the environment steps the shards take in, as
+their limiters count them (a shard restored from a cut lost some, which were collected all the same).
+Checkpoints, evaluations and the end of the run follow that step as they follow the single-process
+loop's. Across collectors, exactness is statistical: the learner resumes from its last cut with the
+shards as they were then, and the collectors go on from there.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class Learner(Trainer):
         self.batch_wait_s = 0.0       # seconds spent waiting for batches (the limiter, the shards)
         self._sampleable = 0
         self._allowed = 0             # batches every shard's limiter lets through now (a full batch each)
-        self._taken: dict[str, tuple[int, int]] = {}   # per shard: (steps, episodes) it last said it took in
+        # Per shard: the (steps, episodes) it said it took in when last asked, since this process started.
+        self._taken: dict[str, tuple[int, int]] = {}
         self.policy_lags: dict[str, int] = {}   # per collector, as of the last boundary
 
     @property
@@ -142,9 +143,10 @@ class Learner(Trainer):
         return max(1, min(stream_chunk(self._update_s), self._allowed))
 
     def _count_collected(self) -> None:
-        """The step and episode counts, from what every shard took in, and the batches the live shards' limiters
-        let through now. A shard that is lost (or not yet restored) counts as it last did, and is not sampled."""
+        """The step and episode counts go on by what the live shards took in since the last look, and the batches
+        their limiters let through now are noted. A lost shard (or one not yet restored) is not asked."""
         every, allowed = [], STREAM_CHUNK
+        steps = episodes = 0
         for shard in self.shards:
             if not self._live(shard):
                 continue
@@ -157,15 +159,18 @@ class Learner(Trainer):
                 allowed = min(allowed, _batches_allowed(stats))
             inserts = stats.rate_limiter.inserts if stats.HasField("rate_limiter") else stats.transitions
             # Each episode stores its first observation besides its steps.
-            self._taken[shard.address] = (inserts - stats.episodes_added, stats.episodes_added)
-        steps = sum(taken[0] for taken in self._taken.values())
-        episodes = sum(taken[1] for taken in self._taken.values())
+            now = (inserts - stats.episodes_added, stats.episodes_added)
+            # What the shard took in since it was last asked. A shard restored from a cut counts less than
+            # before: the episodes it lost were collected all the same, and the count goes on from there.
+            before = self._taken.get(shard.address, now)
+            steps, episodes = steps + max(now[0] - before[0], 0), episodes + max(now[1] - before[1], 0)
+            self._taken[shard.address] = now
         s = self.state
-        if episodes > s.episode:
+        s.step, s.episode = s.step + steps, s.episode + episodes
+        if episodes:
             # The learner sees no episode's return (the collectors log theirs): a row of its losses.
-            self.metrics.write(step=max(s.step, steps), episode=episodes, kind="train",
-                               steps_per_s=self.steps_per_second, **s.losses)
-        s.step, s.episode = max(s.step, steps), max(s.episode, episodes)
+            self.metrics.write(step=s.step, episode=s.episode, kind="train", steps_per_s=self.steps_per_second,
+                               **s.losses)
         self._sampleable = sum(stats.sampleable_episodes for stats in every)
         self._allowed = allowed if every else 0
         # Each collector's lag: the updates since the policy its latest stored episode was acted with.

@@ -35,6 +35,7 @@ class CheckpointSchedule:
         self.mark: tuple[int, int] | None = None  # (step, episode) where the last checkpoint was started
         self.start_step = 0  # the step the loop started (or resumed) at
         self.job: SaveJob | None = None
+        self._updates_at_cut = 0  # the loop's updates when the last checkpoint was started
 
     def _due(self, trainer: Trainer) -> bool:
         s, cfg = trainer.state, trainer.settings
@@ -50,7 +51,7 @@ class CheckpointSchedule:
         """The loop's boundary hook: raise Stopped, start a checkpoint, or let the loop go on."""
         if self.mark is None:
             self.mark = (trainer.state.step, trainer.state.episode)  # the start (or the resumed step)
-            self.start_step = trainer.state.step
+            self.start_step, self._updates_at_cut = trainer.state.step, trainer.updates
         if self.control.stopping.is_set():
             raise Stopped
         waiters = self.control.take_checkpoint_waiters()
@@ -101,11 +102,12 @@ class CheckpointSchedule:
             return {**trainer.state_dict(), **config, "overrides": self.history}
 
         self.mark = (s.step, s.episode)
+        # The buffers must have seen what the loop added, no more; a learner's collectors add on meanwhile.
+        expected = {"buffer": s.episode, "test_buffer": s.test_episodes} if not settings.collectors else {}
         try:
             with trainer.phase_of("checkpointing"):
-                self.job = self.checkpointer.start(s.step, s.episode, state,
-                                                   {"buffer": s.episode, "test_buffer": s.test_episodes},
-                                                   metrics, config, extra)
+                self.job = self.checkpointer.start(s.step, s.episode, state, expected, metrics, config, extra)
+                self._updates_at_cut = trainer.updates
         except RewindError as exc:
             log.warning("checkpoint at step %d not started: %s; the next interval retries", s.step, exc)
             self.checkpointer.report_error(str(exc))
@@ -125,6 +127,10 @@ class CheckpointSchedule:
                       self.checkpointer.status.path or "none")
             return False
         if self.checkpointer.status.step == s.step and not self.checkpointer.status.error:
+            if trainer.updates != self._updates_at_cut:
+                # A learner's step moves only with the collectors' episodes, and a checkpoint is named by its step.
+                log.warning("%d updates since the checkpoint at step %d are not saved: no episode came in since, "
+                            "and that step is committed", trainer.updates - self._updates_at_cut, s.step)
             return True
         job = self._start(trainer, self.control.take_checkpoint_waiters())
         if job is None:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from rewind import BufferClient, CheckpointClient
-from tests.support.processes import ServiceProcess, wait_for
-from tests.support.trainer import TrainerProcess
+from tests.support.processes import ServiceProcess, rewind, wait_for
+from tests.support.trainer import AGENT_FLAGS, TrainerProcess
 
 RUN = ("tdmpc2", "pendulum-v1-seed1")
 
@@ -37,6 +37,14 @@ class Collector:
         """(version, generation) of every policy it took, in order."""
         found = re.findall(r"(?:acting with )?policy version (\d+) \(generation (\d+)\)", self.log())
         return [(int(v), int(g)) for v, g in found]
+
+    def stacks(self) -> str:
+        """Its log after it printed every thread's stack (SIGUSR1): what a collector that seems stuck does."""
+        if self.proc.poll() is None:
+            log = len(self.log())
+            self.proc.send_signal(signal.SIGUSR1)
+            wait_for(lambda: len(self.log()) > log, "its stacks", timeout=10)
+        return self.log()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -73,6 +81,8 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         status = learner.client.status()
         assert status.collectors == 3 and status.step >= 200
         assert status.phase in ("learning", "checkpointing", "waiting for collectors")
+        shown = rewind("trainer", "status", "--address", at)
+        assert re.search(r"learner of 3 collector\(s\): \d+ updates", shown.stdout), shown.stdout + shown.stderr
 
         # Every collector stopped, c-0 by SIGTERM (it drops its episode in progress and exits within 2 s, with
         # the exit code a Kubernetes Job's podFailurePolicy ignores), the others by SIGKILL: the learner waits on
@@ -121,8 +131,12 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         at_step, restored = map(int, re.search(r"at step (\d+) \(update (\d+): the policy version",
                                                 learner.output()).groups())
         assert at_step > 0 and restored > 0
-        wait_for(lambda: all(any(g == 2 for _, g in c.versions()) for c in collectors),
-                 "every collector on generation 2", timeout=180)
+        try:
+            wait_for(lambda: all(any(g == 2 for _, g in c.versions()) for c in collectors),
+                     "every collector on generation 2", timeout=180)
+        except AssertionError:
+            raise AssertionError("not every collector on generation 2:\n" + "\n".join(
+                f"c-{i}:\n{c.stacks()[-6000:]}" for i, c in enumerate(collectors))) from None
         for c in collectors:
             assert all(v >= restored for v, g in c.versions() if g == 2)
         assert all(shard_stats(s.address).generation == 2 for s in shards)
@@ -142,3 +156,28 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         learner.stop()
         for service in (*shards, ckpt):
             service.stop()
+
+
+def test_one_command_runs_the_shards_the_collectors_and_the_learner_on_this_host(tmp_path):
+    out = tmp_path / "runs"
+    done = rewind("train", "--local-services", "--shards", "2", "--collectors", "2", "--model-size", "tiny",
+                  "--action-repeat", "2", "--steps", "400", "--seed-steps", "200", "--eval-episodes", "1",
+                  "--eval-freq", "400", "--out-dir", str(out), "--no-progress", "--port", "0", *AGENT_FLAGS,
+                  timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Its step is what the collectors brought: 400 or a little past it (they run ahead within the limiters' window).
+    finished = re.search(r"done: Pendulum-v1 step (\d+)/400, episode \d+, evaluation return", done.stdout)
+    assert finished and 400 <= int(finished[1]) <= 1200, done.stdout
+    assert "--collectors 2 --resume-from-checkpoint" in done.stdout  # a learner's checkpoint resumes a learner
+    assert "started 2 collector(s)" in done.stderr
+    folder = out / "tdmpc2" / "pendulum-v1-seed1" / "collectors"
+    sent = 0
+    for i in range(2):
+        log = (folder / f"collector-{i}.log").read_text()
+        found = re.search(rf"stopped: collector-{i} sent (\d+) episode\(s\), next index (\d+)", log)
+        if "acting with policy version" in log:  # started acting (not still importing) when the run ended
+            assert found, log[-2000:]  # SIGTERM at the end of the run: it stopped, it was not killed
+        if found and int(found[2]):
+            sent += int(found[1])
+            assert (folder / f"collector-{i}.json").read_text() == f'{{"next_index": {found[2]}}}'
+    assert sent >= 4  # 400 steps of 100-step episodes (action repeat 2) came from the two of them
