@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from rewind import BufferClient, CheckpointClient
+from rewind import BufferClient, CheckpointClient, ShardedBufferClient
 from tests.support.processes import ServiceProcess, rewind, wait_for
 from tests.support.trainer import AGENT_FLAGS, TrainerProcess
 
@@ -62,6 +63,12 @@ def updates(learner: TrainerProcess) -> int:
     return learner.client.status().updates
 
 
+def merged(shards: list[ServiceProcess]):
+    """The shards' stats as one replay's (writers merged)."""
+    with ShardedBufferClient([s.address for s in shards]) as replay:
+        return replay.stats()
+
+
 def shard_stats(address: str):
     with BufferClient(address) as client:
         return client.stats()
@@ -83,6 +90,15 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         assert status.phase in ("learning", "checkpointing", "waiting for collectors")
         shown = rewind("trainer", "status", "--address", at)
         assert re.search(r"learner of 3 collector\(s\): \d+ updates", shown.stdout), shown.stdout + shown.stderr
+        # Every episode records its collector and policy version; the learner's /metrics tell each one's lag.
+        wait_for(lambda: all(any(w.writer == f"c-{i}" and w.latest_policy_version > 0 for w in stats.writers)
+                             for i in range(3) for stats in [merged(shards)]), "episodes of every collector's "
+                 "with a learned policy", timeout=120)
+        http = re.search(r"serving HTTP on (http://127\.0\.0\.1:\d+)", learner.output())[1]
+        text = urllib.request.urlopen(f"{http}/metrics", timeout=10).read().decode()
+        lags = dict(re.findall(r'rewind_trainer_policy_lag\{[^}]*collector="(c-\d)"[^}]*\} (\S+)', text))
+        assert sorted(lags) == ["c-0", "c-1", "c-2"] and all(float(v) >= 0 for v in lags.values()), text
+        assert "rewind_trainer_policy_lag_mean{" in text and "rewind_trainer_limiter_retries_total{" in text
 
         # Every collector stopped, c-0 by SIGTERM (it drops its episode in progress and exits within 2 s, with
         # the exit code a Kubernetes Job's podFailurePolicy ignores), the others by SIGKILL: the learner waits on
