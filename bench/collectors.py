@@ -19,10 +19,15 @@ Modes:
             its evaluations (10 episodes every 2,000 steps). Target: >= -200 within 8,000 environment steps
             (one seed). About half an hour on 2 CPUs.
 
+  device    the prepared run for a lent 16-core GPU machine (at most about 5 minutes with --seconds 20):
+            MPPI collectors 1, 2, 4 and 8 on Pendulum-v1 (model size 5) with the learner on --device cuda
+            at 1 update per step: collected steps/s and the learner's updates/s.
+
 Writes bench/results/collectors.json (merged with what earlier modes wrote).
 
     python -m bench.collectors [--modes scaling,pacing] [--seconds 30] [--counts 1,2,4,8]
     python -m bench.collectors --modes learning
+    python -m bench.collectors --modes device --device cuda --seconds 20     # on a lent GPU machine
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rewind import BufferClient, TrainerClient
@@ -55,11 +61,28 @@ EPISODE = 50
 SCALING_UPDATES_PER_STEP = 0.005
 
 
+@dataclass(frozen=True)
+class Case:
+    """What one run is: K collectors and the learner's ratio, on which task, model and device."""
+
+    collectors: int
+    updates_per_step: float
+    task: str = TASK
+    mpc: bool = False
+    model_size: str = "tiny"
+    device: str = "cpu"
+
+    @property
+    def episode(self) -> int:
+        return EPISODE if self.task == TASK else 200  # SlowPendulum's 50 steps, else Pendulum's
+
+
 class Run:
     """Two shards, a checkpoint service, a learner and K collectors, in `folder`."""
 
-    def __init__(self, folder: Path, collectors: int, updates_per_step: float) -> None:
+    def __init__(self, folder: Path, case: Case) -> None:
         self.folder = folder
+        collectors = case.collectors
         env = {k: v for k, v in os.environ.items() if not k.startswith("REWIND_")}
         self.shards = [LocalService(["buffer", "serve"], wait=False, cwd=ROOT) for _ in range(2)]
         self.ckpt = LocalService(["ckpt", "serve", "--store", f"file://{folder}/store"], cwd=ROOT)
@@ -68,12 +91,13 @@ class Run:
         addresses = ",".join(s.address for s in self.shards)
         self.port_file = folder / "port"
         self.log = open(folder / "learner.log", "wb")
-        settings = TrainSettings(task=TASK, buffer_addresses=tuple(addresses.split(",")),
+        settings = TrainSettings(task=case.task, buffer_addresses=tuple(addresses.split(",")), device=case.device,
                                  checkpoint_address=self.ckpt.address, collectors=collectors, out_dir=str(folder))
         self.learner = subprocess.Popen(
-            [sys.executable, "-m", "rewind_cli", "train", "--task", TASK, "--no-mpc", "--model-size", "tiny",
+            [sys.executable, "-m", "rewind_cli", "train", "--task", case.task, "--mpc" if case.mpc else "--no-mpc",
+             "--model-size", case.model_size, "--device", case.device,
              "--buffer-addresses", addresses, "--checkpoint-address", self.ckpt.address, "--collectors",
-             str(collectors), "--updates-per-step", str(updates_per_step), "--steps", "100000000",
+             str(collectors), "--updates-per-step", str(case.updates_per_step), "--steps", "100000000",
              "--eval-episodes", "0", "--checkpoint-interval-episodes", "0", "--buffer-size", "200000",
              "--out-dir", str(folder), "--port", "0", "--http-port", "0", "--port-file", str(self.port_file),
              "--no-progress"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -129,41 +153,41 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float = 300
 
 
 @contextmanager
-def run(collectors: int, updates_per_step: float):
+def run(case: Case):
     with tempfile.TemporaryDirectory(prefix="rewind-bench-collectors-") as folder:
-        case = Run(Path(folder), collectors, updates_per_step)
+        running = Run(Path(folder), case)
         try:
-            yield case
+            yield running
         finally:
-            case.stop()
+            running.stop()
 
 
-def window(case: Run, collectors: int, seconds: float, updates_per_step: float) -> dict:
+def window(running: Run, case: Case, seconds: float) -> dict:
     """Collected steps, updates and their rates over `seconds`, once collectors x 4 episodes are in and the
     learner's burst of updates after the seed steps is over (its updates at 90 % of the ratio, the seed steps
     aside: a learner that is behind lags by them, the limiter window's offset)."""
     seed = TrainSettings().seed_steps or 1000
-    warm = max(seed, collectors * 4 * EPISODE)
+    warm = max(seed, case.collectors * 4 * case.episode)
     deadline = time.monotonic() + 900
 
     def warming() -> bool:
-        status = case.client.status()
-        return status.step < warm or status.updates < 0.9 * updates_per_step * (status.step - seed)
+        status = running.client.status()
+        return status.step < warm or status.updates < 0.9 * case.updates_per_step * (status.step - seed)
 
     while warming():
         if time.monotonic() > deadline:
-            raise SystemExit(f"{collectors} collector(s): not warm (>= {warm} steps, updates caught up) in 15 minutes")
+            raise SystemExit(f"{case}: not warm (>= {warm} steps, updates caught up) in 15 minutes")
         time.sleep(0.5)  # polling the learner's status: there is no event to wait on
-    first, t0 = case.client.status(), time.monotonic()
-    metrics0, limiter0 = case.metrics(), case.limiter()
+    first, t0 = running.client.status(), time.monotonic()
+    metrics0, limiter0 = running.metrics(), running.limiter()
     time.sleep(seconds)  # the measured window
-    last, t1 = case.client.status(), time.monotonic()
-    metrics1, limiter1 = case.metrics(), case.limiter()
+    last, t1 = running.client.status(), time.monotonic()
+    metrics1, limiter1 = running.metrics(), running.limiter()
     steps, updates = last.step - first.step, last.updates - first.updates
-    return {"collectors": collectors, "seconds": round(t1 - t0, 2), "steps": steps, "updates": updates,
-            "steps_per_s": round(steps / (t1 - t0), 2), "updates_per_step": round(updates / max(steps, 1), 3),
-            "policy_lag_mean": metrics1.get('rewind_trainer_policy_lag_mean{agent_id="tdmpc2",run_id="' +
-                                            TrainSettings(task=TASK).run + '"}'),
+    return {"collectors": case.collectors, "seconds": round(t1 - t0, 2), "steps": steps, "updates": updates,
+            "steps_per_s": round(steps / (t1 - t0), 2), "updates_per_s": round(updates / (t1 - t0), 2),
+            "updates_per_step": round(updates / max(steps, 1), 3),
+            "policy_lag_mean": _metric(metrics1, "policy_lag_mean"),
             "learner_batch_wait_s": round(_metric(metrics1, "batch_wait_seconds_total") -
                                           _metric(metrics0, "batch_wait_seconds_total"), 2),
             "limiter": {k: round(limiter1[k] - limiter0[k], 2) for k in limiter1}}
@@ -176,8 +200,9 @@ def _metric(metrics: dict[str, float], name: str) -> float:
 def scaling(counts: list[int], seconds: float) -> dict:
     cases = []
     for k in counts:
-        with run(k, SCALING_UPDATES_PER_STEP) as case:
-            cases.append(window(case, k, seconds, SCALING_UPDATES_PER_STEP))
+        case = Case(k, SCALING_UPDATES_PER_STEP)
+        with run(case) as running:
+            cases.append(window(running, case, seconds))
         print(json.dumps(cases[-1]), flush=True)
     one = next((c["steps_per_s"] for c in cases if c["collectors"] == 1), None)
     for c in cases:
@@ -187,10 +212,23 @@ def scaling(counts: list[int], seconds: float) -> dict:
 
 
 def pacing(seconds: float) -> dict:
-    with run(4, 1.0) as case:
-        result = window(case, 4, seconds, 1.0)
+    case = Case(4, 1.0)
+    with run(case) as running:
+        result = window(running, case, seconds)
     print(json.dumps(result), flush=True)
     return result
+
+
+def device_run(counts: list[int], seconds: float, device: str) -> dict:
+    """MPPI collectors on Pendulum-v1 with the learner at TD-MPC2's ratio, both on `device` (model size 5):
+    collected steps/s and the learner's updates/s (the prepared script for a lent GPU machine)."""
+    cases = []
+    for k in counts:
+        case = Case(k, 1.0, task="Pendulum-v1", mpc=True, model_size="5", device=device)
+        with run(case) as running:
+            cases.append(window(running, case, seconds))
+        print(json.dumps(cases[-1]), flush=True)
+    return {"device": device, "cases": cases}
 
 
 def learning() -> dict:
@@ -208,9 +246,11 @@ def learning() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="scaling,pacing", help="scaling, pacing, learning (comma-separated)")
+    parser.add_argument("--modes", default="scaling,pacing", help="scaling, pacing, learning, device "
+                                                                  "(comma-separated)")
     parser.add_argument("--seconds", type=float, default=30.0, help="the measured window of each case")
-    parser.add_argument("--counts", default="1,2,4,8", help="collector counts of the scaling mode")
+    parser.add_argument("--counts", default="1,2,4,8", help="collector counts of the scaling and device modes")
+    parser.add_argument("--device", default="cuda", help="the device mode's learner and collectors (cuda, cpu)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = {"cpus": os.cpu_count(), "step_ms": float(os.environ.get("REWIND_BENCH_STEP_MS", "20"))}
@@ -221,6 +261,9 @@ def main() -> None:
             results["pacing"] = pacing(args.seconds)
         elif mode == "learning":
             results["learning"] = learning()
+        elif mode == "device":
+            results[f"device-{args.device}"] = device_run([int(k) for k in args.counts.split(",")], args.seconds,
+                                                          args.device)
         else:
             raise SystemExit(f"--modes: unknown mode {mode!r}")
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
