@@ -31,6 +31,7 @@ that it was restored (the trainer restores it from the last cut, then readmits i
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import socket
@@ -57,6 +58,8 @@ from rewind.security import ClientSecurity
 
 if TYPE_CHECKING:
     from rewind.buffer_messages import BatchTuple
+
+log = logging.getLogger(__name__)
 
 LIVE, DOWN, ANSWERING = "live", "down", "answering"
 # A lost shard is first probed this long after it was lost, then with doubling backoff (at most 30 s).
@@ -172,6 +175,7 @@ class ShardedBufferClient(StatsView):
                 return
             shard.state, shard.failures, shard.next_probe = DOWN, 0, time.monotonic() + PROBE_FIRST_S
             shard.lost.append(why)
+            log.warning("shard %s lost (%s): the others take its share until it is readmitted", shard.address, why)
             if self._prober is None or not self._prober.is_alive():
                 self._prober = threading.Thread(target=self._probe_while_down, name="rewind-shard-probe",
                                                 daemon=True)
@@ -185,12 +189,19 @@ class ShardedBufferClient(StatsView):
                 if not any(s.state == DOWN for s in self.shards):
                     return
 
-    def readmit(self, address: str) -> None:
-        """Make a shard that was restored (from the run's last cut) a shard of the run again."""
+    def readmit(self, address: str, check: bool = True) -> None:
+        """Make a shard that was restored (from the run's last cut) a shard of the run again.
+
+        Args:
+            check: ask it first (GetStats: it must answer). A collector, whose token may not, takes the
+                learner's word instead (GetWeights' live_shards) and learns its counts as it goes.
+        """
         shard = self.shard(address)
-        stats = shard.client.stats()  # it must answer
+        stats = shard.client.stats() if check else None
         with self._lock:
-            shard.state, shard.episodes, shard.starts = LIVE, stats.sampleable_episodes, stats.sampleable_starts
+            shard.state = LIVE
+            if stats is not None:
+                shard.episodes, shard.starts = stats.sampleable_episodes, stats.sampleable_starts
             self._readmitted.notify_all()
 
     def probe(self) -> list[str]:

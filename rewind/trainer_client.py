@@ -33,6 +33,7 @@ class Weights:
     step: int          # the agent step then
     data: bytes
     routing_seed: int = 0  # the run's routing seed, for a collector's routing keys
+    live_shards: tuple[int, ...] = ()  # the shards the learner samples now, by place (empty: one buffer)
 
     def tensors(self) -> dict:
         """The policy's tensors (safetensors' load)."""
@@ -102,4 +103,5 @@ class TrainerClient(ServiceClient):
         if first is None or len(data) != first.total_bytes or hashlib.sha256(data).hexdigest() != first.sha256:
             raise DataLoss(f"weights: received {len(data)} bytes that do not match the "
                            f"{first.total_bytes if first else '?'} bytes and sha256 the trainer sent")
-        return Weights(first.version, first.generation, first.step, data, first.routing_seed)
+        return Weights(first.version, first.generation, first.step, data, first.routing_seed,
+                       tuple(first.live_shards))

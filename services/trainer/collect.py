@@ -30,7 +30,7 @@ import torch
 
 from rewind import CheckpointClient, ShardedBufferClient, TrainerClient
 from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError, Unavailable
-from rewind.sharded_buffer_client import ANSWERING, rate_limited
+from rewind.sharded_buffer_client import LIVE, rate_limited
 from rewind.trainer_client import Weights
 from rewind_trainer.agent import TDMPC2
 from rewind_trainer.checkpointer import POLICY_FILE, policy_agent_config
@@ -141,11 +141,10 @@ def collect(settings: CollectSettings, stop: threading.Event | None = None,
         with replay:
             while not stop.is_set() and (not settings.episodes or sent < settings.episodes):
                 between_episodes()
-                _readmit_restored(replay)
                 episode = _episode(agent, settings, index, stop, seeding=weights.version == 0)
                 if episode is None:
                     break  # stopped mid-episode: dropped
-                current = _send(replay, episode, index, stop, weights.version)
+                current = _send(replay, episode, index, stop, weights.version, source)
                 if current:
                     index, sent = index + 1, sent + 1
                     _save_state(state_file, index)
@@ -157,6 +156,8 @@ def collect(settings: CollectSettings, stop: threading.Event | None = None,
                 if current:
                     log.info("episode %d: return %.1f, policy version %d (lag %d updates)", index - 1,
                              float(episode["reward"][1:].sum()), weights.version, lag)
+                if newer is not weights:  # the learner's word of now, not of when this collector lost a shard
+                    _readmit_listed(replay, newer)
                 weights = newer
         if stop.is_set():
             log.info("stopping: %s sent %d episode(s); the next has index %d", settings.collector_id, sent, index)
@@ -206,7 +207,8 @@ def _episode(agent: TDMPC2, settings: CollectSettings, index: int, stop: threadi
     return recorder.tensors()
 
 
-def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threading.Event, policy_version: int) -> bool:
+def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threading.Event, policy_version: int,
+          source: WeightsSource) -> bool:
     """Add the episode under its routing key, recording the policy version it was collected with; False when the
     run moved to a newer generation, or a stop came while the shard's rate limiter held it back (dropped either way).
 
@@ -226,11 +228,13 @@ def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threadin
                 log.info("stopping: episode %d dropped while the learner was behind", index)
                 return False
         except Unavailable as exc:
-            # Every shard is lost for now: wait for the learner to restore one (readmitted once restored).
+            # Every shard is lost for now: wait until the learner lists one it restored.
             log.warning("episode %d waits: %s", index, exc)
             if stop.wait(1.0):
                 return False
-            _readmit_restored(replay)
+            current = source.newest(-1, timeout_s=5.0)
+            if current is not None:
+                _readmit_listed(replay, current)
         except FailedPrecondition as exc:
             if exc.reason == "BUFFER_REPLACED":
                 continue  # the learner restored the shard while the insert waited: ask again (the generation decides)
@@ -240,19 +244,14 @@ def _send(replay: ShardedBufferClient, episode: dict, index: int, stop: threadin
             return False
 
 
-def _readmit_restored(replay: ShardedBufferClient) -> None:
-    """Write again to a lost shard once the learner restored it: it answers, and holds the run's generation (a
-    restarted shard is empty, generation 0, until the learner restores the last cut into it)."""
+def _readmit_listed(replay: ShardedBufferClient, weights: Weights) -> None:
+    """Write again to a shard this collector lost once the learner lists it among the shards it samples: the
+    learner restored it from the last cut (a restarted shard is empty until then, and a collector's token may
+    not read its stats to tell)."""
     for shard in replay.shards:
-        if shard.state != ANSWERING:
-            continue
-        try:
-            restored = shard.client.stats(timeout=5.0).generation >= replay.generation
-        except RewindError:
-            continue  # not restored yet (NOT_FOUND), or lost again: the prober sees to it
-        if restored:
-            replay.readmit(shard.address)
-            log.info("shard %s is back (restored by the learner): episodes go to it again", shard.address)
+        if shard.state != LIVE and shard.index in weights.live_shards:
+            replay.readmit(shard.address, check=False)
+            log.info("shard %s is back (the learner restored it): episodes go to it again", shard.address)
 
 
 def _refresh(source: WeightsSource, agent: TDMPC2, weights: Weights, replay: ShardedBufferClient,

@@ -33,7 +33,7 @@ from rewind_trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.5   # how long the learner waits for the first episodes before it looks again
+IDLE_WAIT_S = 0.5   # how long the learner waits (for episodes, for its limiters) before it looks again
 
 
 def shard_limiter(cfg: AgentConfig, settings: TrainSettings, episode_length: int) -> dict[str, float | int | str]:
@@ -42,7 +42,9 @@ def shard_limiter(cfg: AgentConfig, settings: TrainSettings, episode_length: int
     Units are the limiter's: an insert is one stored row (an episode of L steps stores L + 1), a sample
     one sequence. The window [0, high] lets the learner take every batch its ratio allows the moment the
     collectors bring the transitions (so the first `seed_steps` come as TD-MPC2's burst of updates), and
-    lets each collector be about one episode ahead on each shard before its inserts wait for the learner.
+    lets each collector be about one episode ahead on each shard before its inserts wait for the learner,
+    besides min_size_to_sample: below it inserts always go in, so the window must hold it (Reverb's offset),
+    and a learner that is behind lags its collectors by that much too.
     """
     shards = settings.shard_count
     spi = cfg.batch_size * settings.updates_per_step

@@ -16,10 +16,12 @@ import signal
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from rewind.checkpoint_client import CheckpointClient
 from rewind.errors import Internal, RewindError
+from rewind.sharded_buffer_client import LIVE
 from rewind_runtime import host_share
 from rewind_runtime.host import ServiceHost
 from rewind_runtime.host_share import HostShare
@@ -111,7 +113,8 @@ def train(settings: TrainSettings, *, explicit: set[str] | None = None, handle_s
         history = _run_history(services.ckpt, settings, metrics, plan.resumed_from, trainer, checkpointer,
                                pages_url)
         identity = service.RunIdentity(settings.agent_id, settings.run, plan.resumed_from)
-        weights = WeightsBoard(plan.generation, enabled=settings.weights_every > 0, routing_seed=settings.seed)
+        weights = WeightsBoard(plan.generation, enabled=settings.weights_every > 0, routing_seed=settings.seed,
+                               live_shards=partial(live_shards, services))
         servicer = service.TrainerServicer(control, trainer, checkpointer, identity, threads, weights)
         with _recorded(history, board):
             with _trainer_service(settings, servicer, explicit) as address, _signals(control, handle_signals), \
@@ -137,6 +140,12 @@ def _loop(settings: TrainSettings, plan: Plan, agent: TDMPC2, services: Services
         return Trainer(*args, **options)
     shards = [part.client for part in services.parts if part.name == BUFFERS[0]]
     return Learner(*args, shards=shards, **options)
+
+
+def live_shards(services: Services) -> list[int]:
+    """The places of the shards a sharded run samples now (lost and not yet restored ones left out)."""
+    replay = services.sharded
+    return [] if replay is None else [shard.index for shard in replay.shards if shard.state == LIVE]
 
 
 def _run(trainer: Trainer, schedule: CheckpointSchedule, control: service.Control) -> tuple[bool, bool]:

@@ -134,7 +134,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         remaining = context.time_remaining()
         # A tenth early, so that the caller gets the reason, not its own bare deadline.
         published = self.weights.wait(request.min_version, None if remaining is None else 0.9 * remaining)
-        yield from chunks(published, self.weights.generation, self.weights.routing_seed)
+        yield from chunks(published, self.weights.generation, self.weights.routing_seed, self.weights.live_shards())
 
 
 def binding(servicer: TrainerServicer) -> ServiceBinding:

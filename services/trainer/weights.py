@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from rewind.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
@@ -41,10 +41,13 @@ class WeightsBoard:
         generation: the run's generation, told with every chunk.
         enabled: whether this run publishes at all (publish_weights_every > 0).
         routing_seed: the run's routing seed, told to collectors for their routing keys.
+        live_shards: the places of the shards the learner samples now (a sharded run), told likewise.
     """
 
-    def __init__(self, generation: int, enabled: bool, routing_seed: int = 0) -> None:
+    def __init__(self, generation: int, enabled: bool, routing_seed: int = 0,
+                 live_shards: Callable[[], list[int]] = list) -> None:
         self.generation, self.enabled, self.routing_seed = generation, enabled, routing_seed
+        self.live_shards = live_shards  # the shards the learner samples now, told as each call is answered
         self.latest: Published | None = None
         self.closed = False
         self._changed = threading.Condition()
@@ -90,7 +93,8 @@ class WeightsBoard:
             return self.latest
 
 
-def chunks(published: Published, generation: int, routing_seed: int = 0) -> Iterator[trainer_pb2.GetWeightsResponse]:
+def chunks(published: Published, generation: int, routing_seed: int = 0,
+           live_shards: Sequence[int] = ()) -> Iterator[trainer_pb2.GetWeightsResponse]:
     """GetWeights' messages for one version: its file in consecutive pieces of at most CHUNK_BYTES."""
     size = len(published.data)
     for offset in range(0, max(size, 1), CHUNK_BYTES):
@@ -99,6 +103,7 @@ def chunks(published: Published, generation: int, routing_seed: int = 0) -> Iter
         if offset == 0:
             message.step, message.total_bytes, message.sha256 = published.step, size, published.sha256
             message.routing_seed = routing_seed
+            message.live_shards.extend(live_shards)
         yield message
 
 

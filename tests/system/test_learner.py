@@ -135,6 +135,12 @@ def test_a_learner_and_three_collectors_survive_each_kill_and_resume(tmp_path):
         shards[1] = ServiceProcess(tmp_path, "--serve-after-sigterm-s", "5", port=port)
         wait_for(lambda: shard_stats(shards[1].address).episodes > 0, "the shard restored", timeout=120)
         assert shard_stats(shards[1].address).generation == 1
+        # The learner tells the collectors (GetWeights) which shards it samples: a collector that lost the shard
+        # writes to it again once the learner restored it (its token may not read the shard's stats).
+        wait_for(lambda: learner.client.weights().live_shards == (0, 1), "the shard readmitted", timeout=60)
+        lost = [c for c in collectors if f"shard {shards[1].address} lost" in c.log()]
+        wait_for(lambda: all("is back (the learner restored it)" in c.log() for c in lost),
+                 "the collectors that lost the shard writing to it again", timeout=120)
 
         # The learner killed: resumed from its last cut at generation 2; the collectors' generation-1 writes are
         # refused until they hold the restored version (or newer).

@@ -112,7 +112,7 @@ class GetWeightsRequest(_message.Message):
     def __init__(self, min_version: _Optional[int] = ...) -> None: ...
 
 class GetWeightsResponse(_message.Message):
-    __slots__ = ("version", "generation", "step", "total_bytes", "sha256", "chunk", "offset", "routing_seed")
+    __slots__ = ("version", "generation", "step", "total_bytes", "sha256", "chunk", "offset", "routing_seed", "live_shards")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class GetWeightsResponse(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     ROUTING_SEED_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SHARDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     generation: int
     step: int
@@ -129,4 +130,5 @@ class GetWeightsResponse(_message.Message):
     chunk: bytes
     offset: int
     routing_seed: int
-    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., routing_seed: _Optional[int] = ...) -> None: ...
+    live_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ..., offset: _Optional[int] = ..., routing_seed: _Optional[int] = ..., live_shards: _Optional[_Iterable[int]] = ...) -> None: ...
