@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
+import io
 import logging
 import os
 import signal
@@ -73,10 +74,17 @@ def _configure_logging(level: str) -> None:
     os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING" if level != "DEBUG" else "DEBUG")
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's stack to stderr: what a process that seems stuck is doing."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass  # stderr is no file (main() called in-process, its output captured): nowhere to print them
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stop_with_parent_from_env()  # a service LocalService started stops when its parent dies
-    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a process that seems stuck is doing.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _stacks_on_sigusr1()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv = security.take(argv)

@@ -1332,8 +1332,8 @@ class TrainerWorld(World):
 
         self._status_class = CheckpointStatus
         state = LoopState(step=4200, episode=21, recent_returns=[1.0, 2.5], losses={"consistency": 0.5})
-        self.trainer = SimpleNamespace(settings=SimpleNamespace(task="pendulum-swingup", steps=10_000),
-                                       state=state, phase="training", steps_per_second=12.5,
+        self.trainer = SimpleNamespace(settings=SimpleNamespace(task="pendulum-swingup", steps=10_000, collectors=0),
+                                       state=state, phase="training", steps_per_second=12.5, updates=4100,
                                        agent=SimpleNamespace(mode="mppi"))
         self.checkpointer = SimpleNamespace(status=CheckpointStatus(), busy=False)
         # Published at the largest version there is: whatever min_version a mutated request asks for is met,
