@@ -175,7 +175,7 @@ class ShardedBufferClient(StatsView):
                 return
             shard.state, shard.failures, shard.next_probe = DOWN, 0, time.monotonic() + PROBE_FIRST_S
             shard.lost.append(why)
-            log.warning("shard %s lost (%s): the others take its share until it is readmitted", shard.address, why)
+            log.warning("shard %s lost (%s): the other shards take its share until it is back", shard.address, why)
             if self._prober is None or not self._prober.is_alive():
                 self._prober = threading.Thread(target=self._probe_while_down, name="rewind-shard-probe",
                                                 daemon=True)
