@@ -68,6 +68,7 @@ def test_sdk_stream_reports_a_stalled_service_as_deadline_exceeded(process):
     client.close()
 
 
+@pytest.mark.serial  # under the parallel run's load the second signal's log line was late past 30 s (2 of 3 CI runs)
 def test_sigterm_twice_drains_once_and_exits_cleanly(process, tmp_path):
     """Two SIGTERMs (as when a trainer with local services is killed) start two drain threads; the second
     waits for the first, and nothing is printed about an exception."""
