@@ -21,8 +21,6 @@ import math
 import time
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
 from rewind.buffer_client import BufferClient
 from rewind.errors import DeadlineExceeded, FailedPrecondition, RewindError
 from rewind.sharded_buffer_client import LIVE, ShardedBufferClient, merge_writers, rate_limited
@@ -93,9 +91,7 @@ class Learner(Trainer):
     def run(self) -> None:
         """Learn until the collectors brought settings.steps steps; raises Stopped when asked to stop."""
         s = self.state
-        self._started, self._steps_at_start = time.perf_counter(), s.step
-        bar = tqdm(total=self.settings.steps, initial=s.step, disable=not self.progress, unit="step",
-                   desc=f"{self.settings.task} (learner)", dynamic_ncols=True)
+        bar = self._start_bar("learner")
         try:
             while True:
                 if self._stream is None:

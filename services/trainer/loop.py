@@ -141,9 +141,7 @@ class Trainer:
     def run(self) -> None:
         """Train to settings.steps; raises Stopped when asked to stop at a boundary."""
         s = self.state
-        self._started, self._steps_at_start = time.perf_counter(), s.step
-        bar = tqdm(total=self.settings.steps, initial=s.step, disable=not self.progress, unit="step",
-                   desc=f"{self.settings.task} ({self.agent.mode})", dynamic_ncols=True)
+        bar = self._start_bar(self.agent.mode)
         try:
             while True:
                 if self._stream is None:
@@ -165,6 +163,12 @@ class Trainer:
             bar.close()
             self._close_stream()
         self.phase = "done"
+
+    def _start_bar(self, label: str) -> tqdm:
+        """Start the rate's clock at the current step, and the progress bar (labelled `label`) from it."""
+        self._started, self._steps_at_start = time.perf_counter(), self.state.step
+        return tqdm(total=self.settings.steps, initial=self.state.step, disable=not self.progress, unit="step",
+                    desc=f"{self.settings.task} ({label})", dynamic_ncols=True)
 
     def _env_step(self) -> None:
         s = self.state
